@@ -1,0 +1,4 @@
+#!/bin/bash
+# LocalStack ready hook (docker-compose.yml mounts it into /etc/localstack/init/ready.d): create the engine's queue.
+set -euo pipefail
+awslocal sqs create-queue --queue-name login-queue
