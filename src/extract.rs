@@ -1,0 +1,77 @@
+//! Extract: a column's raw value from the decoded body (JSONPath) or the message metadata.
+//!
+//! A JSONPath that matches nothing yields null (missing); one match yields that value; several
+//! matches (e.g. `$.items[*].sku`) yield a JSON array of them.
+
+use crate::source::ReceivedMessage;
+use crate::spec::{ColumnSource, MetaField};
+use crate::value::Val;
+use serde_json::Value as J;
+
+/// Extracts one column's value.
+pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result<Val, String> {
+    match source {
+        ColumnSource::Path { query, .. } => {
+            let found = jsonpath_rust::query::js_path_process(query, body).map_err(|e| format!("JSONPath failed: {e}"))?;
+            Ok(match found.len() {
+                0 => Val::Null,
+                1 => match found[0].val {
+                    J::Null => Val::Null,
+                    v => Val::Json(v.clone()),
+                },
+                _ => Val::Json(J::Array(found.iter().map(|r| r.val.clone()).collect())),
+            })
+        }
+        ColumnSource::Meta(field) => Ok(match field {
+            MetaField::MessageId => Val::Text(msg.message_id.clone()),
+            MetaField::SentTimestamp => match msg.attributes.get("SentTimestamp") {
+                Some(s) => Val::BigInt(s.parse().map_err(|_| "SentTimestamp is not a number".to_string())?),
+                None => Val::Null,
+            },
+            MetaField::ReceiveCount => match msg.attributes.get("ApproximateReceiveCount") {
+                Some(s) => Val::Int(s.parse().map_err(|_| "ApproximateReceiveCount is not a number".to_string())?),
+                None => Val::Null,
+            },
+            MetaField::Attribute(name) => msg.attributes.get(name).map(|s| Val::Text(s.clone())).unwrap_or(Val::Null),
+            MetaField::MessageAttribute(name) => {
+                msg.message_attributes.get(name).map(|s| Val::Text(s.clone())).unwrap_or(Val::Null)
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn msg() -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: "m1".into(),
+            receipt_handle: String::new(),
+            body: String::new(),
+            attributes: HashMap::from([("SentTimestamp".into(), "1700000000000".into())]),
+            message_attributes: HashMap::from([("tenant".into(), "acme".into())]),
+        }
+    }
+
+    fn path(p: &str) -> ColumnSource {
+        ColumnSource::Path { text: p.into(), query: jsonpath_rust::parser::parse_json_path(p).unwrap() }
+    }
+
+    #[test]
+    fn paths_and_metadata() {
+        let body = json!({"a": {"b": 1}, "n": null, "items": [{"sku": "x"}, {"sku": "y"}]});
+        assert_eq!(extract(&path("$.a.b"), &body, &msg()).unwrap(), Val::Json(json!(1)));
+        assert_eq!(extract(&path("$.missing"), &body, &msg()).unwrap(), Val::Null);
+        assert_eq!(extract(&path("$.n"), &body, &msg()).unwrap(), Val::Null);
+        assert_eq!(extract(&path("$.items[*].sku"), &body, &msg()).unwrap(), Val::Json(json!(["x", "y"])));
+        assert_eq!(extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(), Val::BigInt(1_700_000_000_000));
+        assert_eq!(
+            extract(&ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())), &body, &msg()).unwrap(),
+            Val::Text("acme".into())
+        );
+        assert_eq!(extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(), Val::Null);
+    }
+}

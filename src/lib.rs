@@ -1,0 +1,27 @@
+//! etl-engine: moves JSON messages from SQS (or a JSON Lines file) into PostgreSQL, driven by a
+//! YAML spec, masking PII on the way.
+//!
+//! The flow, one direction, each stage handing data forward:
+//!
+//! 1. [`source`] receives a batch of messages (SQS long poll, ≤10 per call) with metadata;
+//! 2. [`decode`] turns each body into JSON — bad JSON becomes a reject, not a crash;
+//! 3. [`extract`] pulls each column's value (JSONPath into the body, or metadata);
+//! 4. [`transform`] applies the column's transforms (hash, encrypt, casts, defaults, ...);
+//!    [`process`] runs 2–4 for one message and yields a row or a reject;
+//! 5. [`sink`] writes vault rows, target rows, rejects and the ledger in ONE transaction;
+//! 6. [`pipeline`] deletes the messages from SQS only after that commit.
+//!
+//! [`spec`] loads and validates the YAML that drives all of this; [`vault`] holds the keyring,
+//! the cipher and PII recovery.
+
+pub mod decode;
+pub mod extract;
+pub mod pipeline;
+pub mod process;
+pub mod retry;
+pub mod sink;
+pub mod source;
+pub mod spec;
+pub mod transform;
+pub mod value;
+pub mod vault;

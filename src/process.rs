@@ -1,0 +1,92 @@
+//! One message through decode → extract → transforms, yielding a row or a reject reason.
+//!
+//! Pure and synchronous: no I/O, so it is shared by `run`, `preview` and `test`.
+
+use crate::decode::decode;
+use crate::extract::extract;
+use crate::source::ReceivedMessage;
+use crate::spec::Column;
+use crate::transform::{Context, PendingVault, Tokenizer};
+use crate::value::Val;
+use std::sync::Arc;
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A row for the target table (values in column order) and vault entries to store.
+    Row { values: Vec<Val>, vault: Vec<PendingVault> },
+    /// The message can never succeed; the reason names the stage and column, never a value.
+    Reject { reason: String },
+}
+
+/// A processed message, with what the sink and the ack need.
+#[derive(Debug)]
+pub struct Processed {
+    pub message_id: String,
+    pub receipt_handle: String,
+    /// The original body, kept only for rejects (to be stored encrypted).
+    pub reject_body: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// Runs the per-message stages for one spec.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    columns: Arc<Vec<Column>>,
+    tokenizer: Option<Tokenizer>,
+    max_receive_count: Option<u32>,
+}
+
+impl Processor {
+    /// `tokenizer` is required when a column hashes or encrypts (checked by the caller).
+    pub fn new(columns: Vec<Column>, tokenizer: Option<Tokenizer>, max_receive_count: Option<u32>) -> Self {
+        Self { columns: Arc::new(columns), tokenizer, max_receive_count }
+    }
+
+    /// The columns, in write order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// Processes one message.
+    pub fn process(&self, msg: ReceivedMessage) -> Processed {
+        let outcome = self.outcome(&msg);
+        let reject_body = matches!(outcome, Outcome::Reject { .. }).then_some(msg.body);
+        Processed { message_id: msg.message_id, receipt_handle: msg.receipt_handle, reject_body, outcome }
+    }
+
+    fn outcome(&self, msg: &ReceivedMessage) -> Outcome {
+        let reject = |reason: String| Outcome::Reject { reason };
+        if let (Some(limit), Some(count)) =
+            (self.max_receive_count, msg.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse::<u32>().ok()))
+        {
+            if count > limit {
+                return reject(format!("received {count} times, more than source.max_receive_count ({limit})"));
+            }
+        }
+        let body = match decode(&msg.body) {
+            Ok(b) => b,
+            Err(e) => return reject(format!("decode: {e}")),
+        };
+        let mut values = Vec::with_capacity(self.columns.len());
+        let mut vault = Vec::new();
+        for col in self.columns.iter() {
+            let mut v = match extract(&col.source, &body, msg) {
+                Ok(v) => v,
+                Err(e) => return reject(format!("column {}: extract: {e}", col.name)),
+            };
+            if col.required && v.is_null() {
+                return reject(format!("column {}: required value is missing or null", col.name));
+            }
+            let mut ctx = Context { tokenizer: self.tokenizer.as_ref(), column: &col.name, vault: &mut vault };
+            for t in &col.transforms {
+                v = match t.apply(v, &mut ctx) {
+                    Ok(v) => v,
+                    Err(e) => return reject(format!("column {}: {}: {e}", col.name, t.name())),
+                };
+            }
+            values.push(v);
+        }
+        Outcome::Row { values, vault }
+    }
+}

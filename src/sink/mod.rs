@@ -1,0 +1,387 @@
+//! The Postgres sink: one transaction per batch writes the ledger, vault rows, target rows and
+//! rejects together, so a message's effect is committed entirely or not at all.
+//!
+//! - Ledger first: `INSERT .. ON CONFLICT DO NOTHING RETURNING message_id` tells which messages
+//!   are new; redelivered ones are skipped (and still acknowledged). Concurrent processes block
+//!   on the same ledger key until the first commits, so each message's rows are written once.
+//! - Rows go in through `UNNEST` of typed arrays: one bind parameter per column however many
+//!   rows, far below Postgres's 65,535-parameter limit.
+//! - A row Postgres refuses (value too long, constraint) fails the whole statement; the batch is
+//!   then split in halves until the bad row is alone, and that row becomes a reject.
+
+pub mod schema;
+
+use crate::process::{Outcome, Processed};
+use crate::spec::{Column, Spec};
+use crate::value::{Val, ValType};
+use crate::vault::{Binding, CipherError, VaultCipher};
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors from the sink, classified where they occur.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Cipher(#[from] CipherError),
+    #[error("target table {table}: {problem}")]
+    Target { table: String, problem: String },
+}
+
+/// SQLSTATE classes that mean "this data can never be written": data exceptions (22) and
+/// integrity constraint violations (23).
+fn is_row_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+impl SinkError {
+    /// Whether retrying later may succeed: connection problems, timeouts, serialization
+    /// failures, deadlocks, server shutdown.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            SinkError::Db(e) => match e {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "40001" || c == "40P01"
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Quotes a validated `name` or `schema.name` as a Postgres identifier.
+pub fn quote_ident(name: &str) -> String {
+    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+/// What one committed write did.
+#[derive(Debug, Default, Clone)]
+pub struct WriteReport {
+    /// Message ids committed in this write (new rows, new rejects and duplicates): safe to delete.
+    pub acked: Vec<(String, String)>,
+    pub rows: u64,
+    pub rejects: u64,
+    pub duplicates: u64,
+    pub vault_rows: u64,
+    /// Encryptions performed, by key id (nonce budget).
+    pub encryptions: HashMap<String, u64>,
+}
+
+impl WriteReport {
+    fn merge(&mut self, o: WriteReport) {
+        self.acked.extend(o.acked);
+        self.rows += o.rows;
+        self.rejects += o.rejects;
+        self.duplicates += o.duplicates;
+        self.vault_rows += o.vault_rows;
+        for (k, v) in o.encryptions {
+            *self.encryptions.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Writes batches for one spec.
+pub struct Sink {
+    pool: PgPool,
+    pipeline: String,
+    target_table: String,
+    columns: Arc<Vec<Column>>,
+    cipher: Arc<VaultCipher>,
+    sql_ledger: String,
+    sql_vault: String,
+    sql_target: String,
+    sql_rejects: String,
+}
+
+/// Connects a pool to `url`, failing fast with a clear error when Postgres is unreachable.
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
+impl Sink {
+    /// Builds the statements for `spec`. Call [`schema::ensure`] and [`Sink::check_target`] first.
+    pub fn new(pool: PgPool, spec: &Spec, columns: Arc<Vec<Column>>, cipher: Arc<VaultCipher>) -> Self {
+        let ledger = quote_ident(&spec.ledger.table);
+        let vault = quote_ident(&spec.vault.table);
+        let rejects = quote_ident(&spec.rejects.table);
+        let target = quote_ident(&spec.target.table);
+        let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let arrays: Vec<String> =
+            columns.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type())).collect();
+        Sink {
+            pool,
+            pipeline: spec.name.clone(),
+            target_table: spec.target.table.clone(),
+            columns,
+            cipher,
+            sql_ledger: format!(
+                "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
+                 ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
+            ),
+            sql_vault: format!(
+                "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
+                 ON CONFLICT (target_table, column_name, token) DO NOTHING"
+            ),
+            sql_target: format!("INSERT INTO {target} ({}) SELECT * FROM UNNEST({})", names.join(", "), arrays.join(", ")),
+            sql_rejects: format!(
+                "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
+                 ON CONFLICT (pipeline, message_id) DO NOTHING"
+            ),
+        }
+    }
+
+    /// The pool (for housekeeping queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks that the target table exists and has every spec column, naming what is missing.
+    pub async fn check_target(pool: &PgPool, table: &str, columns: &[Column]) -> Result<(), SinkError> {
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, table.to_string()),
+        };
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_name = $1 AND ($2::text IS NULL AND table_schema = ANY(current_schemas(false)) OR table_schema = $2)",
+        )
+        .bind(&name)
+        .bind(&schema)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(SinkError::Target {
+                table: table.to_string(),
+                problem: "does not exist (or this role cannot see it); create it first, e.g. from schema/".into(),
+            });
+        }
+        let have: HashSet<String> = rows.into_iter().map(|r| r.0).collect();
+        let missing: Vec<&str> = columns.iter().map(|c| c.name.as_str()).filter(|c| !have.contains(*c)).collect();
+        if !missing.is_empty() {
+            let mut have: Vec<_> = have.into_iter().collect();
+            have.sort();
+            return Err(SinkError::Target {
+                table: table.to_string(),
+                problem: format!("has no column(s) {} (it has: {})", missing.join(", "), have.join(", ")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a batch, splitting it to isolate rows Postgres refuses. Transient errors are
+    /// returned to the caller (which retries the whole call); nothing is committed partially
+    /// except whole sub-batches, whose messages are all in the report.
+    pub async fn write(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
+        let mut report = WriteReport::default();
+        let mut stack = vec![batch];
+        while let Some(part) = stack.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.write_once(part).await {
+                Ok(r) => report.merge(r),
+                Err(SinkError::Db(e)) if is_row_error(&e) => {
+                    if part.len() == 1 {
+                        let reason = match &e {
+                            sqlx::Error::Database(d) => {
+                                format!("postgres refused the row: {} (SQLSTATE {})", d.message(), d.code().unwrap_or_default())
+                            }
+                            other => format!("postgres refused the row: {other}"),
+                        };
+                        let rejected = part.iter().map(|p| reject_of(p, reason.clone())).collect::<Vec<_>>();
+                        report.merge(self.write_once(&rejected).await?);
+                    } else {
+                        let (left, right) = part.split_at(part.len() / 2);
+                        stack.push(right);
+                        stack.push(left);
+                    }
+                }
+                Err(e) => {
+                    // Whatever sub-batches already committed are safe to acknowledge; the
+                    // caller retries the rest after the error, and the ledger skips duplicates.
+                    if !report.acked.is_empty() {
+                        tracing::debug!(committed = report.acked.len(), "Part of a batch committed before a transient error.");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
+        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
+        let ids: Vec<&str> = batch.iter().map(|p| p.message_id.as_str()).collect();
+        let outcomes: Vec<&str> =
+            batch.iter().map(|p| if matches!(p.outcome, Outcome::Row { .. }) { "row" } else { "reject" }).collect();
+        let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql_ledger.clone()))
+            .bind(&self.pipeline)
+            .bind(&ids)
+            .bind(&outcomes)
+            .fetch_all(&mut *tx)
+            .await?;
+        let fresh: HashSet<String> = fresh.into_iter().map(|r| r.0).collect();
+        let mut report = WriteReport {
+            acked: batch.iter().map(|p| (p.message_id.clone(), p.receipt_handle.clone())).collect(),
+            ..Default::default()
+        };
+        // A message id twice in one batch (possible with redelivery) is written once.
+        let mut seen = HashSet::new();
+        let new: Vec<&Processed> =
+            batch.iter().filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str())).collect();
+        report.duplicates = (batch.len() - new.len()) as u64;
+
+        // Vault: one encryption per distinct (column, token) in the batch.
+        let mut vault_keys = HashSet::new();
+        let (mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) = (vec![], vec![], vec![], vec![], vec![]);
+        for p in &new {
+            if let Outcome::Row { vault, .. } = &p.outcome {
+                for pv in vault {
+                    if !vault_keys.insert((pv.column.as_str(), pv.token.as_str())) {
+                        continue;
+                    }
+                    let b = Binding { scope: &self.target_table, column: &pv.column, token: &pv.token };
+                    let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
+                    *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+                    v_col.push(pv.column.clone());
+                    v_tok.push(pv.token.clone());
+                    v_kid.push(sealed.key_id);
+                    v_nonce.push(sealed.nonce.to_vec());
+                    v_ct.push(sealed.ciphertext);
+                }
+            }
+        }
+        if !v_col.is_empty() {
+            let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
+                .bind(&self.target_table)
+                .bind(&v_col)
+                .bind(&v_tok)
+                .bind(&v_kid)
+                .bind(&v_nonce)
+                .bind(&v_ct)
+                .execute(&mut *tx)
+                .await?;
+            report.vault_rows = r.rows_affected();
+        }
+
+        // Target rows.
+        let rows: Vec<&Vec<Val>> = new
+            .iter()
+            .filter_map(|p| match &p.outcome {
+                Outcome::Row { values, .. } => Some(values),
+                Outcome::Reject { .. } => None,
+            })
+            .collect();
+        if !rows.is_empty() {
+            let mut q = sqlx::query(AssertSqlSafe(self.sql_target.clone()));
+            for (i, col) in self.columns.iter().enumerate() {
+                q = bind_column(q, col.out_type, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
+            }
+            q.execute(&mut *tx).await?;
+            report.rows = rows.len() as u64;
+        }
+
+        // Rejects, bodies encrypted.
+        let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) = (vec![], vec![], vec![], vec![], vec![]);
+        for p in &new {
+            if let Outcome::Reject { reason } = &p.outcome {
+                let body = p.reject_body.as_deref().unwrap_or_default();
+                let b = Binding { scope: &self.pipeline, column: "rejects", token: &p.message_id };
+                let sealed = self.cipher.encrypt(b, body.as_bytes())?;
+                *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+                r_id.push(p.message_id.clone());
+                r_reason.push(reason.clone());
+                r_kid.push(sealed.key_id);
+                r_nonce.push(sealed.nonce.to_vec());
+                r_ct.push(sealed.ciphertext);
+            }
+        }
+        if !r_id.is_empty() {
+            sqlx::query(AssertSqlSafe(self.sql_rejects.clone()))
+                .bind(&self.pipeline)
+                .bind(&r_id)
+                .bind(&r_reason)
+                .bind(&r_kid)
+                .bind(&r_nonce)
+                .bind(&r_ct)
+                .execute(&mut *tx)
+                .await?;
+            report.rejects = r_id.len() as u64;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+fn reject_of(p: &Processed, reason: String) -> Processed {
+    // Valid rows do not keep their body (memory); the reject records the reason with an
+    // empty body, and the ledger marks the message as rejected.
+    Processed {
+        message_id: p.message_id.clone(),
+        receipt_handle: p.receipt_handle.clone(),
+        reject_body: Some(p.reject_body.clone().unwrap_or_default()),
+        outcome: Outcome::Reject { reason },
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds one column of a batch as a typed array.
+fn bind_column<'q, 'v>(q: PgQuery<'q>, ty: ValType, vals: impl Iterator<Item = &'v Val>) -> PgQuery<'q> {
+    match ty {
+        ValType::Json | ValType::Text => q.bind(vals.map(|v| v.to_text()).collect::<Vec<Option<String>>>()),
+        ValType::Integer => q.bind(
+            vals.map(|v| match v {
+                Val::Int(i) => Some(*i),
+                _ => None,
+            })
+            .collect::<Vec<Option<i32>>>(),
+        ),
+        ValType::BigInt => q.bind(
+            vals.map(|v| match v {
+                Val::BigInt(i) => Some(*i),
+                Val::Int(i) => Some(i64::from(*i)),
+                _ => None,
+            })
+            .collect::<Vec<Option<i64>>>(),
+        ),
+        ValType::Boolean => q.bind(
+            vals.map(|v| match v {
+                Val::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect::<Vec<Option<bool>>>(),
+        ),
+        ValType::Date => q.bind(
+            vals.map(|v| match v {
+                Val::Date(d) => Some(*d),
+                _ => None,
+            })
+            .collect::<Vec<Option<NaiveDate>>>(),
+        ),
+        ValType::Timestamp => q.bind(
+            vals.map(|v| match v {
+                Val::Timestamp(t) => Some(*t),
+                _ => None,
+            })
+            .collect::<Vec<Option<DateTime<Utc>>>>(),
+        ),
+    }
+}

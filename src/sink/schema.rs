@@ -1,0 +1,66 @@
+//! The engine's own tables (ledger, vault, rejects, key usage, audit), created if missing.
+//!
+//! `schema/engine.sql` holds the same DDL with the default names, for operators who create
+//! tables ahead of time and run the engine with a role that cannot (see `schema/roles.sql`).
+
+use super::quote_ident;
+use crate::spec::Spec;
+use sqlx::{AssertSqlSafe, PgPool};
+
+/// Name of the table counting encryptions per key (nonce budget).
+pub const KEY_USAGE_TABLE: &str = "etl_key_usage";
+/// Name of the append-only audit table of PII recoveries.
+pub const AUDIT_TABLE: &str = "etl_vault_audit";
+
+/// The DDL for a spec's engine tables.
+pub fn ddl(spec: &Spec) -> Vec<String> {
+    let ledger = quote_ident(&spec.ledger.table);
+    let ledger_idx = quote_ident(&format!("{}_processed_at", spec.ledger.table.replace('.', "_")));
+    let vault = quote_ident(&spec.vault.table);
+    let rejects = quote_ident(&spec.rejects.table);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ledger} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  outcome text NOT NULL,\n  \
+             processed_at timestamptz NOT NULL DEFAULT now(),\n  PRIMARY KEY (pipeline, message_id))"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {ledger_idx} ON {ledger} (processed_at)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {vault} (\n  target_table text NOT NULL,\n  column_name text NOT NULL,\n  token text NOT NULL,\n  \
+             key_id text NOT NULL,\n  nonce bytea NOT NULL,\n  ciphertext bytea NOT NULL,\n  created_at timestamptz NOT NULL DEFAULT now(),\n  \
+             rotated_at timestamptz,\n  PRIMARY KEY (target_table, column_name, token))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {rejects} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  reason text NOT NULL,\n  \
+             key_id text,\n  nonce bytea,\n  body_ciphertext bytea,\n  rejected_at timestamptz NOT NULL DEFAULT now(),\n  \
+             PRIMARY KEY (pipeline, message_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {KEY_USAGE_TABLE} (\n  key_id text PRIMARY KEY,\n  encryptions bigint NOT NULL DEFAULT 0,\n  \
+             updated_at timestamptz NOT NULL DEFAULT now())"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (\n  id bigserial PRIMARY KEY,\n  at timestamptz NOT NULL DEFAULT now(),\n  \
+             actor text NOT NULL,\n  db_user text NOT NULL DEFAULT current_user,\n  spec text NOT NULL,\n  target_table text NOT NULL,\n  \
+             column_name text NOT NULL,\n  value_count integer NOT NULL,\n  reason text NOT NULL)"
+        ),
+    ]
+}
+
+/// Creates missing engine tables. Tables that exist are left alone, so a least-privilege role
+/// that cannot create tables works once they were created ahead of time.
+pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
+    for stmt in ddl(spec) {
+        match sqlx::query(AssertSqlSafe(stmt)).execute(pool).await {
+            Ok(_) => {}
+            // 42501: insufficient privilege. Fine if the table is already there; the writes
+            // that follow will say so clearly if it is not.
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {
+                tracing::debug!("Cannot create an engine table with this role; assuming it exists.");
+            }
+            // 23505 / 42P07: a concurrent process created the same table or type at the same moment.
+            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505") | Some("42P07")) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

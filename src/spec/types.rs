@@ -1,0 +1,323 @@
+//! The serde types of a spec file, exactly as a person writes them.
+//!
+//! Every struct denies unknown keys, defaults live in named functions, and units are in
+//! field names (`visibility_timeout_secs`). The JSON Schema under `schema/` is generated
+//! from these types.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole spec file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecConfig {
+    /// Pipeline name; scopes the ledger and rejects. Defaults to the file name without extension.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where messages come from.
+    pub source: SourceConfig,
+    /// Where rows go.
+    pub target: TargetConfig,
+    /// Where encrypted originals go and where the keyring is.
+    #[serde(default)]
+    pub vault: VaultConfig,
+    /// Where messages that can never succeed go.
+    #[serde(default)]
+    pub rejects: RejectsConfig,
+    /// The table of processed message ids that makes writes exactly-once.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// Target columns by name: where each value comes from and how it is transformed.
+    pub columns: BTreeMap<String, ColumnConfig>,
+    /// Spec unit tests, run by `etl-engine test` without any service.
+    #[serde(default)]
+    pub tests: Vec<SpecTestConfig>,
+}
+
+/// The message source.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// An SQS queue.
+    Sqs(SqsSourceConfig),
+    /// A JSON Lines file, one message body per line (backfills, replays of dead-letter dumps).
+    File(FileSourceConfig),
+}
+
+/// SQS source settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSourceConfig {
+    /// Queue name or queue URL.
+    pub queue: String,
+    /// Endpoint override, e.g. `http://127.0.0.1:4566` for LocalStack. Omit for AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Wire protocol: `auto` tries JSON and falls back to query for old endpoints.
+    #[serde(default)]
+    pub protocol: SqsProtocol,
+    /// Long-poll wait per receive call, 0..=20 seconds.
+    #[serde(default = "default_wait_time_secs")]
+    pub wait_time_secs: u32,
+    /// Visibility timeout requested on receive; extended while a batch is still being written.
+    #[serde(default = "default_visibility_timeout_secs")]
+    pub visibility_timeout_secs: u32,
+    /// Messages per receive call, 1..=10.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u32,
+    /// Concurrent receive loops.
+    #[serde(default = "default_pollers")]
+    pub pollers: u32,
+    /// A message received more often than this goes to rejects instead of looping forever.
+    #[serde(default = "default_max_receive_count")]
+    pub max_receive_count: u32,
+}
+
+/// SQS wire protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SqsProtocol {
+    /// JSON first; switch to query if the endpoint only speaks query.
+    #[default]
+    Auto,
+    /// JSON protocol only (aws-sdk-sqs).
+    Json,
+    /// Query protocol only (form-encoded requests, XML answers).
+    Query,
+}
+
+/// File source settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Path of the JSON Lines file; relative paths are relative to the working directory.
+    pub path: String,
+}
+
+/// Postgres target settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Postgres URL. Override with `ETL_SPEC_TARGET__URL`.
+    pub url: String,
+    /// Target table, optionally schema-qualified.
+    pub table: String,
+    /// Messages per write transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// A partial batch is written after this long.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Concurrent write transactions (each holds one connection).
+    #[serde(default = "default_writers")]
+    pub writers: u32,
+}
+
+/// Vault settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Table holding encrypted originals.
+    #[serde(default = "default_vault_table")]
+    pub table: String,
+    /// Keyring file. When absent, the `ETL_KEYRING` environment variable names it.
+    #[serde(default)]
+    pub keyring: Option<String>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self { table: default_vault_table(), keyring: None }
+    }
+}
+
+/// Rejects settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectsConfig {
+    /// Table holding rejected messages (bodies encrypted) with the reason.
+    #[serde(default = "default_rejects_table")]
+    pub table: String,
+}
+
+impl Default for RejectsConfig {
+    fn default() -> Self {
+        Self { table: default_rejects_table() }
+    }
+}
+
+/// Ledger settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Table of processed message ids.
+    #[serde(default = "default_ledger_table")]
+    pub table: String,
+    /// Entries older than this are pruned by `etl-engine prune-ledger`; keep it at least the
+    /// queue's retention period (SQS maximum: 14 days).
+    #[serde(default = "default_ledger_retention_hours")]
+    pub retention_hours: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { table: default_ledger_table(), retention_hours: default_ledger_retention_hours() }
+    }
+}
+
+/// One target column.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// JSONPath into the message body, e.g. `$.user_id`. Exactly one of `path` and `meta`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Message metadata: `message_id`, `sent_timestamp`, `receive_count`,
+    /// `attributes.<Name>` or `message_attributes.<Name>`.
+    #[serde(default)]
+    pub meta: Option<String>,
+    /// A message where this value is missing or null is rejected.
+    #[serde(default)]
+    pub required: bool,
+    /// Applied in order.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+}
+
+/// A field-level transform.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Keyed HMAC-SHA-256 of the value (hex): equal inputs give equal tokens.
+    Hash {},
+    /// Like `hash`, and the original is stored AES-256-GCM encrypted in the vault.
+    Encrypt {},
+    /// Convert to a type.
+    Cast {
+        /// Target type.
+        to: CastType,
+    },
+    /// "2.3.0" → 2003000: major*1,000,000 + minor*1,000 + patch; keeps version ordering.
+    VersionToInt {},
+    /// Epoch number → date or timestamp (UTC).
+    FromEpoch {
+        /// Unit of the number.
+        #[serde(default)]
+        unit: EpochUnit,
+        /// `date` or `timestamp`.
+        to: CastType,
+    },
+    /// Value used when the input is null or missing.
+    Default {
+        /// The default (must fit the column's type at this point).
+        value: serde_json::Value,
+    },
+    /// Strip leading and trailing whitespace.
+    Trim {},
+    /// Lowercase.
+    Lowercase {},
+    /// Uppercase.
+    Uppercase {},
+}
+
+impl TransformConfig {
+    /// The `type:` names, for suggestions.
+    pub const NAMES: &'static [&'static str] = &[
+        "hash",
+        "encrypt",
+        "cast",
+        "version_to_int",
+        "from_epoch",
+        "default",
+        "trim",
+        "lowercase",
+        "uppercase",
+    ];
+}
+
+/// Target types of `cast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CastType {
+    Integer,
+    Bigint,
+    Text,
+    Boolean,
+    Date,
+    Timestamp,
+}
+
+/// Units of `from_epoch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochUnit {
+    #[default]
+    Millis,
+    Seconds,
+}
+
+/// One spec unit test.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecTestConfig {
+    /// Test name.
+    pub name: String,
+    /// The message body: a JSON value, or (with `raw: true`) the exact body text.
+    pub body: serde_json::Value,
+    /// Treat `body` as the exact text of the message (to test invalid JSON).
+    #[serde(default)]
+    pub raw: bool,
+    /// Metadata: `message_id`, `sent_timestamp`, `receive_count`, `attributes`, `message_attributes`.
+    #[serde(default)]
+    pub meta: BTreeMap<String, serde_json::Value>,
+    /// Expected row (column → value) when the message is valid.
+    #[serde(default)]
+    pub expect_row: Option<BTreeMap<String, serde_json::Value>>,
+    /// Expected reject: a substring of the reason.
+    #[serde(default)]
+    pub expect_reject: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+fn default_wait_time_secs() -> u32 {
+    10
+}
+fn default_visibility_timeout_secs() -> u32 {
+    60
+}
+fn default_max_messages() -> u32 {
+    10
+}
+fn default_pollers() -> u32 {
+    4
+}
+fn default_max_receive_count() -> u32 {
+    10
+}
+fn default_batch_size() -> usize {
+    1000
+}
+fn default_flush_interval_ms() -> u64 {
+    500
+}
+fn default_writers() -> u32 {
+    2
+}
+fn default_vault_table() -> String {
+    "etl_vault".to_string()
+}
+fn default_rejects_table() -> String {
+    "etl_rejects".to_string()
+}
+fn default_ledger_table() -> String {
+    "etl_ledger".to_string()
+}
+fn default_ledger_retention_hours() -> u64 {
+    14 * 24
+}

@@ -1,0 +1,75 @@
+//! Keyed, deterministic tokens: HMAC-SHA-256 with the keyring's active hash key, as hex.
+//!
+//! Unkeyed SHA-256 is not masking (every IPv4 address is reversed from it in minutes), so
+//! there is deliberately no unkeyed variant. The keyed MAC state is built once and cloned per
+//! value, which costs a copy instead of two key-schedule compressions.
+
+use crate::vault::keyring::Key;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::fmt;
+
+/// Makes tokens with one hash key.
+#[derive(Clone)]
+pub struct Tokenizer {
+    key_id: String,
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the keyed MAC state for `key`.
+    pub fn new(key: &Key) -> Self {
+        // A 32-byte key is valid for HMAC, which accepts keys of any length.
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.material()).unwrap_or_else(|_| unreachable!());
+        Self { key_id: key.id.clone(), mac }
+    }
+
+    /// The id of the key tokens are made with.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The token of `value`: 64 lowercase hex characters.
+    pub fn token(&self, value: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(value);
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::Keyring;
+    use sha2::Digest;
+
+    #[test]
+    fn deterministic_keyed_and_not_plain_sha256() {
+        let ring = Keyring::generate().unwrap();
+        let t = Tokenizer::new(&ring.hash_keys[0]);
+        let a = t.token(b"199.172.111.135");
+        assert_eq!(a, t.token(b"199.172.111.135"));
+        assert_ne!(a, t.token(b"199.172.111.136"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, hex::encode(Sha256::digest(b"199.172.111.135")));
+        let other = Keyring::generate().unwrap();
+        assert_ne!(a, Tokenizer::new(&other.hash_keys[0]).token(b"199.172.111.135"));
+    }
+
+    #[test]
+    fn matches_rfc4231_vector() {
+        // RFC 4231 test case 2 uses a short key; check our HMAC wiring with a 32-byte key
+        // against an independently computed value instead.
+        let ring = Keyring::fixed_test_keyring();
+        let t = Tokenizer::new(&ring.hash_keys[0]);
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&[0x11; 32]).unwrap();
+        mac.update(b"abc");
+        assert_eq!(t.token(b"abc"), hex::encode(mac.finalize().into_bytes()));
+    }
+}

@@ -1,0 +1,174 @@
+//! AES-256-GCM for vault values and reject bodies, with associated data that binds each
+//! ciphertext to where it belongs, so a ciphertext copied onto another row fails to decrypt.
+//!
+//! Cipher state is built once per key and reused; nonces are 96 random bits per encryption
+//! (see SECURITY.md for the 2^32 budget that implies).
+
+use super::keyring::{KeyState, Keyring, KeyringError};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use std::collections::HashMap;
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// Version tag at the start of the associated data; changing the layout changes it.
+const AAD_VERSION: &[u8] = b"etl-engine/v1";
+
+/// Errors from encryption and decryption. Never contain plaintext or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CipherError {
+    #[error("key {0} is not in the keyring; add it back (as decrypt_only) to decrypt values written with it")]
+    UnknownKey(String),
+    #[error("key {0} is retired in the keyring and cannot decrypt; set its state to decrypt_only to use it")]
+    RetiredKey(String),
+    #[error("no active encryption key in the keyring")]
+    NoActiveKey,
+    #[error("decryption with key {0} failed: the ciphertext, nonce or its binding (table, column, token) does not match, or the key is wrong")]
+    Authentication(String),
+    #[error("stored nonce has {0} bytes, expected 12")]
+    BadNonce(usize),
+    #[error("encryption failed")]
+    Encrypt,
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// What a ciphertext is bound to: the parts of its associated data besides the key id.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// Target table (vault values) or pipeline name (reject bodies).
+    pub scope: &'a str,
+    /// Column name, or `rejects` for reject bodies.
+    pub column: &'a str,
+    /// The token (vault values) or message id (reject bodies).
+    pub token: &'a str,
+}
+
+/// A ciphertext with what is needed to decrypt it.
+#[derive(Clone)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: [u8; 12],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed").field("key_id", &self.key_id).field("len", &self.ciphertext.len()).finish()
+    }
+}
+
+/// Length-prefixed fields, so ("ab","c") and ("a","bc") differ.
+fn aad(binding: Binding<'_>, key_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + binding.token.len());
+    for part in [AAD_VERSION, binding.scope.as_bytes(), binding.column.as_bytes(), binding.token.as_bytes(), key_id.as_bytes()] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// Encrypts with the active key and decrypts with any non-retired key of a keyring.
+pub struct VaultCipher {
+    ciphers: HashMap<String, (KeyState, Aes256Gcm)>,
+    active: Option<String>,
+}
+
+impl fmt::Debug for VaultCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultCipher").field("keys", &self.ciphers.keys().collect::<Vec<_>>()).field("active", &self.active).finish()
+    }
+}
+
+impl VaultCipher {
+    /// Builds cipher state for every encryption key of the keyring.
+    pub fn new(ring: &Keyring) -> Result<Self, CipherError> {
+        let mut ciphers = HashMap::new();
+        let mut active = None;
+        for k in &ring.encryption_keys {
+            let c = Aes256Gcm::new_from_slice(k.material()).map_err(|_| CipherError::Encrypt)?;
+            if k.state == KeyState::Active {
+                active = Some(k.id.clone());
+            }
+            ciphers.insert(k.id.clone(), (k.state, c));
+        }
+        Ok(Self { ciphers, active })
+    }
+
+    /// The id new ciphertexts are written with.
+    pub fn active_key_id(&self) -> Option<&str> {
+        self.active.as_deref()
+    }
+
+    /// Encrypts `plaintext` with the active key and a fresh random nonce.
+    pub fn encrypt(&self, binding: Binding<'_>, plaintext: &[u8]) -> Result<Sealed, CipherError> {
+        let key_id = self.active.as_deref().ok_or(CipherError::NoActiveKey)?;
+        let (_, cipher) = self.ciphers.get(key_id).ok_or(CipherError::NoActiveKey)?;
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|_| CipherError::Encrypt)?;
+        let aad = aad(binding, key_id);
+        let ciphertext = cipher
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+            .map_err(|_| CipherError::Encrypt)?;
+        Ok(Sealed { key_id: key_id.to_string(), nonce, ciphertext })
+    }
+
+    /// Decrypts a stored value; fails if any byte or any part of the binding differs.
+    pub fn decrypt(&self, binding: Binding<'_>, key_id: &str, nonce: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CipherError> {
+        let (state, cipher) = self.ciphers.get(key_id).ok_or_else(|| CipherError::UnknownKey(key_id.to_string()))?;
+        if *state == KeyState::Retired {
+            return Err(CipherError::RetiredKey(key_id.to_string()));
+        }
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| CipherError::BadNonce(nonce.len()))?;
+        let aad = aad(binding, key_id);
+        cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| CipherError::Authentication(key_id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(token: &str) -> Binding<'_> {
+        Binding { scope: "user_logins", column: "masked_ip", token }
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let ring = Keyring::generate().unwrap();
+        let c = VaultCipher::new(&ring).unwrap();
+        let s = c.encrypt(binding("t1"), b"10.0.0.1").unwrap();
+        assert_ne!(&s.ciphertext[..8], b"10.0.0.1");
+        assert_eq!(&*c.decrypt(binding("t1"), &s.key_id, &s.nonce, &s.ciphertext).unwrap(), b"10.0.0.1");
+        // Copied to another token's row: fails.
+        assert!(matches!(c.decrypt(binding("t2"), &s.key_id, &s.nonce, &s.ciphertext), Err(CipherError::Authentication(_))));
+        // Another column: fails.
+        let other = Binding { scope: "user_logins", column: "masked_device_id", token: "t1" };
+        assert!(c.decrypt(other, &s.key_id, &s.nonce, &s.ciphertext).is_err());
+        // Flipped byte: fails.
+        let mut bad = s.ciphertext.clone();
+        bad[0] ^= 1;
+        assert!(c.decrypt(binding("t1"), &s.key_id, &s.nonce, &bad).is_err());
+        // Unknown key id: names it.
+        let err = c.decrypt(binding("t1"), "nope", &s.nonce, &s.ciphertext).unwrap_err().to_string();
+        assert!(err.contains("nope"));
+        // Two encryptions of the same value differ (random nonce).
+        let s2 = c.encrypt(binding("t1"), b"10.0.0.1").unwrap();
+        assert_ne!(s.nonce, s2.nonce);
+    }
+
+    #[test]
+    fn wrong_keyring_fails_cleanly() {
+        let a = VaultCipher::new(&Keyring::generate().unwrap()).unwrap();
+        let mut ring_b = Keyring::generate().unwrap();
+        let s = a.encrypt(binding("t"), b"x").unwrap();
+        // Same id, different material.
+        ring_b.encryption_keys[0].id = s.key_id.clone();
+        let b = VaultCipher::new(&ring_b).unwrap();
+        assert!(matches!(b.decrypt(binding("t"), &s.key_id, &s.nonce, &s.ciphertext), Err(CipherError::Authentication(_))));
+    }
+}

@@ -1,0 +1,1 @@
+//! PII recovery (being written).
