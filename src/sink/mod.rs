@@ -385,3 +385,35 @@ fn bind_column<'q, 'v>(q: PgQuery<'q>, ty: ValType, vals: impl Iterator<Item = &
         ),
     }
 }
+
+/// Encryptions per key after which a warning is logged: a quarter of the 2^32 random-nonce
+/// limit of NIST SP 800-38D, leaving ample time to rotate.
+pub const NONCE_WARN_AT: i64 = 1 << 30;
+
+/// Adds this run's encryption counts to the key-usage table and warns when a key nears its
+/// nonce budget. Failures are logged, not fatal: the rows are already committed.
+pub async fn record_key_usage(pool: &PgPool, stats: &crate::pipeline::Stats) {
+    let counts: Vec<(String, u64)> = match stats.encryptions.lock() {
+        Ok(mut m) => m.drain().collect(),
+        Err(_) => return,
+    };
+    for (key_id, n) in counts {
+        let res: Result<(i64,), _> = sqlx::query_as(AssertSqlSafe(format!(
+            "INSERT INTO {} (key_id, encryptions) VALUES ($1, $2) ON CONFLICT (key_id) DO UPDATE \
+             SET encryptions = {0}.encryptions + excluded.encryptions, updated_at = now() RETURNING encryptions",
+            schema::KEY_USAGE_TABLE
+        )))
+        .bind(&key_id)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .fetch_one(pool)
+        .await;
+        match res {
+            Ok((total,)) if total >= NONCE_WARN_AT => tracing::warn!(
+                key_id = %key_id, encryptions = total,
+                "This encryption key has been used for more than 2^30 encryptions; rotate it (add a new active key and run vault-rotate) before 2^32."
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, key_id = %key_id, "Could not record key usage."),
+        }
+    }
+}
