@@ -1,0 +1,149 @@
+//! Shared helpers for integration tests: service addresses from the environment (set by
+//! `scripts/test.sh`, with localhost defaults), a fresh database and queue per test, keyrings,
+//! specs, and running the real `etl-engine` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The admin database URL of the test Postgres.
+pub fn db_url() -> String {
+    std::env::var("ETL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+/// The current (JSON + query protocol) SQS endpoint.
+pub fn sqs_endpoint() -> String {
+    std::env::var("ETL_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+/// The old, query-only SQS endpoint.
+pub fn legacy_sqs_endpoint() -> String {
+    std::env::var("ETL_TEST_LEGACY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4567".into())
+}
+
+/// A short random suffix for names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Creates a fresh database and returns its URL. Tests never share tables.
+pub async fn fresh_db() -> String {
+    let admin = sqlx::PgPool::connect(&db_url()).await.expect("test Postgres must be running (scripts/test.sh starts it)");
+    let name = unique("t");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let base = db_url();
+    let cut = base.rfind('/').expect("db url has a path");
+    format!("{}/{name}", &base[..cut])
+}
+
+/// The users' table.
+pub const USER_LOGINS_DDL: &str = "CREATE TABLE IF NOT EXISTS user_logins(user_id varchar(128), device_type varchar(32), \
+    masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)";
+
+/// Runs SQL on a database.
+pub async fn exec(url: &str, sql: &str) {
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await.expect("exec");
+    pool.close().await;
+}
+
+/// An SDK client for an endpoint (JSON protocol).
+pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .endpoint_url(endpoint)
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "test"))
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// Creates a queue with a random name on the current endpoint; returns (name, url).
+pub async fn fresh_queue(endpoint: &str) -> (String, String) {
+    let name = unique("q").replace('_', "-");
+    let c = sqs_client(endpoint).await;
+    let out = c.create_queue().queue_name(&name).send().await.expect("test SQS must be running (scripts/test.sh starts it)");
+    (name, out.queue_url.expect("queue url"))
+}
+
+/// Number of messages in a queue, visible + in flight.
+pub async fn queue_depth(endpoint: &str, url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let c = sqs_client(endpoint).await;
+    let out = c
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes.unwrap_or_default();
+    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    (get(A::ApproximateNumberOfMessages), get(A::ApproximateNumberOfMessagesNotVisible))
+}
+
+/// The engine binary.
+pub fn engine() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_etl-engine"));
+    c.env_remove("ETL_KEYRING").env_remove("ETL_KEYRING_JSON").env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test");
+    c
+}
+
+/// Runs the engine and returns its output; panics with stderr if `expect_ok` does not match.
+pub fn run_engine(args: &[&str], envs: &[(&str, &str)], expect_ok: bool) -> Output {
+    let mut c = engine();
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run etl-engine");
+    if out.status.success() != expect_ok {
+        panic!(
+            "etl-engine {args:?} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Writes a new keyring in `dir` and returns its path.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    run_engine(&["keygen", p.to_str().expect("utf-8 path")], &[], true);
+    p
+}
+
+/// A logins spec (same columns as specs/logins.yaml) for a queue (name or URL) and database.
+pub fn logins_spec(dir: &Path, endpoint: &str, queue: &str, db: &str, protocol: &str) -> PathBuf {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/logins.yaml")).expect("read specs/logins.yaml");
+    let text = text
+        .replace("queue: login-queue", &format!("queue: {queue}"))
+        .replace("endpoint_url: http://127.0.0.1:4566", &format!("endpoint_url: {endpoint}"))
+        .replace("protocol: auto", &format!("protocol: {protocol}"))
+        .replace("url: postgres://postgres:postgres@127.0.0.1:5432/postgres", &format!("url: {db}"))
+        .replace("wait_time_secs: 10", "wait_time_secs: 1");
+    let p = dir.join("logins.yaml");
+    std::fs::write(&p, text).expect("write spec");
+    p
+}
+
+/// The example messages shipped in examples/logins.jsonl.
+pub fn example_logins() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/logins.jsonl")
+}
+
+/// Counts (valid, invalid) example messages the way the engine should classify them.
+pub fn classify_examples(path: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).expect("read examples");
+    let mut ok = 0;
+    let mut bad = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.get("user_id").is_some_and(|u| !u.is_null()) => ok += 1,
+            _ => bad += 1,
+        }
+    }
+    (ok, bad)
+}
