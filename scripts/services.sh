@@ -7,7 +7,7 @@
 #
 # Environment: PGPORT (5432), SQS_PORT (4566), ETL_LOCAL_DIR (<project>/.local), QUEUES ("login-queue"),
 #              TABLE_DDL (space-separated, relative to the project), READY_TIMEOUT (seconds, 90),
-#              PYTHON (python3, used to create the LocalStack venvs).
+#              PYTHON (python3, used to create the LocalStack venvs), ETL_VENV_DIR (where the venvs live; ETL_LOCAL_DIR).
 # --legacy-sqs runs localstack-core 2.3.2, which only speaks the SQS query protocol.
 set -euo pipefail
 
@@ -174,7 +174,9 @@ pg_down() {
 
 # ---------------------------------------------------------------- LocalStack SQS
 
-venv_dir() { if [ "$1" = legacy ]; then echo "$L/venv-localstack-legacy"; else echo "$L/venv-localstack"; fi; }
+# Virtual environments can be shared between state dirs (tests run isolated services from one install).
+VENV_DIR=${ETL_VENV_DIR:-$L}
+venv_dir() { if [ "$1" = legacy ]; then echo "$VENV_DIR/venv-localstack-legacy"; else echo "$VENV_DIR/venv-localstack"; fi; }
 version_of() { if [ "$1" = legacy ]; then echo "$LEGACY_VERSION"; else echo "$CURRENT_VERSION"; fi; }
 req_base() { if [ "$1" = legacy ]; then echo "$REQ_DIR/localstack-legacy"; else echo "$REQ_DIR/localstack-current"; fi; }
 

@@ -9,6 +9,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
+# Services are isolated per run, but share one LocalStack installation with the demo.
+export ETL_VENV_DIR=${ETL_VENV_DIR:-"$ROOT/.local"}
 TEST_PGPORT=${TEST_PGPORT:-55432}
 TEST_SQS_PORT=${TEST_SQS_PORT:-54566}
 TEST_LEGACY_SQS_PORT=${TEST_LEGACY_SQS_PORT:-54567}

@@ -3,8 +3,8 @@
 //! automatic protocol switch depends on.
 //!
 //! The endpoint comes from `ETL_TEST_LEGACY_SQS_ENDPOINT` (default `http://127.0.0.1:4567`).
-//! When that variable is unset and nothing listens at the default, the tests report that they
-//! skipped; when it is set, an unreachable endpoint fails them, so CI cannot pass silently.
+//! An unreachable endpoint fails the tests (`scripts/test.sh` starts one), so they never pass
+//! without having run.
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -18,7 +18,7 @@ use std::time::Duration;
 const REGION: &str = "us-east-1";
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4567";
 
-/// Returns the endpoint to test against, or `None` when the tests should skip.
+/// Returns the endpoint to test against; panics when it is unreachable.
 async fn endpoint() -> Option<String> {
     let configured = std::env::var("ETL_TEST_LEGACY_SQS_ENDPOINT")
         .ok()
@@ -35,16 +35,9 @@ async fn endpoint() -> Option<String> {
         .await,
         Ok(Ok(_))
     );
-    match (reachable, configured.is_some()) {
-        (true, _) => Some(endpoint),
-        (false, true) => panic!("ETL_TEST_LEGACY_SQS_ENDPOINT={endpoint} is not reachable"),
-        (false, false) => {
-            eprintln!(
-                "skipped: no legacy SQS endpoint at {endpoint} (set ETL_TEST_LEGACY_SQS_ENDPOINT to require one)"
-            );
-            None
-        }
-    }
+    let _ = configured;
+    assert!(reachable, "no legacy SQS endpoint at {endpoint}: start one with scripts/test.sh or set ETL_TEST_LEGACY_SQS_ENDPOINT");
+    Some(endpoint)
 }
 
 fn credentials() -> SharedCredentialsProvider {

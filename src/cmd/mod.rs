@@ -1,0 +1,61 @@
+//! Command implementations behind the CLI in `main.rs`, one file per command family, plus the
+//! helpers they share (loading specs and keyrings with user-facing errors, connecting to Postgres).
+
+pub mod decrypt;
+pub mod run;
+pub mod send;
+
+use anyhow::{Result, anyhow};
+use etl_engine::retry::{Backoff, retry};
+use etl_engine::sink::{self, SinkError};
+use etl_engine::spec::{self, Spec};
+use etl_engine::vault::Keyring;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+/// An error that has already been explained to the user, with its exit code.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+/// Errors in what the user gave us (spec, keyring, arguments): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
+pub fn load(path: &Path) -> Result<Spec> {
+    spec::load_spec(path).map_err(usage)
+}
+
+pub fn load_keyring(spec: &Spec) -> Result<Keyring> {
+    Keyring::load(spec.vault.keyring.as_deref().map(Path::new)).map_err(usage)
+}
+
+/// Connects to Postgres, retrying while it is unreachable (it may be restarting).
+pub async fn connect_db(url: &str, max_connections: u32, cancel: &CancellationToken) -> Result<sqlx::PgPool> {
+    let backoff = Backoff { max_elapsed: std::time::Duration::from_secs(60), ..Backoff::WRITE };
+    retry(
+        backoff,
+        cancel,
+        |e: &SinkError| e.is_retriable(),
+        |e, attempt, _| tracing::warn!(attempt, error = %e, "Postgres is not reachable yet; retrying."),
+        || async { sink::connect_pool(url, max_connections).await.map_err(SinkError::from) },
+    )
+    .await
+    .map_err(|e| anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}"))
+}
+
