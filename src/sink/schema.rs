@@ -64,3 +64,36 @@ pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
     }
     Ok(())
 }
+
+/// The DDL with default table names, as kept in `schema/engine.sql`.
+pub fn default_ddl_text() -> String {
+    let text = "source: {type: file, path: x.jsonl}\ntarget: {url: 'postgres://localhost/db', table: t}\ncolumns: {c: {path: $.c}}\n";
+    let spec = crate::spec::parse_spec_str(text, std::path::Path::new("engine.yaml"), false);
+    let mut out = String::from(
+        "-- The engine's own tables with their default names (created by `etl-engine run` when missing).\n\
+         -- Generated from src/sink/schema.rs; a unit test fails when this file is stale\n\
+         -- (regenerate: UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current).\n\n",
+    );
+    if let Ok(spec) = spec {
+        for stmt in ddl(&spec) {
+            out.push_str(&stmt);
+            out.push_str(";\n\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_sql_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/engine.sql");
+        let want = super::default_ddl_text();
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(want.contains("CREATE TABLE IF NOT EXISTS \"etl_ledger\""));
+        assert_eq!(have, want, "schema/engine.sql is stale: run UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current");
+    }
+}
