@@ -248,25 +248,28 @@ impl Sink {
             batch.iter().filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str())).collect();
         report.duplicates = (batch.len() - new.len()) as u64;
 
-        // Vault: one encryption per distinct (column, token) in the batch.
-        let mut vault_keys = HashSet::new();
+        // Vault: one encryption per distinct (column, token) in the batch, inserted in key order
+        // so concurrent writers sharing hot tokens wait for each other instead of deadlocking.
+        let mut pending: Vec<&crate::transform::PendingVault> = new
+            .iter()
+            .filter_map(|p| match &p.outcome {
+                Outcome::Row { vault, .. } => Some(vault.iter()),
+                Outcome::Reject { .. } => None,
+            })
+            .flatten()
+            .collect();
+        pending.sort_unstable_by(|a, b| (&a.column, &a.token).cmp(&(&b.column, &b.token)));
+        pending.dedup_by(|a, b| a.column == b.column && a.token == b.token);
         let (mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) = (vec![], vec![], vec![], vec![], vec![]);
-        for p in &new {
-            if let Outcome::Row { vault, .. } = &p.outcome {
-                for pv in vault {
-                    if !vault_keys.insert((pv.column.as_str(), pv.token.as_str())) {
-                        continue;
-                    }
-                    let b = Binding { scope: &self.target_table, column: &pv.column, token: &pv.token };
-                    let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
-                    *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-                    v_col.push(pv.column.clone());
-                    v_tok.push(pv.token.clone());
-                    v_kid.push(sealed.key_id);
-                    v_nonce.push(sealed.nonce.to_vec());
-                    v_ct.push(sealed.ciphertext);
-                }
-            }
+        for pv in pending {
+            let b = Binding { scope: &self.target_table, column: &pv.column, token: &pv.token };
+            let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
+            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+            v_col.push(pv.column.clone());
+            v_tok.push(pv.token.clone());
+            v_kid.push(sealed.key_id);
+            v_nonce.push(sealed.nonce.to_vec());
+            v_ct.push(sealed.ciphertext);
         }
         if !v_col.is_empty() {
             let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
