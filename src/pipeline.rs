@@ -293,8 +293,9 @@ async fn poll_loop(
     opts: RunOptions,
     fatal: Arc<std::sync::Mutex<Option<PipelineError>>>,
 ) {
-    // Draining waits briefly on an empty queue; two empty answers in a row end the loop.
-    let wait = if opts.drain { cfg.wait_time_secs.min(1) } else { cfg.wait_time_secs };
+    // Draining ends once the queue stayed empty for one whole long poll; a wait of 0 (short
+    // polling samples only some servers) is raised to 1 s so "empty" means empty.
+    let wait = if opts.drain { cfg.wait_time_secs.max(1) } else { cfg.wait_time_secs };
     let req = ReceiveRequest {
         max_messages: cfg.max_messages as i32,
         wait_time_secs: wait as i32,
@@ -326,7 +327,7 @@ async fn poll_loop(
         };
         if msgs.is_empty() {
             empty += 1;
-            if opts.drain && empty >= 2 {
+            if opts.drain && empty >= 1 {
                 tracing::debug!(poller = n, "Queue looks empty; poller done.");
                 break;
             }

@@ -1,6 +1,7 @@
 //! Command implementations behind the CLI in `main.rs`, one file per command family, plus the
 //! helpers they share (loading specs and keyrings with user-facing errors, connecting to Postgres).
 
+pub mod check;
 pub mod decrypt;
 pub mod run;
 pub mod send;

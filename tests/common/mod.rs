@@ -123,7 +123,7 @@ pub fn logins_spec(dir: &Path, endpoint: &str, queue: &str, db: &str, protocol: 
         .replace("endpoint_url: http://127.0.0.1:4566", &format!("endpoint_url: {endpoint}"))
         .replace("protocol: auto", &format!("protocol: {protocol}"))
         .replace("url: postgres://postgres:postgres@127.0.0.1:5432/postgres", &format!("url: {db}"))
-        .replace("wait_time_secs: 10", "wait_time_secs: 1");
+        .replace("wait_time_secs: 5 ", "wait_time_secs: 1 ");
     let p = dir.join("logins.yaml");
     std::fs::write(&p, text).expect("write spec");
     p
