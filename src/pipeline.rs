@@ -1,15 +1,24 @@
-//! Wires source → process → sink → ack with bounded channels, and owns the delivery rules:
-//! messages are deleted only after their effect is committed; in-flight messages have their
-//! visibility extended while they wait; a batch that cannot be written is released at once
-//! (visibility 0) for redelivery; shutdown stops polling, flushes, commits and deletes.
+//! Wires source → process → sink → ack, and owns the delivery rules:
+//!
+//! - A message is deleted only after its effect (row or reject) is committed, and only the
+//!   committed ones: a batch that commits part-way before an error deletes exactly that part.
+//! - In-flight messages have their visibility extended (ChangeMessageVisibilityBatch) before half
+//!   the timeout has passed, for as long as they are queued, being written or being deleted.
+//! - Transient errors are retried with bounded exponential backoff and jitter; a batch that still
+//!   cannot be written is released at once (visibility 0) for redelivery, and an error no retry
+//!   can fix (missing table, permissions, keys) stops the run instead of cycling every message
+//!   through the queue.
+//! - Shutdown stops receiving, flushes, commits and deletes what is in flight; past a deadline
+//!   (half the visibility timeout) unwritten messages are released rather than waited on.
 //!
 //! Tasks: `pollers` receive and process (CPU work is small: a few µs per message), `writers`
 //! batch and commit, one `acker` deletes in batches of 10 concurrently, one `heartbeat`
-//! extends visibility. Channels are bounded, so a backlog fills SQS, not memory.
+//! extends visibility. The channel to the writers is bounded and so is the number of messages
+//! in flight, so a backlog stays in SQS, not in memory.
 
 use crate::process::{Processed, Processor};
 use crate::retry::{Backoff, retry};
-use crate::sink::{Sink, SinkError, WriteReport};
+use crate::sink::{Sink, SinkError, WriteProgress, WriteReport};
 use crate::source::file::FileSource;
 use crate::source::{BatchEntry, QueueClient, ReceiveRequest, SqsError};
 use crate::spec::{SourceConfig, Spec, SqsSourceConfig};
@@ -19,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Errors that stop a run.
@@ -31,6 +40,12 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("cannot read input file {path}: {source}")]
     File { path: String, source: std::io::Error },
+    /// Shutdown could not write everything before its deadline.
+    #[error(
+        "shutdown deadline passed with {unwritten} message(s) not written; they were handed back to the queue \
+         and will be redelivered (the ledger skips any that did commit)"
+    )]
+    ShutdownTimeout { unwritten: u64 },
 }
 
 /// Live counters, shared with progress reporting and metrics.
@@ -144,6 +159,8 @@ pub struct RunOptions {
 #[derive(Default)]
 struct InFlight {
     map: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Woken whenever messages leave, so pollers waiting for room can go on.
+    freed: Notify,
 }
 
 impl InFlight {
@@ -160,26 +177,76 @@ impl InFlight {
                 m.remove(r);
             }
         }
+        self.freed.notify_waiters();
     }
-    /// Receipts whose deadline is within `window`, with their deadlines moved to `new_deadline`.
-    fn due(&self, window: Duration, new_deadline: Instant) -> Vec<String> {
+    /// Receipts whose visibility ends within `window`.
+    fn due(&self, window: Duration) -> Vec<String> {
         let now = Instant::now();
-        let Ok(mut m) = self.map.lock() else { return Vec::new() };
-        let mut out = Vec::new();
-        for (r, d) in m.iter_mut() {
-            if d.saturating_duration_since(now) <= window {
-                *d = new_deadline;
-                out.push(r.clone());
+        let Ok(m) = self.map.lock() else { return Vec::new() };
+        m.iter().filter(|(_, d)| d.saturating_duration_since(now) <= window).map(|(r, _)| r.clone()).collect()
+    }
+    /// Records a successful extension. Receipts deleted meanwhile are not added back.
+    fn extended(&self, receipts: &[String], deadline: Instant) {
+        if let Ok(mut m) = self.map.lock() {
+            for r in receipts {
+                if let Some(d) = m.get_mut(r) {
+                    *d = deadline;
+                }
             }
         }
-        out
     }
     fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
+    /// Waits until fewer than `cap` messages are in flight (or `stop` fires).
+    async fn wait_for_room(&self, cap: usize, stop: &CancellationToken) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before checking, so a removal between the check and the wait is not missed.
+            freed.as_mut().enable();
+            if self.len() < cap {
+                return;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Set once by whichever task hits an error that stops the run; reported as the run's error.
+type Fatal = Arc<std::sync::Mutex<Option<PipelineError>>>;
+
+fn set_fatal(fatal: &Fatal, e: PipelineError) {
+    if let Ok(mut f) = fatal.lock() {
+        f.get_or_insert(e);
+    }
+}
+
+/// How long a receive call already sent may still deliver after shutdown began. A receive that
+/// finds messages answers within milliseconds; waiting a little for it means those messages are
+/// written now rather than left invisible until their timeout. A long poll of an empty queue is
+/// simply abandoned after this.
+const RECEIVE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long shutdown may spend writing and deleting before it gives up and hands the rest back:
+/// half the visibility timeout, so a replacement process is not kept waiting for the messages.
+fn shutdown_deadline(spec: &Spec) -> Duration {
+    match &spec.source {
+        SourceConfig::Sqs(cfg) => (Duration::from_secs(u64::from(cfg.visibility_timeout_secs)) / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(300)),
+        SourceConfig::File(_) => Duration::from_secs(30),
+    }
 }
 
 /// Runs a spec until drained or cancelled.
+///
+/// Cancelling `cancel` is a graceful shutdown: receiving stops, what was received is written
+/// and deleted, and the summary is returned. If writing cannot finish within
+/// [`shutdown_deadline`] (Postgres down, a table locked), the rest is released for redelivery
+/// and [`PipelineError::ShutdownTimeout`] is returned.
 pub async fn run(
     spec: &Spec,
     processor: Processor,
@@ -190,14 +257,34 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Summary, PipelineError> {
     let started = Instant::now();
-    let capacity = spec.target.batch_size * spec.target.writers as usize;
-    let (tx, rx) = mpsc::channel::<Processed>(capacity.max(10));
+    let capacity = (spec.target.batch_size * spec.target.writers as usize).max(10);
+    let (tx, rx) = mpsc::channel::<Processed>(capacity);
     let rx = Arc::new(Mutex::new(rx));
-    let (ack_tx, ack_rx) = mpsc::channel::<Vec<(String, String)>>(64);
+    // Unbounded on purpose: writers must never wait on SQS to go on committing (an SQS outage
+    // would otherwise stall Postgres writes too). Its size is bounded by the in-flight cap below.
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<(String, String)>>();
     let in_flight = Arc::new(InFlight::default());
-    // A fatal source error cancels everything but is reported as the run's error.
-    let fatal: Arc<std::sync::Mutex<Option<PipelineError>>> = Arc::default();
+    // Queued + being written + being deleted: beyond this, pollers wait instead of receiving.
+    let max_in_flight = capacity * 3;
+    let fatal: Fatal = Arc::default();
     let stop_polling = cancel.child_token();
+    let unwritten = Arc::new(AtomicU64::new(0));
+
+    // Past the shutdown deadline, writes and deletes in progress are abandoned.
+    let hard_stop = CancellationToken::new();
+    let deadline_task = {
+        let (cancel, hard_stop, grace) = (cancel.clone(), hard_stop.clone(), shutdown_deadline(spec));
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+            tracing::warn!(deadline_secs = grace.as_secs(), "Shutdown is taking too long; handing unwritten messages back to the queue.");
+            hard_stop.cancel();
+        })
+    };
+
+    if let (SourceConfig::Sqs(cfg), Some(q)) = (&spec.source, &queue) {
+        check_queue_settings(spec, cfg, q.as_ref()).await;
+    }
 
     let mut producers = Vec::new();
     match (&spec.source, &queue) {
@@ -210,6 +297,7 @@ pub async fn run(
                     processor.clone(),
                     tx.clone(),
                     in_flight.clone(),
+                    max_in_flight,
                     stats.clone(),
                     stop_polling.clone(),
                     opts,
@@ -223,9 +311,7 @@ pub async fn run(
             let chunk = spec.target.batch_size.min(1000);
             producers.push(tokio::spawn(async move {
                 if let Err(e) = file_loop(&path, chunk, p, tx2, st, stop.clone()).await {
-                    if let Ok(mut f) = fatal2.lock() {
-                        f.get_or_insert(e);
-                    }
+                    set_fatal(&fatal2, e);
                     stop.cancel();
                 }
             }));
@@ -245,12 +331,17 @@ pub async fn run(
             queue.clone(),
             in_flight.clone(),
             stats.clone(),
-            cancel.clone(),
+            WriteControl {
+                stop_polling: stop_polling.clone(),
+                hard_stop: hard_stop.clone(),
+                fatal: fatal.clone(),
+                unwritten: unwritten.clone(),
+            },
         )));
     }
     drop(ack_tx);
 
-    let acker = tokio::spawn(ack_loop(ack_rx, queue.clone(), in_flight.clone(), stats.clone()));
+    let acker = tokio::spawn(ack_loop(ack_rx, queue.clone(), in_flight.clone(), stats.clone(), hard_stop.clone()));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = match (&spec.source, &queue) {
         (SourceConfig::Sqs(cfg), Some(q)) => Some(tokio::spawn(heartbeat_loop(
@@ -274,10 +365,70 @@ pub async fn run(
     if let Some(h) = heartbeat {
         let _ = h.await;
     }
+    deadline_task.abort();
     if let Some(e) = fatal.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);
     }
+    let unwritten = unwritten.load(Ordering::Relaxed);
+    if unwritten > 0 {
+        return Err(PipelineError::ShutdownTimeout { unwritten });
+    }
     Ok(stats.summary(started.elapsed()))
+}
+
+/// Logs how the queue's own settings meet the spec's: the dead-letter redrive policy against
+/// `source.max_receive_count`, and the retention period against `ledger.retention_hours`.
+/// Only advisory, so a failure to read them is a warning.
+async fn check_queue_settings(spec: &Spec, cfg: &SqsSourceConfig, queue: &dyn QueueClient) {
+    let names = vec!["RedrivePolicy".to_string(), "MessageRetentionPeriod".to_string()];
+    let attrs = match queue.queue_attributes(names).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the queue's redrive policy and retention period; not checking them.");
+            return;
+        }
+    };
+    match attrs.get("RedrivePolicy").map(|p| parse_redrive_policy(p)) {
+        Some(Some((dlq, max))) if max <= cfg.max_receive_count => tracing::info!(
+            dead_letter_queue = %dlq, queue_max_receive_count = max, source_max_receive_count = cfg.max_receive_count,
+            "The queue has a redrive policy: SQS moves a message to its dead-letter queue after {max} receives, \
+             before source.max_receive_count ({}) would reject it.", cfg.max_receive_count
+        ),
+        Some(Some((dlq, max))) => tracing::info!(
+            dead_letter_queue = %dlq, queue_max_receive_count = max, source_max_receive_count = cfg.max_receive_count,
+            "The queue has a redrive policy, but source.max_receive_count ({}) is lower: a message received more often \
+             goes to the rejects table before SQS would move it to the dead-letter queue after {max} receives.",
+            cfg.max_receive_count
+        ),
+        Some(None) => tracing::warn!("The queue's RedrivePolicy could not be read; relying on source.max_receive_count alone."),
+        None => tracing::debug!(
+            max_receive_count = cfg.max_receive_count,
+            "The queue has no redrive policy; messages received more than source.max_receive_count times go to the rejects table."
+        ),
+    }
+    if let Some(secs) = attrs.get("MessageRetentionPeriod").and_then(|s| s.parse::<u64>().ok()) {
+        if spec.ledger.retention_hours.saturating_mul(3600) < secs {
+            tracing::warn!(
+                retention_secs = secs, ledger_retention_hours = spec.ledger.retention_hours,
+                "ledger.retention_hours is shorter than the queue's retention period: a message redelivered after its \
+                 ledger entry was pruned would be written again. Raise ledger.retention_hours to at least {} hours.",
+                secs.div_ceil(3600)
+            );
+        }
+    }
+}
+
+/// The dead-letter target ARN and maxReceiveCount of an SQS RedrivePolicy (JSON; AWS writes the
+/// count as a number, some emulators as a string).
+pub fn parse_redrive_policy(policy: &str) -> Option<(String, u32)> {
+    let v: serde_json::Value = serde_json::from_str(policy).ok()?;
+    let arn = v.get("deadLetterTargetArn")?.as_str()?.to_string();
+    let max = match v.get("maxReceiveCount")? {
+        serde_json::Value::Number(n) => u32::try_from(n.as_u64()?).ok()?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    Some((arn, max))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,10 +439,11 @@ async fn poll_loop(
     processor: Processor,
     tx: mpsc::Sender<Processed>,
     in_flight: Arc<InFlight>,
+    max_in_flight: usize,
     stats: Arc<Stats>,
     stop: CancellationToken,
     opts: RunOptions,
-    fatal: Arc<std::sync::Mutex<Option<PipelineError>>>,
+    fatal: Fatal,
 ) {
     // Draining ends once the queue stayed empty for one whole long poll; a wait of 0 (short
     // polling samples only some servers) is raised to 1 s so "empty" means empty.
@@ -303,12 +455,27 @@ async fn poll_loop(
     };
     let mut empty = 0;
     while !stop.is_cancelled() {
-        let got = tokio::select! {
-            r = retry(Backoff::SQS, &stop, SqsError::is_retriable, |e, attempt, d| {
+        in_flight.wait_for_room(max_in_flight, &stop).await;
+        if stop.is_cancelled() {
+            break;
+        }
+        let receive = retry(
+            Backoff::SQS,
+            &stop,
+            SqsError::is_retriable,
+            |e, attempt, d| {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(poller = n, attempt, delay_ms = d.as_millis() as u64, error = %e, "Receiving from SQS failed; retrying.");
-            }, || queue.receive(req)) => r,
-            _ = stop.cancelled() => break,
+            },
+            || queue.receive(req),
+        );
+        tokio::pin!(receive);
+        let got = tokio::select! {
+            r = &mut receive => r,
+            _ = stop.cancelled() => match tokio::time::timeout(RECEIVE_GRACE, &mut receive).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
         };
         let msgs = match got {
             Ok(m) => m,
@@ -318,9 +485,7 @@ async fn poll_loop(
             }
             Err(e) => {
                 tracing::error!(poller = n, error = %e, "Receiving from SQS failed permanently; stopping.");
-                if let Ok(mut f) = fatal.lock() {
-                    f.get_or_insert(PipelineError::Sqs(e));
-                }
+                set_fatal(&fatal, PipelineError::Sqs(e));
                 stop.cancel();
                 break;
             }
@@ -372,17 +537,38 @@ async fn file_loop(
     Ok(())
 }
 
+/// What a writer needs besides its data: how to stop the run, when to give up, and where to
+/// count what it had to give up.
+struct WriteControl {
+    /// Cancelled on a fatal error, so pollers stop receiving.
+    stop_polling: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: abandon the write in progress.
+    hard_stop: CancellationToken,
+    fatal: Fatal,
+    /// Messages handed back because shutdown ran out of time.
+    unwritten: Arc<AtomicU64>,
+}
+
+/// How one batch's write ended.
+enum WriteEnd {
+    Done,
+    /// Retrying cannot help (or retries ran out); the run stops.
+    Failed(SinkError),
+    /// The shutdown deadline passed.
+    Deadline,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     rx: Arc<Mutex<mpsc::Receiver<Processed>>>,
     sink: Arc<Sink>,
     batch_size: usize,
     flush_interval: Duration,
-    ack_tx: mpsc::Sender<Vec<(String, String)>>,
+    ack_tx: mpsc::UnboundedSender<Vec<(String, String)>>,
     queue: Option<Arc<dyn QueueClient>>,
     in_flight: Arc<InFlight>,
     stats: Arc<Stats>,
-    cancel: CancellationToken,
+    ctl: WriteControl,
 ) {
     loop {
         // Collect one batch: wait for the first message, then up to the flush interval.
@@ -410,37 +596,41 @@ async fn write_loop(
             closed
         };
         if !batch.is_empty() {
-            let receipts: Vec<(String, String)> =
-                batch.iter().map(|p| (p.message_id.clone(), p.receipt_handle.clone())).collect();
             let started = Instant::now();
-            // Shutdown does not interrupt a write: flushing what was received is the point of it.
-            let never = CancellationToken::new();
-            let _ = &cancel;
-            let batch = &batch;
-            let result = retry(
-                Backoff::WRITE,
-                &never,
-                SinkError::is_retriable,
-                |e, attempt, d| {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(attempt, delay_ms = d.as_millis() as u64, error = %e, "Writing a batch to Postgres failed; retrying.");
-                },
-                // Each attempt writes the same processed batch; nothing is re-received.
-                || sink.write(batch),
-            )
-            .await;
-            match result {
-                Ok(report) => {
-                    stats.add(&report, started.elapsed());
-                    tracing::debug!(rows = report.rows, rejects = report.rejects, duplicates = report.duplicates, "Committed a batch.");
-                    if ack_tx.send(report.acked).await.is_err() {
-                        return;
-                    }
+            let mut progress = WriteProgress::new(&batch);
+            // Shutdown does not interrupt a write (flushing what was received is the point of
+            // it); only its deadline does.
+            let end = write_with_retries(&sink, &mut progress, &stats, &ctl.hard_stop).await;
+            let report = std::mem::take(&mut progress.report);
+            let pending = progress.pending_receipts();
+            stats.add(&report, started.elapsed());
+            match &end {
+                WriteEnd::Done => tracing::debug!(
+                    rows = report.rows,
+                    rejects = report.rejects,
+                    duplicates = report.duplicates,
+                    "Committed a batch."
+                ),
+                WriteEnd::Failed(e) => {
+                    tracing::error!(
+                        error = %e, committed = report.acked.len(), released = pending.len(),
+                        "Could not write a batch, and retrying cannot help; handing its unwritten messages back to the queue and stopping."
+                    );
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, messages = receipts.len(), "Could not write a batch; handing its messages back to the queue.");
-                    release(queue.as_deref(), &receipts, &in_flight, &stats).await;
+                WriteEnd::Deadline => {
+                    ctl.unwritten.fetch_add(pending.len() as u64, Ordering::Relaxed);
                 }
+            }
+            // Only what committed is deleted; the rest goes back to the queue at once.
+            if !report.acked.is_empty() && ack_tx.send(report.acked).is_err() {
+                return;
+            }
+            if !pending.is_empty() {
+                release(queue.as_deref(), &pending, &in_flight, &stats).await;
+            }
+            if let WriteEnd::Failed(e) = end {
+                set_fatal(&ctl.fatal, PipelineError::Sink(e));
+                ctl.stop_polling.cancel();
             }
         }
         if closed {
@@ -449,15 +639,53 @@ async fn write_loop(
     }
 }
 
+/// Writes a batch, retrying transient errors with backoff; each retry resumes with the parts
+/// that have not committed. Gives up on a permanent error, after `Backoff::WRITE.max_elapsed`,
+/// or when `hard_stop` fires (abandoning even a statement in progress, e.g. one waiting on a lock).
+async fn write_with_retries(sink: &Sink, progress: &mut WriteProgress<'_>, stats: &Stats, hard_stop: &CancellationToken) -> WriteEnd {
+    let backoff = Backoff::WRITE;
+    let first = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let result = tokio::select! {
+            r = sink.write_resumable(progress) => r,
+            _ = hard_stop.cancelled() => return WriteEnd::Deadline,
+        };
+        let e = match result {
+            Ok(()) => return WriteEnd::Done,
+            Err(e) => e,
+        };
+        attempt += 1;
+        if !e.is_retriable() {
+            return WriteEnd::Failed(e);
+        }
+        if first.elapsed() >= backoff.max_elapsed {
+            tracing::error!(attempts = attempt, seconds = first.elapsed().as_secs(), "Postgres writes kept failing; giving up.");
+            return WriteEnd::Failed(e);
+        }
+        let delay = backoff.delay(attempt);
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            attempt, delay_ms = delay.as_millis() as u64, pending = progress.pending_len(), error = %e,
+            "Writing a batch to Postgres failed; retrying."
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = hard_stop.cancelled() => return WriteEnd::Deadline,
+        }
+    }
+}
+
 /// Makes messages visible again at once so another attempt (or process) picks them up.
 async fn release(queue: Option<&dyn QueueClient>, receipts: &[(String, String)], in_flight: &InFlight, stats: &Stats) {
     in_flight.remove(receipts.iter().map(|(_, r)| r.as_str()));
+    stats.in_flight.store(in_flight.len() as u64, Ordering::Relaxed);
     let Some(q) = queue else { return };
     for chunk in receipts.chunks(10) {
         let entries = chunk.iter().enumerate().map(|(i, (_, r))| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
         match q.change_visibility_batch(entries, 0).await {
-            Ok(_) => {
-                stats.released.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(failed) => {
+                stats.released.fetch_add((chunk.len() - failed.len()) as u64, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "Could not release messages; they return after their visibility timeout."),
         }
@@ -465,10 +693,11 @@ async fn release(queue: Option<&dyn QueueClient>, receipts: &[(String, String)],
 }
 
 async fn ack_loop(
-    mut rx: mpsc::Receiver<Vec<(String, String)>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<(String, String)>>,
     queue: Option<Arc<dyn QueueClient>>,
     in_flight: Arc<InFlight>,
     stats: Arc<Stats>,
+    hard_stop: CancellationToken,
 ) {
     while let Some(acked) = rx.recv().await {
         let Some(q) = &queue else {
@@ -478,14 +707,13 @@ async fn ack_loop(
         let chunks: Vec<Vec<(String, String)>> = acked.chunks(10).map(<[_]>::to_vec).collect();
         futures::stream::iter(chunks)
             .for_each_concurrent(8, |chunk| {
-                let (q, in_flight, stats) = (q.clone(), in_flight.clone(), stats.clone());
+                let (q, in_flight, stats, hard_stop) = (q.clone(), in_flight.clone(), stats.clone(), hard_stop.clone());
                 async move {
                     let entries: Vec<BatchEntry> =
                         chunk.iter().enumerate().map(|(i, (_, r))| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
-                    let never = CancellationToken::new();
                     let res = retry(
                         Backoff::SQS,
-                        &never,
+                        &hard_stop,
                         SqsError::is_retriable,
                         |e, attempt, _| {
                             stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -529,17 +757,77 @@ async fn heartbeat_loop(
             _ = tokio::time::sleep(tick) => {}
             _ = stop.cancelled() => return,
         }
-        let due = in_flight.due(vt / 2, Instant::now() + vt);
+        let due = in_flight.due(vt / 2);
         if due.is_empty() {
             continue;
         }
         tracing::debug!(messages = due.len(), "Extending the visibility of in-flight messages.");
-        for chunk in due.chunks(10) {
-            let entries = chunk.iter().enumerate().map(|(i, r)| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
-            if let Err(e) = queue.change_visibility_batch(entries, visibility_timeout_secs as i32).await {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "Extending message visibility failed; messages may be redelivered (the ledger skips them).");
-            }
-        }
+        let chunks: Vec<Vec<String>> = due.chunks(10).map(<[_]>::to_vec).collect();
+        futures::stream::iter(chunks)
+            .for_each_concurrent(8, |chunk| {
+                let (queue, in_flight, stats) = (queue.clone(), in_flight.clone(), stats.clone());
+                async move {
+                    // The new deadline counts from before the call, so it is never later than SQS's.
+                    let deadline = Instant::now() + vt;
+                    let entries = chunk.iter().enumerate().map(|(i, r)| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
+                    match queue.change_visibility_batch(entries, visibility_timeout_secs as i32).await {
+                        Ok(failed) => {
+                            // Failures are receipts deleted meanwhile or already expired (the
+                            // message may then be redelivered; the ledger skips it).
+                            if !failed.is_empty() {
+                                tracing::debug!(failed = failed.len(), "Some messages' visibility could not be extended.");
+                            }
+                            in_flight.extended(&chunk, deadline);
+                        }
+                        Err(e) => {
+                            // Left due, so the next tick tries again.
+                            stats.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "Extending message visibility failed; retrying on the next tick.");
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_count_as_number_or_string() {
+        let aws = r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":5}"#;
+        let emu = r#"{"deadLetterTargetArn": "arn:aws:sqs:us-east-1:1:dlq", "maxReceiveCount": "3"}"#;
+        assert_eq!(parse_redrive_policy(aws), Some(("arn:aws:sqs:us-east-1:1:dlq".into(), 5)));
+        assert_eq!(parse_redrive_policy(emu).map(|p| p.1), Some(3));
+        assert_eq!(parse_redrive_policy("{}"), None);
+        assert_eq!(parse_redrive_policy("not json"), None);
+    }
+
+    #[tokio::test]
+    async fn in_flight_waits_for_room_and_extends_only_live_receipts() {
+        let f = Arc::new(InFlight::default());
+        let now = Instant::now();
+        f.add(["a".to_string(), "b".to_string()].into_iter(), now + Duration::from_millis(10));
+        f.add(["c".to_string()].into_iter(), now + Duration::from_secs(100));
+        let mut due = f.due(Duration::from_secs(1));
+        due.sort();
+        assert_eq!(due, ["a", "b"]);
+        f.remove(["a"].into_iter());
+        f.extended(&due, now + Duration::from_secs(100));
+        assert!(f.due(Duration::from_secs(1)).is_empty(), "extended receipts are no longer due");
+        assert_eq!(f.len(), 2, "a receipt deleted meanwhile is not added back");
+
+        let stop = CancellationToken::new();
+        let waiter = tokio::spawn({
+            let f = f.clone();
+            let stop = stop.clone();
+            async move { f.wait_for_room(2, &stop).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "two in flight with a cap of two: no room");
+        f.remove(["b"].into_iter());
+        tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("room after a removal").expect("join");
     }
 }

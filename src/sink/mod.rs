@@ -7,7 +7,10 @@
 //! - Rows go in through `UNNEST` of typed arrays: one bind parameter per column however many
 //!   rows, far below Postgres's 65,535-parameter limit.
 //! - A row Postgres refuses (value too long, constraint) fails the whole statement; the batch is
-//!   then split in halves until the bad row is alone, and that row becomes a reject.
+//!   then split in halves until the bad row is alone, and that row becomes a reject. The other
+//!   halves commit on their own, so one bad row never fails a batch.
+//! - [`WriteProgress`] remembers which parts committed, so a transient error part-way through
+//!   retries only the rest, and a message is reported as safe to delete only once committed.
 
 pub mod schema;
 
@@ -34,7 +37,8 @@ pub enum SinkError {
 }
 
 /// SQLSTATE classes that mean "this data can never be written": data exceptions (22) and
-/// integrity constraint violations (23).
+/// integrity constraint violations (23). Only these are isolated by splitting a batch; any
+/// other error is about the database or the statement, not one row.
 fn is_row_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
@@ -42,21 +46,42 @@ fn is_row_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// SQLSTATEs worth retrying: connection exceptions (08), insufficient resources (53), operator
+/// intervention such as shutdown, restart or a cancelled statement (57), serialization failure
+/// and deadlock (40001, 40P01), unknown statement completion (40003), lock timeout (55P03),
+/// and writing to a read-only server (25006), which is what a primary demoted by a failover says.
+fn is_transient_sqlstate(c: &str) -> bool {
+    c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || matches!(c, "40001" | "40P01" | "40003" | "55P03" | "25006")
+}
+
 impl SinkError {
     /// Whether retrying later may succeed: connection problems, timeouts, serialization
-    /// failures, deadlocks, server shutdown.
+    /// failures, deadlocks, server shutdown or restart. Everything else (missing table or
+    /// column, permissions, key problems) needs a person, so retrying would only delay the error.
     pub fn is_retriable(&self) -> bool {
         match self {
             SinkError::Db(e) => match e {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
                 sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "40001" || c == "40P01"
-                }),
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| is_transient_sqlstate(&c)),
                 _ => false,
             },
             _ => false,
         }
+    }
+}
+
+/// The reject reason for a row Postgres refused. Only the primary message and SQLSTATE are
+/// kept: the DETAIL line ("Failing row contains (...)") carries the row's values, and a few
+/// messages quote the offending value after a colon, so that part is cut as well.
+fn refusal_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => {
+            let msg = d.message();
+            let msg = msg.split_once(": \"").map_or(msg, |(head, _)| head);
+            format!("postgres refused the row: {msg} (SQLSTATE {})", d.code().unwrap_or_default())
+        }
+        _ => "postgres refused the row".to_string(),
     }
 }
 
@@ -88,6 +113,41 @@ impl WriteReport {
         for (k, v) in o.encryptions {
             *self.encryptions.entry(k).or_default() += v;
         }
+    }
+}
+
+/// One batch on its way into Postgres: what has committed so far and what has not.
+///
+/// Kept across retries, so that after a transient error only the uncommitted parts are written
+/// again, and so that on giving up the caller can delete exactly the committed messages and
+/// hand back exactly the others.
+#[derive(Debug)]
+pub struct WriteProgress<'a> {
+    /// Parts still to write; the last one is written next.
+    pending: Vec<&'a [Processed]>,
+    /// What the committed parts did; `report.acked` lists exactly the committed messages.
+    pub report: WriteReport,
+}
+
+impl<'a> WriteProgress<'a> {
+    /// Nothing written yet.
+    pub fn new(batch: &'a [Processed]) -> Self {
+        Self { pending: vec![batch], report: WriteReport::default() }
+    }
+
+    /// Whether every message has committed.
+    pub fn is_done(&self) -> bool {
+        self.pending.iter().all(|p| p.is_empty())
+    }
+
+    /// Number of messages not yet committed.
+    pub fn pending_len(&self) -> usize {
+        self.pending.iter().map(|p| p.len()).sum()
+    }
+
+    /// (message id, receipt handle) of every message not yet committed.
+    pub fn pending_receipts(&self) -> Vec<(String, String)> {
+        self.pending.iter().flat_map(|p| p.iter()).map(|p| (p.message_id.clone(), p.receipt_handle.clone())).collect()
     }
 }
 
@@ -197,45 +257,62 @@ impl Sink {
         })
     }
 
-    /// Writes a batch, splitting it to isolate rows Postgres refuses. Transient errors are
-    /// returned to the caller (which retries the whole call); nothing is committed partially
-    /// except whole sub-batches, whose messages are all in the report.
+    /// Writes a batch, splitting it to isolate rows Postgres refuses. A transient error is
+    /// returned as is; see [`Sink::write_resumable`] to continue after one without rewriting
+    /// the sub-batches that already committed.
     pub async fn write(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
-        let mut report = WriteReport::default();
-        let mut stack = vec![batch];
-        while let Some(part) = stack.pop() {
+        let mut progress = WriteProgress::new(batch);
+        self.write_resumable(&mut progress).await?;
+        Ok(progress.report)
+    }
+
+    /// Writes what is still pending in `progress`, one transaction per part. A part Postgres
+    /// refuses because of a row (SQLSTATE class 22 or 23) is split in halves until the row is
+    /// alone, and that row is written as a reject with the reason; the rest commits.
+    ///
+    /// On any other error the failing part stays pending and the error is returned: committed
+    /// parts are in `progress.report` (safe to delete), pending ones are not. Calling again
+    /// resumes with the pending parts. If this future is dropped mid-write, the part being
+    /// written also stays pending: it may have committed (the ledger then skips it later), but
+    /// it is never reported as committed when it was not.
+    pub async fn write_resumable(&self, progress: &mut WriteProgress<'_>) -> Result<(), SinkError> {
+        while let Some(&part) = progress.pending.last() {
             if part.is_empty() {
+                progress.pending.pop();
                 continue;
             }
             match self.write_once(part).await {
-                Ok(r) => report.merge(r),
+                Ok(r) => {
+                    progress.pending.pop();
+                    progress.report.merge(r);
+                }
                 Err(SinkError::Db(e)) if is_row_error(&e) => {
                     if part.len() == 1 {
-                        let reason = match &e {
-                            sqlx::Error::Database(d) => {
-                                format!("postgres refused the row: {} (SQLSTATE {})", d.message(), d.code().unwrap_or_default())
-                            }
-                            other => format!("postgres refused the row: {other}"),
-                        };
+                        let reason = refusal_reason(&e);
                         let rejected = part.iter().map(|p| reject_of(p, reason.clone())).collect::<Vec<_>>();
-                        report.merge(self.write_once(&rejected).await?);
+                        let r = self.write_once(&rejected).await?;
+                        progress.pending.pop();
+                        progress.report.merge(r);
                     } else {
+                        progress.pending.pop();
                         let (left, right) = part.split_at(part.len() / 2);
-                        stack.push(right);
-                        stack.push(left);
+                        progress.pending.push(right);
+                        progress.pending.push(left);
                     }
                 }
                 Err(e) => {
-                    // Whatever sub-batches already committed are safe to acknowledge; the
-                    // caller retries the rest after the error, and the ledger skips duplicates.
-                    if !report.acked.is_empty() {
-                        tracing::debug!(committed = report.acked.len(), "Part of a batch committed before a transient error.");
+                    if !progress.report.acked.is_empty() {
+                        tracing::debug!(
+                            committed = progress.report.acked.len(),
+                            pending = progress.pending_len(),
+                            "Part of a batch committed before an error; only the rest will be retried."
+                        );
                     }
                     return Err(e);
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
