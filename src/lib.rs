@@ -16,8 +16,10 @@
 
 pub mod decode;
 pub mod extract;
+pub mod metrics;
 pub mod pipeline;
 pub mod process;
+pub mod progress;
 pub mod retry;
 pub mod sink;
 pub mod source;

@@ -49,6 +49,8 @@ enum Command {
         /// Also write the final summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        #[command(flatten)]
+        observe: cmd::run::ObserveArgs,
     },
     /// Check a spec and report every problem, without touching any service.
     Validate {
@@ -143,7 +145,8 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // The progress line shares stderr; this writer erases it before each log line.
+        .with_writer(etl_engine::progress::log_writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
@@ -153,7 +156,7 @@ fn init_logging(format: LogFormat) {
 
 async fn dispatch(cmd: Command) -> Result<u8> {
     match cmd {
-        Command::Run { spec, drain, summary_json } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref()).await,
+        Command::Run { spec, drain, summary_json, observe } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
         Command::Validate { spec } => {
             let s = cmd::load(&spec)?;
             println!("{}: OK ({} columns, pipeline {})", spec.display(), s.columns.len(), s.name);

@@ -2,8 +2,10 @@
 
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result, anyhow};
+use etl_engine::metrics::{self, Metrics};
 use etl_engine::pipeline::{self, RunOptions, Stats};
 use etl_engine::process::Processor;
+use etl_engine::progress::{Progress, ProgressConfig, ProgressMode, QueueDepth};
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, Sink};
 use etl_engine::source::{self, QueueClient, SqsError};
@@ -13,6 +15,33 @@ use etl_engine::vault::VaultCipher;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// How a run reports while it works: progress on stderr and, optionally, Prometheus metrics.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ObserveArgs {
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while running (e.g. 0.0.0.0:9898; port 0 picks one and logs it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Progress while running: a live line on a terminal, a log line every --progress-interval-secs otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressFlag::Auto)]
+    pub progress: ProgressFlag,
+    /// Seconds between progress log lines (when stderr is not a terminal, or with --progress log).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_interval_secs: u64,
+}
+
+/// Values of `--progress`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ProgressFlag {
+    /// `line` when stderr is a terminal, `log` otherwise.
+    Auto,
+    /// A live status line, redrawn in place.
+    Line,
+    /// A structured log line per interval.
+    Log,
+    /// Only the final summary.
+    Off,
+}
 
 fn shutdown_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
@@ -40,7 +69,7 @@ fn shutdown_on_signals(cancel: CancellationToken) {
     });
 }
 
-pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>) -> Result<u8> {
+pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>, observe: ObserveArgs) -> Result<u8> {
     let spec = load(spec_path)?;
     let ring = load_keyring(&spec)?;
     let tokenizer = if spec.uses_hash() { Some(Tokenizer::new(ring.active_hash_key().map_err(usage)?)) } else { None };
@@ -48,6 +77,14 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>)
     ring.active_encryption_key().map_err(usage)?;
     let cipher = Arc::new(VaultCipher::new(&ring).map_err(usage)?);
     drop(ring);
+
+    // Bound before connecting, so a bad address fails at once and probes answer while services start.
+    let stats = Arc::new(Stats::default());
+    let depth = Arc::new(QueueDepth::default());
+    let metrics_server = match &observe.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr, Metrics::new(spec.name.clone(), stats.clone(), depth.clone())).await.map_err(usage)?),
+        None => None,
+    };
 
     let cancel = CancellationToken::new();
     shutdown_on_signals(cancel.clone());
@@ -77,9 +114,27 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>)
     let columns = Arc::new(spec.columns.clone());
     let processor = Processor::new(spec.columns.clone(), tokenizer, max_receive);
     let sink = Arc::new(Sink::new(pool.clone(), &spec, columns, cipher));
-    let stats = Arc::new(Stats::default());
     tracing::info!(pipeline = %spec.name, table = %spec.target.table, drain, "Pipeline started.");
-    let summary = pipeline::run(&spec, processor, sink, queue, RunOptions { drain }, stats.clone(), cancel).await?;
+    let progress = Progress::start(ProgressConfig {
+        pipeline: spec.name.clone(),
+        stats: stats.clone(),
+        depth,
+        queue: queue.clone(),
+        poll_depth: metrics_server.is_some(),
+        mode: match observe.progress {
+            ProgressFlag::Auto => ProgressMode::auto(),
+            ProgressFlag::Line => ProgressMode::Line,
+            ProgressFlag::Log => ProgressMode::Log,
+            ProgressFlag::Off => ProgressMode::Off,
+        },
+        log_interval: std::time::Duration::from_secs(observe.progress_interval_secs),
+    });
+    let result = pipeline::run(&spec, processor, sink, queue, RunOptions { drain }, stats.clone(), cancel).await;
+    progress.finish().await;
+    if let Some(m) = metrics_server {
+        m.stop().await;
+    }
+    let summary = result?;
     sink::record_key_usage(&pool, &stats).await;
     println!("{}: {summary}", spec.name);
     if let Some(p) = summary_json {
