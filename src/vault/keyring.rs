@@ -49,6 +49,78 @@ pub enum KeyState {
     Retired,
 }
 
+impl KeyState {
+    /// The name used in keyring files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::DecryptOnly => "decrypt_only",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.replace('-', "_").as_str() {
+            "active" => Ok(KeyState::Active),
+            "decrypt_only" => Ok(KeyState::DecryptOnly),
+            "retired" => Ok(KeyState::Retired),
+            _ => Err(format!("unknown key state {s:?}; expected active, decrypt_only or retired")),
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// HMAC-SHA-256 tokens (`hash_keys`). Long-lived: a new hash key changes every token.
+    Hash,
+    /// AES-256-GCM vault values and reject bodies (`encryption_keys`).
+    Encryption,
+}
+
+impl Purpose {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Hash => "hash",
+            Purpose::Encryption => "encryption",
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Purpose::Hash => "hmac",
+            Purpose::Encryption => "aes",
+        }
+    }
+}
+
+impl std::str::FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hash" | "hashing" | "hmac" => Ok(Purpose::Hash),
+            "encryption" | "encrypt" | "aes" => Ok(Purpose::Encryption),
+            _ => Err(format!("unknown key purpose {s:?}; expected hash or encryption")),
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// On-disk form of one key.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,19 +302,132 @@ impl Keyring {
     /// Adds a new active encryption key, demoting the current active one to decrypt-only.
     /// Returns the new key id.
     pub fn add_encryption_key(&mut self) -> Result<String, KeyringError> {
+        self.add_key(Purpose::Encryption)
+    }
+
+    /// The keys of one purpose.
+    pub fn keys(&self, purpose: Purpose) -> &[Key] {
+        match purpose {
+            Purpose::Hash => &self.hash_keys,
+            Purpose::Encryption => &self.encryption_keys,
+        }
+    }
+
+    fn keys_mut(&mut self, purpose: Purpose) -> &mut Vec<Key> {
+        match purpose {
+            Purpose::Hash => &mut self.hash_keys,
+            Purpose::Encryption => &mut self.encryption_keys,
+        }
+    }
+
+    /// Which purpose the key `id` serves, or an error naming the ids there are.
+    pub fn purpose_of(&self, id: &str) -> Result<Purpose, KeyringError> {
+        for purpose in [Purpose::Hash, Purpose::Encryption] {
+            if self.keys(purpose).iter().any(|k| k.id == id) {
+                return Ok(purpose);
+            }
+        }
+        let ids: Vec<&str> = self.hash_keys.iter().chain(&self.encryption_keys).map(|k| k.id.as_str()).collect();
+        Err(KeyringError::Invalid { origin: self.origin.clone(), problem: format!("no key {id} (keys: {})", ids.join(", ")) })
+    }
+
+    /// Adds a new active key for `purpose`, demoting the current active one to decrypt-only
+    /// (so what it wrote stays readable). Returns the new key id.
+    pub fn add_key(&mut self, purpose: Purpose) -> Result<String, KeyringError> {
         let mut suffix = [0u8; 3];
         getrandom::fill(&mut suffix).map_err(|e| KeyringError::Invalid {
             origin: self.origin.clone(),
             problem: format!("no secure random source: {e}"),
         })?;
-        let id = format!("aes-{}-{}", chrono::Utc::now().format("%Y%m%d"), hex::encode(suffix));
-        for k in &mut self.encryption_keys {
+        let stamp = chrono::Utc::now().format("%Y%m%d");
+        let id = format!("{}-{stamp}-{}", purpose.id_prefix(), hex::encode(suffix));
+        let key = Key::generate(id.clone())?;
+        let keys = self.keys_mut(purpose);
+        for k in keys.iter_mut() {
             if k.state == KeyState::Active {
                 k.state = KeyState::DecryptOnly;
             }
         }
-        self.encryption_keys.push(Key::generate(id.clone())?);
+        keys.push(key);
         Ok(id)
+    }
+
+    /// Sets the state of key `id`. Making a key active demotes the purpose's current active
+    /// key to decrypt-only; the hashing purpose must keep an active key. Returns the id of
+    /// a key that was demoted, if any.
+    pub fn set_state(&mut self, id: &str, state: KeyState) -> Result<Option<String>, KeyringError> {
+        let purpose = self.purpose_of(id)?;
+        let origin = self.origin.clone();
+        let keys = self.keys_mut(purpose);
+        let mut demoted = None;
+        if state == KeyState::Active {
+            for k in keys.iter_mut().filter(|k| k.id != id && k.state == KeyState::Active) {
+                k.state = KeyState::DecryptOnly;
+                demoted = Some(k.id.clone());
+            }
+        } else if purpose == Purpose::Hash && keys.iter().any(|k| k.id == id && k.state == KeyState::Active) {
+            return Err(KeyringError::Invalid {
+                origin,
+                problem: format!("key {id} is the active hash key; make another hash key active first (tokens are made with it)"),
+            });
+        }
+        for k in keys.iter_mut().filter(|k| k.id == id) {
+            k.state = state;
+        }
+        Ok(demoted)
+    }
+
+    /// Removes key `id` for good. The active key of a purpose cannot be removed; values still
+    /// encrypted with a removed key can never be decrypted again (run `vault-rotate` first).
+    pub fn remove_key(&mut self, id: &str) -> Result<Purpose, KeyringError> {
+        let purpose = self.purpose_of(id)?;
+        let origin = self.origin.clone();
+        let keys = self.keys_mut(purpose);
+        if keys.iter().any(|k| k.id == id && k.state == KeyState::Active) {
+            return Err(KeyringError::Invalid {
+                origin,
+                problem: format!("key {id} is active; add or activate another {} key first", purpose.name()),
+            });
+        }
+        keys.retain(|k| k.id != id);
+        Ok(purpose)
+    }
+
+    /// Ids, purposes and states of all keys; never material.
+    pub fn summary(&self) -> Vec<(Purpose, &str, KeyState)> {
+        let mut out = Vec::new();
+        for purpose in [Purpose::Hash, Purpose::Encryption] {
+            out.extend(self.keys(purpose).iter().map(|k| (purpose, k.id.as_str(), k.state)));
+        }
+        out
+    }
+
+    /// Replaces the keyring file at `path` atomically: the new content goes to a private
+    /// temporary file in the same directory, which is then renamed over the old one, so a
+    /// crash never leaves a half-written keyring.
+    pub fn replace_file(&self, path: &Path) -> Result<(), KeyringError> {
+        self.check()?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "keyring".into());
+        let mut suffix = [0u8; 6];
+        getrandom::fill(&mut suffix).map_err(|e| KeyringError::Invalid {
+            origin: self.origin.clone(),
+            problem: format!("no secure random source: {e}"),
+        })?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
+        self.write(&tmp, false)?;
+        std::fs::rename(&tmp, path).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            KeyringError::Write { path: path.to_path_buf(), source }
+        })?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     /// Serializes to JSON (the one place key material is written out: the keyring file).
@@ -339,6 +524,67 @@ mod tests {
             r#"{{"hash_keys":[{{"id":"a","state":"active","key":"{k}"}},{{"id":"b","state":"active","key":"{k}"}}],"encryption_keys":[]}}"#
         );
         assert!(Keyring::from_json(&two, "f").unwrap_err().to_string().contains("exactly one"));
+    }
+
+    #[test]
+    fn add_key_demotes_the_active_one_and_set_state_keeps_one_active() {
+        let mut ring = Keyring::generate().unwrap();
+        let first = ring.encryption_keys[0].id.clone();
+        let second = ring.add_key(Purpose::Encryption).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(ring.active_encryption_key().unwrap().id, second);
+        assert_eq!(ring.encryption_keys[0].state, KeyState::DecryptOnly);
+        // Re-activating the first demotes the second.
+        assert_eq!(ring.set_state(&first, KeyState::Active).unwrap(), Some(second.clone()));
+        assert_eq!(ring.active_encryption_key().unwrap().id, first);
+        ring.check().unwrap();
+        // The only active hash key cannot be demoted.
+        let h = ring.hash_keys[0].id.clone();
+        let err = ring.set_state(&h, KeyState::Retired).unwrap_err().to_string();
+        assert!(err.contains(&h) && err.contains("active hash key"), "{err}");
+        // Unknown ids are named, with the ids there are.
+        let err = ring.set_state("nope", KeyState::Retired).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains(&first), "{err}");
+    }
+
+    #[test]
+    fn remove_key_refuses_the_active_key() {
+        let mut ring = Keyring::generate().unwrap();
+        let old = ring.encryption_keys[0].id.clone();
+        let new = ring.add_key(Purpose::Encryption).unwrap();
+        assert!(ring.remove_key(&new).unwrap_err().to_string().contains("is active"));
+        assert_eq!(ring.remove_key(&old).unwrap(), Purpose::Encryption);
+        assert_eq!(ring.summary().len(), 2);
+        assert!(ring.summary().iter().all(|(_, id, _)| *id != old));
+    }
+
+    #[test]
+    fn replace_file_is_private_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let mut ring = Keyring::generate().unwrap();
+        ring.write(&path, false).unwrap();
+        let added = ring.add_key(Purpose::Hash).unwrap();
+        ring.replace_file(&path).unwrap();
+        let again = Keyring::from_file(&path).unwrap();
+        assert_eq!(again.active_hash_key().unwrap().id, added);
+        assert_eq!(again.hash_keys.len(), 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn states_and_purposes_parse() {
+        assert_eq!("decrypt-only".parse::<KeyState>().unwrap(), KeyState::DecryptOnly);
+        assert_eq!("retired".parse::<KeyState>().unwrap(), KeyState::Retired);
+        assert!("gone".parse::<KeyState>().unwrap_err().contains("decrypt_only"));
+        assert_eq!("encryption".parse::<Purpose>().unwrap(), Purpose::Encryption);
+        assert_eq!("hash".parse::<Purpose>().unwrap(), Purpose::Hash);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The PII vault: keyring, AES-GCM cipher with bound associated data, and recovery.
+//! The PII vault: keyring, AES-GCM cipher with bound associated data, recovery and rotation.
 
 pub mod cipher;
 pub mod keyring;
 pub mod recover;
+pub mod rotate;
 
 pub use cipher::{Binding, CipherError, Sealed, VaultCipher};
-pub use keyring::{Keyring, KeyringError};
+pub use keyring::{KeyState, Keyring, KeyringError, Purpose};
