@@ -41,10 +41,71 @@ CREATE TABLE IF NOT EXISTS etl_vault_audit (
   id bigserial PRIMARY KEY,
   at timestamptz NOT NULL DEFAULT now(),
   actor text NOT NULL,
-  db_user text NOT NULL DEFAULT current_user,
+  db_user text NOT NULL DEFAULT session_user,
   spec text NOT NULL,
   target_table text NOT NULL,
   column_name text NOT NULL,
   value_count integer NOT NULL,
-  reason text NOT NULL);
+  reason text NOT NULL,
+  tokens text[]);
+
+DO $etl$
+DECLARE
+  s text := current_schema();
+  audit regclass := to_regclass(format('%I.%I', current_schema(), 'etl_vault_audit'));
+BEGIN
+  IF audit IS NULL THEN
+    RETURN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = audit AND attname = 'tokens' AND NOT attisdropped) THEN
+    EXECUTE format('ALTER TABLE %s ADD COLUMN tokens text[]', audit);
+  END IF;
+  IF to_regproc(format('%I.%I', s, 'etl_vault_audit_append_only')) IS NULL THEN
+    EXECUTE format($f$
+      CREATE FUNCTION %I.etl_vault_audit_append_only() RETURNS trigger
+      LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+      AS $body$
+      BEGIN
+        RAISE EXCEPTION USING MESSAGE = 'etl_vault_audit is append-only: ' || TG_OP || ' is not allowed', ERRCODE = '42501';
+      END
+      $body$$f$, s);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = audit AND tgname = 'etl_vault_audit_append_only') THEN
+    EXECUTE format('CREATE TRIGGER etl_vault_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %I.etl_vault_audit_append_only()', audit, s);
+  END IF;
+END
+$etl$;
+
+DO $etl$
+DECLARE
+  vault text := format('%I.%I', current_schema(), 'etl_vault');
+  audit text := format('%I.%I', current_schema(), 'etl_vault_audit');
+  fn text := format('%I.%I', current_schema(), 'etl_vault_recover');
+BEGIN
+  IF to_regprocedure(fn || '(text,text,text,text[],text,text)') IS NOT NULL THEN
+    RETURN;
+  END IF;
+  EXECUTE format($f$
+    CREATE FUNCTION %s(p_spec text, p_target_table text, p_column text, p_tokens text[], p_actor text, p_reason text)
+    RETURNS TABLE(token text, key_id text, nonce bytea, ciphertext bytea)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $body$
+    #variable_conflict use_column
+    DECLARE
+      n integer;
+    BEGIN
+      IF p_reason IS NULL OR btrim(p_reason) = '' OR p_actor IS NULL OR btrim(p_actor) = '' THEN
+        RAISE EXCEPTION 'reading the vault needs an actor and a reason' USING ERRCODE = '22023';
+      END IF;
+      RETURN QUERY SELECT v.token, v.key_id, v.nonce, v.ciphertext FROM %s AS v
+        WHERE v.target_table = p_target_table AND v.column_name = p_column AND v.token = ANY(p_tokens);
+      GET DIAGNOSTICS n = ROW_COUNT;
+      INSERT INTO %s (actor, db_user, spec, target_table, column_name, value_count, reason, tokens)
+        VALUES (p_actor, session_user, p_spec, p_target_table, p_column, n, p_reason, p_tokens);
+    END
+    $body$$f$, fn, vault, audit);
+  EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text,text[],text,text) FROM PUBLIC', fn);
+END
+$etl$;
 

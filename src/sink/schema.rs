@@ -40,10 +40,47 @@ pub fn ddl(spec: &Spec) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (\n  id bigserial PRIMARY KEY,\n  at timestamptz NOT NULL DEFAULT now(),\n  \
-             actor text NOT NULL,\n  db_user text NOT NULL DEFAULT current_user,\n  spec text NOT NULL,\n  target_table text NOT NULL,\n  \
-             column_name text NOT NULL,\n  value_count integer NOT NULL,\n  reason text NOT NULL)"
+             actor text NOT NULL,\n  db_user text NOT NULL DEFAULT session_user,\n  spec text NOT NULL,\n  target_table text NOT NULL,\n  \
+             column_name text NOT NULL,\n  value_count integer NOT NULL,\n  reason text NOT NULL,\n  tokens text[])"
         ),
+        audit_append_only_ddl(),
+        crate::vault::recover::recover_function_ddl(&spec.vault.table),
     ]
+}
+
+/// DDL (a `DO` block, safe to run repeatedly and concurrently) making the audit table
+/// append-only: a statement trigger refuses UPDATE, DELETE and TRUNCATE, for its owner too.
+/// Also adds the `tokens` column to audit tables created before it existed.
+fn audit_append_only_ddl() -> String {
+    format!(
+        r#"DO $etl$
+DECLARE
+  s text := current_schema();
+  audit regclass := to_regclass(format('%I.%I', current_schema(), '{AUDIT_TABLE}'));
+BEGIN
+  IF audit IS NULL THEN
+    RETURN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = audit AND attname = 'tokens' AND NOT attisdropped) THEN
+    EXECUTE format('ALTER TABLE %s ADD COLUMN tokens text[]', audit);
+  END IF;
+  IF to_regproc(format('%I.%I', s, '{AUDIT_TABLE}_append_only')) IS NULL THEN
+    EXECUTE format($f$
+      CREATE FUNCTION %I.{AUDIT_TABLE}_append_only() RETURNS trigger
+      LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+      AS $body$
+      BEGIN
+        RAISE EXCEPTION USING MESSAGE = '{AUDIT_TABLE} is append-only: ' || TG_OP || ' is not allowed', ERRCODE = '42501';
+      END
+      $body$$f$, s);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = audit AND tgname = '{AUDIT_TABLE}_append_only') THEN
+    EXECUTE format('CREATE TRIGGER {AUDIT_TABLE}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %I.{AUDIT_TABLE}_append_only()', audit, s);
+  END IF;
+END
+$etl$"#
+    )
 }
 
 /// Creates missing engine tables. Tables that exist are left alone, so a least-privilege role
@@ -57,8 +94,9 @@ pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {
                 tracing::debug!("Cannot create an engine table with this role; assuming it exists.");
             }
-            // 23505 / 42P07: a concurrent process created the same table or type at the same moment.
-            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505") | Some("42P07")) => {}
+            // 23505 / 42P07 / 42723 / 42710: a concurrent process created the same table, type,
+            // function or trigger at the same moment.
+            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07" | "42723" | "42710")) => {}
             Err(e) => return Err(e),
         }
     }

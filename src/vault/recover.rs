@@ -1,6 +1,11 @@
 //! PII recovery (`vault-decrypt`): tokens → original values, each recovery recorded in the
-//! append-only audit table in the same transaction as the read. If the audit row cannot be
-//! written, nothing is decrypted; if the commit fails, nothing is returned.
+//! append-only audit table by the same statement that reads the ciphertexts. If the audit row
+//! cannot be written or committed, nothing is decrypted.
+//!
+//! The vault is read only through a `SECURITY DEFINER` function (one per vault table, created
+//! with the engine's tables): the recovery role has no privilege on the vault table itself, so
+//! the only way to its ciphertexts writes an audit row. Who called is recorded as the database
+//! session user (not spoofable by the caller) next to the claimed `--actor`.
 
 use super::cipher::{Binding, CipherError, VaultCipher};
 use crate::sink::quote_ident;
@@ -20,6 +25,12 @@ pub enum RecoverError {
     Selector(String),
     #[error("the audit record could not be written, so nothing was decrypted: {0}")]
     Audit(sqlx::Error),
+    #[error("the recovery function {function} does not exist; create the engine's tables and functions as their owner (schema/engine.sql, or any etl-engine command run as the owner)")]
+    MissingFunction { function: String },
+    #[error("this database role may not call the recovery function {function}; grant it etl_recovery (schema/roles.sql): {source}")]
+    NotAllowed { function: String, source: sqlx::Error },
+    #[error("a reason is required (--reason): it is recorded in the audit table")]
+    NoReason,
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error("token {token}: {source}")]
@@ -28,13 +39,22 @@ pub enum RecoverError {
     NotText,
 }
 
-/// Which values to recover.
-#[derive(Debug, Clone)]
+/// Which values to recover. `Debug` shows column names and counts, not the selector values.
+#[derive(Clone)]
 pub enum Selector {
     /// Explicit tokens (from arguments or stdin).
     Tokens(Vec<String>),
     /// Rows of the target table where each `column = value` (values bound as parameters).
     Where(Vec<(String, String)>),
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Tokens(t) => write!(f, "Tokens({} tokens)", t.len()),
+            Selector::Where(c) => write!(f, "Where({:?} = <redacted>)", c.iter().map(|(col, _)| col.as_str()).collect::<Vec<_>>()),
+        }
+    }
 }
 
 /// Who recovers, and why.
@@ -88,6 +108,9 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
             encrypted: encrypted.join(", "),
         });
     }
+    if req.reason.trim().is_empty() {
+        return Err(RecoverError::NoReason);
+    }
     let mut tx = pool.begin().await?;
     let tokens: Vec<String> = match &req.selector {
         Selector::Tokens(t) => t.clone(),
@@ -115,28 +138,24 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
     tokens.sort();
     tokens.dedup();
 
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {AUDIT_TABLE} (actor, spec, target_table, column_name, value_count, reason) VALUES ($1, $2, $3, $4, $5, $6)"
+    // One statement reads the ciphertexts and writes the audit row (inside the definer
+    // function); it is committed before anything is decrypted, so no value is ever seen
+    // without a durable audit record, and failed attempts are on record too.
+    let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT token, key_id, nonce, ciphertext FROM {}($1, $2, $3, $4, $5, $6)",
+        quote_ident(&recover_function_name(&spec.vault.table))
     )))
-    .bind(&req.actor)
     .bind(spec.file.display().to_string())
     .bind(&spec.target.table)
     .bind(&req.column)
-    .bind(i32::try_from(tokens.len()).unwrap_or(i32::MAX))
-    .bind(&req.reason)
-    .execute(&mut *tx)
-    .await
-    .map_err(RecoverError::Audit)?;
-
-    let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT token, key_id, nonce, ciphertext FROM {} WHERE target_table = $1 AND column_name = $2 AND token = ANY($3)",
-        quote_ident(&spec.vault.table)
-    )))
-    .bind(&spec.target.table)
-    .bind(&req.column)
     .bind(&tokens)
+    .bind(&req.actor)
+    .bind(&req.reason)
     .fetch_all(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| classify_call_error(e, &spec.vault.table))?;
+    tx.commit().await.map_err(RecoverError::Audit)?;
+
     let mut found: HashMap<String, Recovered> = HashMap::new();
     for (token, key_id, nonce, ct) in rows {
         let b = Binding { scope: &spec.target.table, column: &req.column, token: &token };
@@ -144,7 +163,6 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
         let value = Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?);
         found.insert(token.clone(), Recovered { token, value });
     }
-    tx.commit().await.map_err(RecoverError::Audit)?;
     let mut recovered = Vec::new();
     let mut missing = Vec::new();
     for t in tokens {
@@ -154,4 +172,79 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
         }
     }
     Ok(Outcome { recovered, missing })
+}
+
+/// The recovery function of a vault table: `<vault table>_recover`, in the same schema.
+pub fn recover_function_name(vault_table: &str) -> String {
+    format!("{vault_table}_recover")
+}
+
+fn classify_call_error(e: sqlx::Error, vault_table: &str) -> RecoverError {
+    let function = recover_function_name(vault_table);
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42883") => RecoverError::MissingFunction { function },
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42501") && d.message().contains("function") => {
+            RecoverError::NotAllowed { function, source: e }
+        }
+        _ => RecoverError::Audit(e),
+    }
+}
+
+/// A string as an SQL literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `format('%I.%I', schema, name)` for a possibly schema-qualified name, resolving an
+/// unqualified one against the schema it is created in, so the definer function never
+/// depends on the caller's `search_path`.
+fn qualified_expr(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => format!("format('%I.%I', {}, {})", literal(schema), literal(table)),
+        None => format!("format('%I.%I', current_schema(), {})", literal(name)),
+    }
+}
+
+/// DDL (a `DO` block, safe to run repeatedly and concurrently) creating the recovery function
+/// of `vault_table` if it is missing: `SECURITY DEFINER`, a fixed `search_path`, callable by no
+/// one until granted (see `schema/roles.sql`). It refuses an empty reason, returns the
+/// ciphertexts of the given tokens and appends an audit row in the same statement; if the
+/// insert fails, the call fails and returns nothing.
+pub fn recover_function_ddl(vault_table: &str) -> String {
+    let vault = qualified_expr(vault_table);
+    let audit = qualified_expr(AUDIT_TABLE);
+    let function = qualified_expr(&recover_function_name(vault_table));
+    format!(
+        r#"DO $etl$
+DECLARE
+  vault text := {vault};
+  audit text := {audit};
+  fn text := {function};
+BEGIN
+  IF to_regprocedure(fn || '(text,text,text,text[],text,text)') IS NOT NULL THEN
+    RETURN;
+  END IF;
+  EXECUTE format($f$
+    CREATE FUNCTION %s(p_spec text, p_target_table text, p_column text, p_tokens text[], p_actor text, p_reason text)
+    RETURNS TABLE(token text, key_id text, nonce bytea, ciphertext bytea)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $body$
+    #variable_conflict use_column
+    DECLARE
+      n integer;
+    BEGIN
+      IF p_reason IS NULL OR btrim(p_reason) = '' OR p_actor IS NULL OR btrim(p_actor) = '' THEN
+        RAISE EXCEPTION 'reading the vault needs an actor and a reason' USING ERRCODE = '22023';
+      END IF;
+      RETURN QUERY SELECT v.token, v.key_id, v.nonce, v.ciphertext FROM %s AS v
+        WHERE v.target_table = p_target_table AND v.column_name = p_column AND v.token = ANY(p_tokens);
+      GET DIAGNOSTICS n = ROW_COUNT;
+      INSERT INTO %s (actor, db_user, spec, target_table, column_name, value_count, reason, tokens)
+        VALUES (p_actor, session_user, p_spec, p_target_table, p_column, n, p_reason, p_tokens);
+    END
+    $body$$f$, fn, vault, audit);
+  EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text,text[],text,text) FROM PUBLIC', fn);
+END
+$etl$"#
+    )
 }

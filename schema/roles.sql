@@ -1,0 +1,89 @@
+-- Least-privilege roles for etl-engine. Run as the owner of the tables, after the engine's
+-- tables exist (schema/engine.sql, or one `etl-engine` command run as the owner) and the
+-- target table exists. Once per target table (re-running is harmless):
+--
+--   psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -v target=user_logins -f schema/roles.sql
+--
+-- Optional variables (defaults in brackets): schema [public], vault [etl_vault],
+-- ledger [etl_ledger], rejects [etl_rejects]. Names are unqualified, inside `schema`.
+--
+-- The roles are group roles without LOGIN; give them to login roles, e.g.
+--   CREATE ROLE etl_app LOGIN PASSWORD '...' IN ROLE etl_writer;
+--
+--   etl_writer    what `etl-engine run` needs and nothing more: INSERT into the target, vault,
+--                 ledger and rejects; SELECT only on the key columns that ON CONFLICT and
+--                 RETURNING read (never nonces or ciphertexts); the key-usage counters.
+--   etl_analyst   SELECT on the target table: tokens, never originals.
+--   etl_recovery  SELECT on the target table (for `vault-decrypt --where`) and EXECUTE on the
+--                 vault's recovery function, which writes an audit row with every read. No
+--                 privilege on the vault or the audit table themselves.
+-- Key rotation (`vault-rotate`) and retokenization run as the tables' owner.
+
+\set ON_ERROR_STOP 1
+\if :{?target}
+\else
+  \echo 'error: set the target table: psql -v target=TABLE -f schema/roles.sql'
+  \quit
+\endif
+\if :{?schema}
+\else
+  \set schema public
+\endif
+\if :{?vault}
+\else
+  \set vault etl_vault
+\endif
+\if :{?ledger}
+\else
+  \set ledger etl_ledger
+\endif
+\if :{?rejects}
+\else
+  \set rejects etl_rejects
+\endif
+\set recover_fn :vault '_recover'
+
+BEGIN;
+
+-- Roles are shared by every database of the cluster; another session may be creating them
+-- at the same moment, which is fine.
+DO $roles$
+DECLARE
+  r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['etl_writer', 'etl_analyst', 'etl_recovery'] LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      BEGIN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+      END;
+    END IF;
+  END LOOP;
+END
+$roles$;
+
+SET LOCAL search_path = :"schema";
+
+GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery;
+
+-- Start from nothing, so re-running after a change of this file takes privileges away too.
+REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit
+  FROM etl_writer, etl_analyst, etl_recovery;
+REVOKE ALL ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) FROM PUBLIC, etl_writer, etl_analyst;
+
+-- Writer.
+GRANT INSERT ON :"target" TO etl_writer;
+GRANT INSERT, SELECT (pipeline, message_id) ON :"ledger" TO etl_writer;
+GRANT INSERT, SELECT (target_table, column_name, token) ON :"vault" TO etl_writer;
+GRANT INSERT, SELECT (pipeline, message_id) ON :"rejects" TO etl_writer;
+GRANT INSERT, SELECT (key_id, encryptions), UPDATE (encryptions, updated_at) ON etl_key_usage TO etl_writer;
+
+-- Analyst.
+GRANT SELECT ON :"target" TO etl_analyst;
+
+-- Recovery.
+GRANT SELECT ON :"target" TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) TO etl_recovery;
+
+COMMIT;
