@@ -43,6 +43,19 @@ pub enum ProgressFlag {
     Off,
 }
 
+/// How often encryption counts are written to the key-usage table while running:
+/// `ETL_KEY_USAGE_FLUSH_SECS`, default 60.
+fn key_usage_flush_interval() -> std::time::Duration {
+    let secs = match std::env::var("ETL_KEY_USAGE_FLUSH_SECS") {
+        Ok(v) => v.trim().parse::<u64>().ok().filter(|s| *s > 0).unwrap_or_else(|| {
+            tracing::warn!("ETL_KEY_USAGE_FLUSH_SECS must be a whole number of seconds above 0; using 60.");
+            60
+        }),
+        Err(_) => 60,
+    };
+    std::time::Duration::from_secs(secs)
+}
+
 fn shutdown_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         let wait = || async {
@@ -129,13 +142,18 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>,
         },
         log_interval: std::time::Duration::from_secs(observe.progress_interval_secs),
     });
+    let flush_stop = CancellationToken::new();
+    let flush = sink::spawn_key_usage_flush(pool.clone(), stats.clone(), key_usage_flush_interval(), flush_stop.clone());
     let result = pipeline::run(&spec, processor, sink, queue, RunOptions { drain }, stats.clone(), cancel).await;
+    flush_stop.cancel();
+    let _ = flush.await;
+    // Also after a failed run: whatever was committed was encrypted.
+    sink::record_key_usage(&pool, &stats).await;
     progress.finish().await;
     if let Some(m) = metrics_server {
         m.stop().await;
     }
     let summary = result?;
-    sink::record_key_usage(&pool, &stats).await;
     println!("{}: {summary}", spec.name);
     if let Some(p) = summary_json {
         let json = serde_json::to_string_pretty(&summary)?;
