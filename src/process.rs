@@ -19,14 +19,24 @@ pub enum Outcome {
     Reject { reason: String },
 }
 
-/// A processed message, with what the sink and the ack need.
-#[derive(Debug)]
+/// A processed message, with what the sink and the ack need. `Debug` shows the body's length
+/// only: a reject body may carry PII.
 pub struct Processed {
     pub message_id: String,
     pub receipt_handle: String,
     /// The original body, kept only for rejects (to be stored encrypted).
     pub reject_body: Option<String>,
     pub outcome: Outcome,
+}
+
+impl std::fmt::Debug for Processed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processed")
+            .field("message_id", &self.message_id)
+            .field("reject_body_len", &self.reject_body.as_ref().map(String::len))
+            .field("outcome", &self.outcome)
+            .finish()
+    }
 }
 
 /// Runs the per-message stages for one spec.

@@ -55,11 +55,18 @@ pub struct ReceiveRequest {
 }
 
 /// One entry of a batch call: the caller's id for the entry and the message's receipt handle
-/// (for delete / change-visibility) or body (for send).
-#[derive(Debug, Clone)]
+/// (for delete / change-visibility) or body (for send). `Debug` hides the value: a body may
+/// carry PII.
+#[derive(Clone)]
 pub struct BatchEntry {
     pub id: String,
     pub value: String,
+}
+
+impl fmt::Debug for BatchEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchEntry").field("id", &self.id).field("value_len", &self.value.len()).finish()
+    }
 }
 
 /// An entry that failed inside an otherwise successful batch call.
