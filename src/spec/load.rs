@@ -15,6 +15,9 @@ use serde_json::Value as J;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// The keys of a spec test's `meta:`.
+pub const TEST_META_KEYS: &[&str] = &["message_id", "sent_timestamp", "receive_count", "attributes", "message_attributes"];
+
 /// Prefix of environment variables that override spec keys.
 pub const ENV_PREFIX: &str = "ETL_SPEC_";
 
@@ -81,7 +84,8 @@ pub fn parse_spec_str(text: &str, file: &Path, with_env: bool) -> Result<Spec, S
     }
     let root: J = fig.extract().map_err(|e| SpecError::Syntax { file: file.to_path_buf(), message: e.to_string(), position: None })?;
     let positions = Positions::index(text);
-    let mut v = Validator { issues: Vec::new(), positions: &positions };
+    let env = if with_env { env_overrides(std::env::vars()) } else { Vec::new() };
+    let mut v = Validator { issues: Vec::new(), positions: &positions, env };
     let spec = v.spec(&root, file);
     match spec {
         Some(s) if v.issues.is_empty() => Ok(s),
@@ -138,22 +142,50 @@ fn is_identifier(s: &str) -> bool {
     parts.len() <= 2 && parts.iter().all(|p| part_ok(p))
 }
 
+/// The spec keys set from the environment: (key path, variable name), as figment maps them.
+fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter_map(|(name, _)| {
+            let key = name.strip_prefix(ENV_PREFIX)?;
+            (!key.is_empty()).then(|| (key.to_lowercase().split("__").collect::<Vec<_>>().join("."), name.clone()))
+        })
+        .collect()
+}
+
 struct Validator<'a> {
     issues: Vec<SpecIssue>,
     positions: &'a Positions,
+    /// Keys overridden from the environment, so their problems name the variable, not a line.
+    env: Vec<(String, String)>,
 }
 
 impl Validator<'_> {
     fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
-        let position = self.positions.find(&path);
-        self.issues.push(SpecIssue { path, message: message.into(), position });
+        let mut message = message.into();
+        let from_env = self.env.iter().find(|(p, _)| {
+            p == &path
+                || path.starts_with(&format!("{p}."))
+                || path.starts_with(&format!("{p}["))
+                // A key that exists only because a variable set something below it.
+                || (p.starts_with(&format!("{path}.")) && self.positions.exact(&path).is_none())
+        });
+        let position = match from_env {
+            Some((_, var)) => {
+                message.push_str(&format!(" (set by environment variable {var})"));
+                None
+            }
+            None => self.positions.find(&path),
+        };
+        self.issues.push(SpecIssue { path, message, position });
     }
 
     /// Deserializes `value` as `T`, reporting every unknown key (with a suggestion) and the
     /// first other error, each at its own key path.
     fn section<T: DeserializeOwned>(&mut self, value: &J, path: &str) -> Option<T> {
         let mut value = value.clone();
+        // Names already suggested for a misspelled key: their "missing key" follow-up is noise.
+        let mut suggested: Vec<String> = Vec::new();
         loop {
             let res: Result<T, _> = serde_path_to_error::deserialize(&value);
             let err = match res {
@@ -164,35 +196,62 @@ impl Validator<'_> {
             let sub = err.path().to_string();
             let mut full = if sub == "." || sub.is_empty() { path.to_string() } else { format!("{path}.{sub}") };
             full = full.trim_start_matches('.').replace(".[", "[");
+            // Internally tagged enums (`type: ...`) buffer their content before deserializing it,
+            // so the path stops at the enum; the offending key inside it is found by looking.
+            let node = node_at(&mut value, err.path()).map(|n| n.clone());
+            let inside_enum = |key: Option<String>, full: &str| match key {
+                Some(k) => join_key(full, &k),
+                None => full.to_string(),
+            };
             match parse_unknown(&inner) {
                 Some(("field", wrong, expected)) => {
                     let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
-                    // serde_path_to_error's path already ends with the unknown key.
-                    let key_path = full.clone();
+                    let ends_at_key = matches!(err.path().iter().last(), Some(serde_path_to_error::Segment::Map { key }) if *key == wrong);
+                    let key_path = if ends_at_key { full.clone() } else { join_key(&full, &wrong) };
+                    if let Some(s) = suggest(&wrong, cands.iter().copied()) {
+                        suggested.push(s.to_string());
+                    }
                     self.issue(key_path, with_suggestion(format!("unknown key `{wrong}`"), &wrong, &cands));
                     // Drop the unknown key and try again, to find the next problem too.
-                    if !remove_at(&mut value, err.path(), &wrong) {
+                    let removed = if ends_at_key {
+                        remove_at(&mut value, err.path(), &wrong)
+                    } else {
+                        match node_at(&mut value, err.path()) {
+                            Some(J::Object(m)) => m.remove(&wrong).is_some(),
+                            _ => false,
+                        }
+                    };
+                    if !removed {
                         return None;
                     }
                 }
                 Some((_, wrong, expected)) => {
                     let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
-                    let what = if full.ends_with("type") || full.ends_with(']') || cands.contains(&"hash") {
-                        "transform"
+                    let key = match &node {
+                        Some(J::Object(m)) => m.iter().find(|(_, v)| v.as_str() == Some(wrong.as_str())).map(|(k, _)| k.clone()),
+                        _ => None,
+                    };
+                    let key_path = inside_enum(key, &full);
+                    let what = if key_path.ends_with(".type") || key_path == "type" {
+                        if cands.iter().all(|c| TransformConfig::NAMES.contains(c)) { "transform" } else { "type" }
                     } else {
                         "value"
                     };
-                    let shown = if full.ends_with("type") || cands.contains(&"hash") { full.clone() } else { full.clone() };
-                    self.issue(shown, with_suggestion(format!("unknown {what} \"{wrong}\""), &wrong, &cands));
+                    self.issue(key_path, with_suggestion(format!("unknown {what} \"{wrong}\""), &wrong, &cands));
                     return None;
                 }
                 None => {
-                    let msg = if inner.starts_with("missing field") {
-                        inner.replacen("missing field", "missing key", 1)
-                    } else {
-                        inner
+                    if let Some(missing) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                        if !suggested.iter().any(|s| s == missing) {
+                            self.issue(full, format!("missing key `{missing}`"));
+                        }
+                        return None;
+                    }
+                    let key = match &node {
+                        Some(J::Object(m)) => offending_key(&inner, m),
+                        _ => None,
                     };
-                    self.issue(full, msg);
+                    self.issue(inside_enum(key, &full), friendly_type_error(&inner));
                     return None;
                 }
             }
@@ -205,11 +264,19 @@ impl Validator<'_> {
             return None;
         };
         const TOP: &[&str] = &["name", "source", "target", "vault", "rejects", "ledger", "columns", "tests"];
+        // A misspelled required key is reported once, as the misspelling.
+        let mut suggested = Vec::new();
         for k in map.keys() {
             if !TOP.contains(&k.as_str()) {
+                suggested.extend(suggest(k, TOP.iter().copied()));
                 self.issue(k.clone(), with_suggestion(format!("unknown key `{k}`"), k, TOP));
             }
         }
+        let missing = |v: &mut Self, key: &str| {
+            if !suggested.contains(&key) {
+                v.issue(key, format!("missing key `{key}`"));
+            }
+        };
         let get = |k: &str| map.get(k).cloned().unwrap_or(J::Null);
         let opt = |k: &str| map.get(k).cloned().unwrap_or_else(|| J::Object(Default::default()));
 
@@ -222,11 +289,11 @@ impl Validator<'_> {
             }
         };
         let source = if map.contains_key("source") { self.section::<SourceConfig>(&get("source"), "source") } else {
-            self.issue("source", "missing key `source`");
+            missing(self, "source");
             None
         };
         let target = if map.contains_key("target") { self.section::<TargetConfig>(&get("target"), "target") } else {
-            self.issue("target", "missing key `target`");
+            missing(self, "target");
             None
         };
         let vault = self.section::<VaultConfig>(&opt("vault"), "vault");
@@ -266,7 +333,7 @@ impl Validator<'_> {
                 Vec::new()
             }
             None => {
-                self.issue("columns", "missing key `columns`");
+                missing(self, "columns");
                 Vec::new()
             }
         };
@@ -275,6 +342,33 @@ impl Validator<'_> {
                 let p = format!("tests[{i}]");
                 if t.expect_row.is_some() == t.expect_reject.is_some() {
                     self.issue(p.clone(), "needs exactly one of `expect_row` and `expect_reject`");
+                }
+                if t.raw && !t.body.is_string() {
+                    self.issue(format!("{p}.body"), "with `raw: true` the body must be a string (the exact message text)");
+                }
+                for (k, v) in &t.meta {
+                    let ok = match k.as_str() {
+                        "message_id" => v.is_string(),
+                        "sent_timestamp" | "receive_count" => {
+                            v.as_u64().is_some() || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
+                        }
+                        "attributes" | "message_attributes" => {
+                            v.as_object().is_some_and(|m| m.values().all(|x| !x.is_object() && !x.is_array() && !x.is_null()))
+                        }
+                        _ => {
+                            self.issue(format!("{p}.meta.{k}"), with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS));
+                            continue;
+                        }
+                    };
+                    if !ok {
+                        let want = match k.as_str() {
+                            "message_id" => "a string",
+                            "sent_timestamp" => "epoch milliseconds (a whole number)",
+                            "receive_count" => "a whole number",
+                            _ => "a mapping of name to a string, number or boolean",
+                        };
+                        self.issue(format!("{p}.meta.{k}"), format!("must be {want}"));
+                    }
                 }
                 if let Some(row) = &t.expect_row {
                     for k in row.keys() {
@@ -369,7 +463,7 @@ impl Validator<'_> {
                 (Some(p), None) => match jsonpath_rust::parser::parse_json_path(p) {
                     Ok(query) => (Some(ColumnSource::Path { text: p.clone(), query }), ValType::Json),
                     Err(e) => {
-                        self.issue(format!("{base}.path"), format!("invalid JSONPath: {e}"));
+                        self.issue(format!("{base}.path"), format!("invalid JSONPath `{p}`: {}", one_line_parse_error(&e.to_string())));
                         (None, ValType::Json)
                     }
                 },
@@ -379,7 +473,16 @@ impl Validator<'_> {
                         (Some(ColumnSource::Meta(f)), t)
                     }
                     None => {
-                        self.issue(format!("{base}.meta"), with_suggestion(format!("unknown metadata field \"{m}\""), m, MetaField::NAMES));
+                        // `atributes.Foo`: suggest on the part before the dot, keep the name.
+                        let hint = m.split_once('.').and_then(|(pre, name)| {
+                            suggest(pre, ["attributes", "message_attributes"]).map(|s| format!("{s}.{name}"))
+                        });
+                        let msg = format!("unknown metadata field \"{m}\"");
+                        let msg = match hint {
+                            Some(h) if !name_is_empty(&h) => format!("{msg} (did you mean `{h}`?)"),
+                            _ => with_suggestion(msg, m, MetaField::NAMES),
+                        };
+                        self.issue(format!("{base}.meta"), msg);
                         (None, ValType::Text)
                     }
                 },
@@ -460,6 +563,77 @@ fn remove_at(value: &mut J, at: &serde_path_to_error::Path, key: &str) -> bool {
         J::Object(m) => m.remove(key).is_some(),
         _ => false,
     }
+}
+
+/// The node `at` points to (enum segments are transparent in a JSON tree).
+fn node_at<'v>(value: &'v mut J, at: &serde_path_to_error::Path) -> Option<&'v mut J> {
+    use serde_path_to_error::Segment;
+    let mut cur = value;
+    for seg in at.iter() {
+        cur = match (seg, cur) {
+            (Segment::Map { key }, J::Object(m)) => m.get_mut(key)?,
+            (Segment::Seq { index }, J::Array(a)) => a.get_mut(*index)?,
+            (Segment::Enum { .. }, c) => c,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// `base.key`, or `key` at the top.
+fn join_key(base: &str, key: &str) -> String {
+    if base.is_empty() { key.to_string() } else { format!("{base}.{key}") }
+}
+
+fn name_is_empty(meta: &str) -> bool {
+    meta.ends_with('.')
+}
+
+/// serde names Rust types ("expected u32"); a spec author thinks in YAML values.
+fn friendly_type_error(msg: &str) -> String {
+    let Some((head, expected)) = msg.split_once(", expected ") else { return msg.to_string() };
+    let want = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    format!("{head}, expected {want}")
+}
+
+/// The JSONPath parser's multi-line error as one line: "expected selector at character 3".
+fn one_line_parse_error(msg: &str) -> String {
+    let at = msg.split("-->").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|lc| lc.split(':').nth(1));
+    let what = msg.lines().rev().find_map(|l| l.trim().strip_prefix("= "));
+    match (what, at) {
+        (Some(w), Some(c)) => format!("{w} at character {c}"),
+        (Some(w), None) => w.to_string(),
+        _ => msg.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// How serde describes a JSON value in "invalid type: ..., expected ..." messages.
+fn describe_unexpected(v: &J) -> String {
+    match v {
+        J::Null => "null".into(),
+        J::Bool(b) => format!("boolean `{b}`"),
+        J::Number(n) if n.is_f64() => format!("floating point `{n}`"),
+        J::Number(n) => format!("integer `{n}`"),
+        J::String(s) => format!("string {s:?}"),
+        J::Array(_) => "sequence".into(),
+        J::Object(_) => "map".into(),
+    }
+}
+
+/// For an "invalid type/value" error inside a tagged enum: the one key whose value serde
+/// complained about (none when it is ambiguous).
+fn offending_key(msg: &str, obj: &serde_json::Map<String, J>) -> Option<String> {
+    let what = msg.strip_prefix("invalid type: ").or_else(|| msg.strip_prefix("invalid value: "))?;
+    let what = what.split(", expected").next()?;
+    let mut hits = obj.iter().filter(|(k, v)| *k != "type" && describe_unexpected(v) == what).map(|(k, _)| k.clone());
+    let first = hits.next()?;
+    if hits.next().is_some() { None } else { Some(first) }
 }
 
 #[cfg(test)]
@@ -543,12 +717,132 @@ columns:
         assert!(matches!(err, SpecError::Syntax { position: Some(_), .. }), "{err}");
     }
 
+    /// Tests that set `ETL_SPEC_*` variables hold this lock: every `with_env` parse sees them.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn env_overrides_apply() {
-        // Safety: this test owns this variable name; no other test reads it.
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // Safety: tests that touch ETL_SPEC_* variables are serialized by ENV_LOCK.
         unsafe { std::env::set_var("ETL_SPEC_TARGET__TABLE", "other_table") };
-        let s = parse_spec_str(GOOD, Path::new("t.yaml"), true).unwrap();
+        let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
         unsafe { std::env::remove_var("ETL_SPEC_TARGET__TABLE") };
-        assert_eq!(s.target.table, "other_table");
+        assert_eq!(s.unwrap().target.table, "other_table");
+    }
+
+    /// Parses `text` with the given `ETL_SPEC_*` variables set; returns the error text.
+    fn env_error(text: &str, vars: &[(&str, &str)]) -> (String, Vec<SpecIssue>) {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in vars {
+            // Safety: serialized by ENV_LOCK.
+            unsafe { std::env::set_var(k, v) };
+        }
+        let res = parse_spec_str(text, Path::new("specs/t.yaml"), true);
+        for (k, _) in vars {
+            unsafe { std::env::remove_var(k) };
+        }
+        match res.unwrap_err() {
+            e @ SpecError::Invalid { .. } => {
+                let text = e.to_string();
+                let SpecError::Invalid { issues, .. } = e else { unreachable!() };
+                (text, issues)
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn env_override_errors_name_the_variable_not_a_line() {
+        let (text, issues) = env_error(GOOD, &[("ETL_SPEC_SOURCE__POLLERS", "lots")]);
+        assert!(
+            text.contains("source.pollers: invalid type: string \"lots\", expected a whole number (0 or more) (set by environment variable ETL_SPEC_SOURCE__POLLERS)"),
+            "{text}"
+        );
+        assert_eq!(issues[0].position, None, "the YAML line would point at the wrong value");
+
+        let (text, _) = env_error(GOOD, &[("ETL_SPEC_SOURCE__POLLERS", "100")]);
+        assert!(text.contains("source.pollers: must be between 1 and 64 (set by environment variable ETL_SPEC_SOURCE__POLLERS)"), "{text}");
+
+        let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGT__URL", "postgres://x/y")]);
+        assert!(text.contains("targt: unknown key `targt` (did you mean `target`?) (set by environment variable ETL_SPEC_TARGT__URL)"), "{text}");
+
+        let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGET__TABEL", "x")]);
+        assert!(text.contains("target.tabel: unknown key `tabel` (did you mean `table`?) (set by environment variable ETL_SPEC_TARGET__TABEL)"), "{text}");
+    }
+
+    fn issues_of(text: &str) -> (String, Vec<SpecIssue>) {
+        let err = parse(text).unwrap_err();
+        let rendered = err.to_string();
+        match err {
+            SpecError::Invalid { issues, .. } => (rendered, issues),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn misspelled_key_inside_a_transform_points_at_the_key() {
+        let (text, issues) = issues_of(&GOOD.replace("        to: date", "        too: date"));
+        assert_eq!(issues.len(), 1, "no follow-up 'missing key `to`': {text}");
+        assert_eq!(issues[0].path, "columns.create_date.transforms[0].too");
+        assert!(issues[0].message.contains("unknown key `too` (did you mean `to`?)"), "{text}");
+        assert_eq!(issues[0].position, Some((21, 9)), "{text}");
+    }
+
+    #[test]
+    fn misspelled_values_name_their_key_and_the_closest_value() {
+        let (text, issues) = issues_of(&GOOD.replace("  type: sqs", "  type: sqss"));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(text.contains("specs/t.yaml:3:3: source.type: unknown type \"sqss\" (did you mean `sqs`?)"), "{text}");
+
+        let cast = GOOD.replace("      - type: version_to_int", "      - type: cast\n        to: interger");
+        let (text, issues) = issues_of(&cast);
+        assert_eq!(issues[0].path, "columns.app_version.transforms[0].to", "{text}");
+        assert!(text.contains("unknown value \"interger\" (did you mean `integer`?)"), "{text}");
+        assert_eq!(issues[0].position, Some((17, 9)));
+
+        let (text, _) = issues_of(&GOOD.replace("        to: date", "        to: date\n        unit: milis"));
+        assert!(text.contains("columns.create_date.transforms[0].unit: unknown value \"milis\" (did you mean `millis`?)"), "{text}");
+
+        let (text, _) = issues_of(&GOOD.replace("  queue: login-queue", "  queue: login-queue\n  protocol: jsn"));
+        assert!(text.contains("source.protocol: unknown value \"jsn\" (did you mean `json`?)"), "{text}");
+
+        let (text, _) = issues_of(&GOOD.replace("  queue: login-queue", "  queue: login-queue\n  pollers: many"));
+        assert!(text.contains("specs/t.yaml:5:3: source.pollers: invalid type: string \"many\", expected a whole number"), "{text}");
+    }
+
+    #[test]
+    fn misspelled_required_top_key_is_one_problem() {
+        let (text, issues) = issues_of(&GOOD.replace("columns:", "colums:"));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(text.contains("colums: unknown key `colums` (did you mean `columns`?)"), "{text}");
+    }
+
+    #[test]
+    fn unknown_metadata_fields_get_suggestions() {
+        let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: atributes.SenderId"));
+        assert!(text.contains("columns.create_date.meta: unknown metadata field \"atributes.SenderId\" (did you mean `attributes.SenderId`?)"), "{text}");
+        let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: receive_cnt"));
+        assert!(text.contains("(did you mean `receive_count`?)"), "{text}");
+        let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: attributes."));
+        assert!(text.contains("unknown metadata field \"attributes.\" (expected one of: message_id"), "{text}");
+    }
+
+    #[test]
+    fn spec_tests_are_checked_up_front() {
+        let with_tests = format!(
+            "{GOOD}tests:\n  - name: t\n    body: {{}}\n    meta: {{sent_timestmp: 1}}\n    expect_rwo: {{}}\n  - name: u\n    body: {{}}\n    raw: true\n    expect_reject: x\n"
+        );
+        let (text, _) = issues_of(&with_tests);
+        assert!(text.contains("tests[0].expect_rwo: unknown key `expect_rwo` (did you mean `expect_row`?)"), "{text}");
+        // The first test's other problems are still found after the unknown key is dropped.
+        assert!(text.contains("tests[0].meta.sent_timestmp: unknown key `sent_timestmp` (did you mean `sent_timestamp`?)"), "{text}");
+        assert!(text.contains("tests[1].body: with `raw: true` the body must be a string"), "{text}");
+    }
+
+    #[test]
+    fn invalid_jsonpath_is_one_line() {
+        let (text, _) = issues_of(&GOOD.replace("path: $.user_id", "path: $.items[?@.x == ]"));
+        assert!(text.contains("columns.user_id.path: invalid JSONPath `$.items[?@.x == ]`: expected comparable at character"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 }

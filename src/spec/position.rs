@@ -94,6 +94,11 @@ impl Positions {
         out
     }
 
+    /// The position of exactly `path`, if the YAML text has that key or item.
+    pub fn exact(&self, path: &str) -> Option<(usize, usize)> {
+        self.map.get(path).copied()
+    }
+
     /// The position of `path`, or of its closest indexed ancestor.
     pub fn find(&self, path: &str) -> Option<(usize, usize)> {
         let mut p = path.to_string();
