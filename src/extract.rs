@@ -1,7 +1,9 @@
 //! Extract: a column's raw value from the decoded body (JSONPath) or the message metadata.
 //!
-//! A JSONPath that matches nothing yields null (missing); one match yields that value; several
-//! matches (e.g. `$.items[*].sku`) yield a JSON array of them.
+//! A JSONPath that matches nothing yields null (missing). A singular path (only names and
+//! indexes, e.g. `$.customer.email`, `$.items[0]`) yields the value it found. Any other path
+//! (wildcard, slice, filter, descendant, e.g. `$.items[*].sku`) yields a JSON array of its
+//! matches, even when there is only one, so the column's shape does not depend on the data.
 
 use crate::source::ReceivedMessage;
 use crate::spec::{ColumnSource, MetaField};
@@ -15,7 +17,7 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
             let found = jsonpath_rust::query::js_path_process(query, body).map_err(|e| format!("JSONPath failed: {e}"))?;
             Ok(match found.len() {
                 0 => Val::Null,
-                1 => match found[0].val {
+                1 if is_singular(query) => match found[0].val {
                     J::Null => Val::Null,
                     v => Val::Json(v.clone()),
                 },
@@ -38,6 +40,12 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
             }
         }),
     }
+}
+
+/// Whether a query can match at most one node (RFC 9535 "singular query"): names and indexes only.
+pub fn is_singular(query: &jsonpath_rust::parser::model::JpQuery) -> bool {
+    use jsonpath_rust::parser::model::{Segment, Selector};
+    query.segments.iter().all(|s| matches!(s, Segment::Selector(Selector::Name(_) | Selector::Index(_))))
 }
 
 #[cfg(test)]
@@ -67,6 +75,12 @@ mod tests {
         assert_eq!(extract(&path("$.missing"), &body, &msg()).unwrap(), Val::Null);
         assert_eq!(extract(&path("$.n"), &body, &msg()).unwrap(), Val::Null);
         assert_eq!(extract(&path("$.items[*].sku"), &body, &msg()).unwrap(), Val::Json(json!(["x", "y"])));
+        assert_eq!(extract(&path("$.items[0].sku"), &body, &msg()).unwrap(), Val::Json(json!("x")));
+        // One match of a wildcard or filter is still a list: the shape follows the path, not the data.
+        let one = json!({"items": [{"sku": "x", "gift": true}, {"sku": "y", "gift": false}]});
+        assert_eq!(extract(&path("$.items[?@.gift == true].sku"), &one, &msg()).unwrap(), Val::Json(json!(["x"])));
+        assert_eq!(extract(&path("$.items[1:].sku"), &one, &msg()).unwrap(), Val::Json(json!(["y"])));
+        assert_eq!(extract(&path("$.items[?@.gift == 7].sku"), &one, &msg()).unwrap(), Val::Null);
         assert_eq!(extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(), Val::BigInt(1_700_000_000_000));
         assert_eq!(
             extract(&ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())), &body, &msg()).unwrap(),
