@@ -101,6 +101,8 @@ enum Command {
         #[arg(long)]
         create_queue: bool,
     },
+    /// Delete ledger entries older than the queue's retention period, in batches.
+    PruneLedger(cmd::ledger::PruneArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -177,6 +179,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             cmd::decrypt::cmd_decrypt(&spec, column, tokens, stdin, selectors, reason, actor, format).await
         }
         Command::Send { spec, input, create_queue } => cmd::send::cmd_send(&spec, &input, create_queue).await,
+        Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
     }
 }
 

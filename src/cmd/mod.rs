@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod decrypt;
+pub mod ledger;
 pub mod run;
 pub mod send;
 
