@@ -222,7 +222,8 @@ async fn live_progress_line_on_a_terminal_never_shares_a_row() {
         .env("ETL_KEYRING", &keyring)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("RUST_LOG", "info")
+        // Debug logs arrive while the line is shown, so erasing it before a log line is exercised.
+        .env("RUST_LOG", "info,etl_engine=debug")
         .stdin(Stdio::null())
         .output()
         .expect("`script` (util-linux) runs a command on a pseudo-terminal");
@@ -239,6 +240,9 @@ async fn live_progress_line_on_a_terminal_never_shares_a_row() {
         assert!(!s.contains('\n') && !s.contains("INFO"), "output shared a row with the live line: {s:?}");
         assert!(s.contains(" written ") && s.contains(" rejected ") && s.contains(" dup ") && s.contains(" msg/s"), "{s:?}");
     }
+    let first_drawn = segments.iter().position(|s| s.starts_with("recv ")).unwrap();
+    let logged_over_line = segments[first_drawn..].iter().filter(|s| !s.starts_with("recv ") && (s.contains("DEBUG") || s.contains("INFO"))).count();
+    assert!(logged_over_line >= 1, "no log line was written while the live line was shown:\n{screen:?}");
     let last = drawn.last().unwrap();
     assert!(last.contains("queue ~"), "the depth estimate is shown once polled: {last:?}");
     // The final summary comes after the line is erased for good.
