@@ -57,6 +57,25 @@ enum Command {
         /// The spec file.
         spec: PathBuf,
     },
+    /// Print the JSON Schema of spec files (for editor completion; kept as schema/spec.schema.json).
+    Schema,
+    /// Run the `tests:` block of each spec, without any service (fixed public test keys). Exit 1 if a test fails.
+    Test {
+        /// Spec files.
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+    /// Show what messages from a JSON Lines file would become (rows and rejects), writing nothing.
+    Preview {
+        /// The spec file.
+        spec: PathBuf,
+        /// JSON Lines file, one message body per line (default: the spec's file source).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Preview at most N messages.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Write a new keyring (one hashing key, one encryption key) to FILE, readable by the owner only.
     Keygen {
         /// Where to write it. Never overwritten unless --force.
@@ -179,6 +198,9 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             cmd::decrypt::cmd_decrypt(&spec, column, tokens, stdin, selectors, reason, actor, format).await
         }
         Command::Send { spec, input, create_queue } => cmd::send::cmd_send(&spec, &input, create_queue).await,
+        Command::Schema => cmd::spec_tools::cmd_schema(),
+        Command::Test { specs } => cmd::spec_tools::cmd_test(&specs),
+        Command::Preview { spec, input, limit } => cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit),
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
     }
 }

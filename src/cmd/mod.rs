@@ -6,6 +6,7 @@ pub mod decrypt;
 pub mod ledger;
 pub mod run;
 pub mod send;
+pub mod spec_tools;
 
 use anyhow::{Result, anyhow};
 use etl_engine::retry::{Backoff, retry};

@@ -8,6 +8,7 @@
 
 pub mod load;
 pub mod position;
+pub mod testing;
 pub mod types;
 
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};

@@ -1,0 +1,269 @@
+//! Spec unit tests: the `tests:` block of a spec, run through the same decode → extract →
+//! transforms code as `run`, with no queue and no database.
+//!
+//! Hashing and encryption use [`Keyring::fixed_test_keyring`], so tokens are the same on every
+//! machine and can be written into expectations literally. To avoid pasting 64-hex tokens, an
+//! expected value may also be `{hash_of: "raw value"}`: it stands for the test keyring's token of
+//! that text (what both `hash` and `encrypt` put in the column).
+//!
+//! `expect_row` is the whole row: every column is compared, and a column left out of it fails
+//! the test, so adding a column to a spec makes its tests say what the column should hold.
+
+use super::{Spec, SourceConfig, SpecTestConfig};
+use crate::process::{Outcome, Processor};
+use crate::source::ReceivedMessage;
+use crate::transform::Tokenizer;
+use crate::value::Val;
+use crate::vault::Keyring;
+use serde_json::Value as J;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// The key of an expected value that stands for a token: `{hash_of: "raw value"}`.
+pub const HASH_OF: &str = "hash_of";
+
+/// What one spec test found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestReport {
+    /// The test's `name`.
+    pub name: String,
+    /// Empty when the test passed.
+    pub failures: Vec<Failure>,
+}
+
+impl TestReport {
+    /// Whether the test passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// One way a test's expectation was not met. Values shown are the test's own fixtures and the
+/// rows computed from them with the public test keyring, never production data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// A column holds something other than expected.
+    Column { column: String, expected: J, actual: J },
+    /// `expect_row` does not list a column the spec writes.
+    Unlisted { column: String, actual: J },
+    /// A row was expected, the message was rejected.
+    Rejected { reason: String },
+    /// A reject was expected, the message became a row.
+    Accepted { row: BTreeMap<String, J> },
+    /// Rejected, but for another reason.
+    Reason { expected: String, actual: String },
+}
+
+fn show(v: &J) -> String {
+    match v {
+        J::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Column { column, expected, actual } => {
+                write!(f, "column {column}:\n  - expected: {}\n  + actual:   {}", show(expected), show(actual))
+            }
+            Failure::Unlisted { column, actual } => {
+                write!(f, "column {column}: not in expect_row (every column is checked)\n  + actual:   {}", show(actual))
+            }
+            Failure::Rejected { reason } => write!(f, "expected a row, but the message was rejected:\n  + reason:   {reason}"),
+            Failure::Accepted { row } => {
+                write!(f, "expected a reject, but the message became a row:")?;
+                for (k, v) in row {
+                    write!(f, "\n  + {k}: {}", show(v))?;
+                }
+                Ok(())
+            }
+            Failure::Reason { expected, actual } => {
+                write!(f, "reject reason does not contain the expected text:\n  - expected: …{expected}…\n  + actual:   {actual}")
+            }
+        }
+    }
+}
+
+/// Builds the message a test describes: its body and metadata, as a source would deliver it.
+/// Metadata not given is absent (as in a JSON Lines file), so columns reading it are null.
+pub fn test_message(test: &SpecTestConfig, index: usize) -> ReceivedMessage {
+    let body = match (&test.body, test.raw) {
+        (J::String(s), true) => s.clone(),
+        (other, _) => other.to_string(),
+    };
+    let text = |v: &J| match v {
+        J::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let map = |v: Option<&J>| -> HashMap<String, String> {
+        v.and_then(J::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect()).unwrap_or_default()
+    };
+    let mut attributes = map(test.meta.get("attributes"));
+    if let Some(v) = test.meta.get("sent_timestamp") {
+        attributes.insert("SentTimestamp".into(), text(v));
+    }
+    if let Some(v) = test.meta.get("receive_count") {
+        attributes.insert("ApproximateReceiveCount".into(), text(v));
+    }
+    ReceivedMessage {
+        message_id: test.meta.get("message_id").map(text).unwrap_or_else(|| format!("test-{}", index + 1)),
+        receipt_handle: String::new(),
+        body,
+        attributes,
+        message_attributes: map(test.meta.get("message_attributes")),
+    }
+}
+
+/// A processor for `spec` keyed with the fixed test keyring.
+pub fn test_processor(spec: &Spec) -> (Processor, Tokenizer) {
+    let ring = Keyring::fixed_test_keyring();
+    // The fixed keyring always has exactly one active hash key.
+    let tokenizer = Tokenizer::new(&ring.hash_keys[0]);
+    let max_receive = match &spec.source {
+        SourceConfig::Sqs(s) => Some(s.max_receive_count),
+        SourceConfig::File(_) => None,
+    };
+    (Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive), tokenizer)
+}
+
+/// Runs every test of `spec`, in order.
+pub fn run_spec_tests(spec: &Spec) -> Vec<TestReport> {
+    let (processor, tokenizer) = test_processor(spec);
+    spec.tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TestReport { name: t.name.clone(), failures: check(&processor, &tokenizer, t, i) })
+        .collect()
+}
+
+fn check(processor: &Processor, tokenizer: &Tokenizer, test: &SpecTestConfig, index: usize) -> Vec<Failure> {
+    let processed = processor.process(test_message(test, index));
+    let row = |values: &[Val]| -> BTreeMap<String, J> {
+        processor.columns().iter().zip(values).map(|(c, v)| (c.name.clone(), v.to_json())).collect()
+    };
+    match (&processed.outcome, &test.expect_row, &test.expect_reject) {
+        (Outcome::Row { values, .. }, Some(expected), _) => {
+            let mut failures = Vec::new();
+            for (column, actual) in row(values) {
+                match expected.get(&column) {
+                    None => failures.push(Failure::Unlisted { column, actual }),
+                    Some(e) if !matches(e, &actual, tokenizer) => {
+                        failures.push(Failure::Column { column, expected: e.clone(), actual })
+                    }
+                    Some(_) => {}
+                }
+            }
+            failures
+        }
+        (Outcome::Row { values, .. }, None, _) => vec![Failure::Accepted { row: row(values) }],
+        (Outcome::Reject { reason }, _, Some(want)) if reason.contains(want.as_str()) => Vec::new(),
+        (Outcome::Reject { reason }, _, Some(want)) => vec![Failure::Reason { expected: want.clone(), actual: reason.clone() }],
+        (Outcome::Reject { reason }, _, None) => vec![Failure::Rejected { reason: reason.clone() }],
+    }
+}
+
+/// Whether `actual` meets `expected`: equal JSON, a `{hash_of: ...}` token, or the same instant
+/// written another way (`2024-05-01T12:00:00+02:00` meets `2024-05-01T10:00:00.000Z`).
+fn matches(expected: &J, actual: &J, tokenizer: &Tokenizer) -> bool {
+    if expected == actual {
+        return true;
+    }
+    if let J::Object(m) = expected {
+        if let (1, Some(J::String(raw))) = (m.len(), m.get(HASH_OF)) {
+            return actual.as_str() == Some(tokenizer.token(raw.as_bytes()).as_str());
+        }
+    }
+    match (expected, actual) {
+        (J::String(e), J::String(a)) => match (chrono::DateTime::parse_from_rfc3339(e), chrono::DateTime::parse_from_rfc3339(a)) {
+            (Ok(e), Ok(a)) => e == a,
+            _ => false,
+        },
+        // 3 and 3.0 are the same number in YAML.
+        (J::Number(e), J::Number(a)) => e.as_f64().is_some() && e.as_f64() == a.as_f64(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec_str;
+    use std::path::Path;
+
+    const SPEC: &str = r#"
+source: {type: sqs, queue: q}
+target: {url: "postgres://u@h/db", table: t}
+columns:
+  user_id: {path: $.user_id, required: true}
+  masked_ip:
+    path: $.ip
+    transforms: [{type: encrypt}]
+  day:
+    meta: sent_timestamp
+    transforms: [{type: from_epoch, to: date}]
+  seen:
+    meta: sent_timestamp
+    transforms: [{type: from_epoch, to: timestamp}]
+tests:
+  - name: row
+    body: {user_id: u1, ip: 10.0.0.1}
+    meta: {sent_timestamp: 1700000000000}
+    expect_row: {user_id: u1, masked_ip: {hash_of: 10.0.0.1}, day: "2023-11-14", seen: "2023-11-14T23:13:20+01:00"}
+  - name: bad json
+    body: '{"user_id": '
+    raw: true
+    expect_reject: "decode: body is not valid JSON"
+"#;
+
+    fn spec(text: &str) -> Spec {
+        parse_spec_str(text, Path::new("t.yaml"), false).unwrap()
+    }
+
+    #[test]
+    fn passing_tests_pass() {
+        let reports = run_spec_tests(&spec(SPEC));
+        assert_eq!(reports.len(), 2);
+        assert!(reports.iter().all(TestReport::passed), "{reports:?}");
+    }
+
+    #[test]
+    fn every_kind_of_mismatch_is_reported() {
+        let changed = SPEC
+            .replace("masked_ip: {hash_of: 10.0.0.1}", "masked_ip: {hash_of: 10.0.0.2}")
+            .replace("day: \"2023-11-14\", ", "")
+            .replace("expect_reject: \"decode: body is not valid JSON\"", "expect_reject: \"required value\"");
+        let reports = run_spec_tests(&spec(&changed));
+        let f = &reports[0].failures;
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(matches!(&f[0], Failure::Unlisted { column, actual } if column == "day" && actual == "2023-11-14"));
+        let Failure::Column { column, actual, .. } = &f[1] else { panic!("{f:?}") };
+        assert_eq!(column, "masked_ip");
+        let ring = Keyring::fixed_test_keyring();
+        assert_eq!(actual.as_str(), Some(Tokenizer::new(&ring.hash_keys[0]).token(b"10.0.0.1").as_str()));
+        assert!(f[1].to_string().contains("- expected: {\"hash_of\":\"10.0.0.2\"}"), "{}", f[1]);
+        assert!(matches!(&reports[1].failures[..], [Failure::Reason { .. }]));
+
+        let flipped = SPEC.replace("body: {user_id: u1, ip: 10.0.0.1}", "body: {ip: 10.0.0.1}");
+        let reports = run_spec_tests(&spec(&flipped));
+        let [Failure::Rejected { reason }] = &reports[0].failures[..] else { panic!("{reports:?}") };
+        assert!(reason.contains("column user_id: required value"), "{reason}");
+    }
+
+    #[test]
+    fn metadata_reaches_the_message() {
+        let t: SpecTestConfig = serde_json::from_value(serde_json::json!({
+            "name": "m", "body": {"a": 1}, "expect_reject": "x",
+            "meta": {"message_id": "id-1", "sent_timestamp": "17", "receive_count": 3,
+                     "attributes": {"SenderId": "AID"}, "message_attributes": {"tenant": "acme", "n": 5}}
+        }))
+        .unwrap();
+        let m = test_message(&t, 0);
+        assert_eq!(m.message_id, "id-1");
+        assert_eq!(m.body, r#"{"a":1}"#);
+        assert_eq!(m.attributes["SentTimestamp"], "17");
+        assert_eq!(m.attributes["ApproximateReceiveCount"], "3");
+        assert_eq!(m.attributes["SenderId"], "AID");
+        assert_eq!(m.message_attributes["n"], "5");
+    }
+}
