@@ -40,6 +40,9 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 echo "==> cargo test"
 cargo test --all-targets -- --test-threads=4
 
+echo "==> deployment lint (Dockerfile, Kubernetes manifests)"
+bash scripts/lint-deploy.sh
+
 if [ -x scripts/fault-test.sh ] && [ "$FAULT_MESSAGES" != 0 ]; then
     echo "==> fault injection ($FAULT_MESSAGES messages)"
     bash scripts/fault-test.sh --messages "$FAULT_MESSAGES"
