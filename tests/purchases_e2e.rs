@@ -137,7 +137,7 @@ async fn purchases_end_to_end() {
         assert_eq!(*is_gift, e.is_gift, "{order_id}");
         assert_eq!(*placed_at, e.placed_at.with_timezone(&chrono::Utc), "{order_id}");
         assert!(received_at.is_some(), "{order_id}: SentTimestamp becomes received_at");
-        assert!(country.as_deref().is_some_and(|c| c.len() == 2 && c == &c.to_uppercase()), "{order_id}");
+        assert!(country.as_deref().is_some_and(|c| c.len() == 2 && c == c.to_uppercase()), "{order_id}");
         // Arrays stay arrays whatever their length; the filter keeps only gift items.
         let skus: Vec<String> = serde_json::from_str(skus.as_deref().unwrap()).unwrap();
         assert_eq!(skus, e.skus, "{order_id}");

@@ -206,7 +206,7 @@ impl Validator<'_> {
             match parse_unknown(&inner) {
                 Some(("field", wrong, expected)) => {
                     let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
-                    let ends_at_key = matches!(err.path().iter().last(), Some(serde_path_to_error::Segment::Map { key }) if *key == wrong);
+                    let ends_at_key = matches!(err.path().iter().next_back(), Some(serde_path_to_error::Segment::Map { key }) if *key == wrong);
                     let key_path = if ends_at_key { full.clone() } else { join_key(&full, &wrong) };
                     if let Some(s) = suggest(&wrong, cands.iter().copied()) {
                         suggested.push(s.to_string());

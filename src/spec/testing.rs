@@ -169,10 +169,10 @@ fn matches(expected: &J, actual: &J, tokenizer: &Tokenizer) -> bool {
     if expected == actual {
         return true;
     }
-    if let J::Object(m) = expected {
-        if let (1, Some(J::String(raw))) = (m.len(), m.get(HASH_OF)) {
-            return actual.as_str() == Some(tokenizer.token(raw.as_bytes()).as_str());
-        }
+    if let J::Object(m) = expected
+        && let (1, Some(J::String(raw))) = (m.len(), m.get(HASH_OF))
+    {
+        return actual.as_str() == Some(tokenizer.token(raw.as_bytes()).as_str());
     }
     match (expected, actual) {
         (J::String(e), J::String(a)) => match (chrono::DateTime::parse_from_rfc3339(e), chrono::DateTime::parse_from_rfc3339(a)) {
