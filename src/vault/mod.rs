@@ -3,6 +3,7 @@
 pub mod cipher;
 pub mod keyring;
 pub mod recover;
+pub mod retokenize;
 pub mod rotate;
 
 pub use cipher::{Binding, CipherError, Sealed, VaultCipher};

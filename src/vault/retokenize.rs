@@ -1,0 +1,217 @@
+//! Re-tokenization (`vault-retokenize`): after a new hash key was made active, replaces the
+//! tokens of an encrypted column with the new key's tokens, in the vault and in the target
+//! table, so old and new rows of the same value match again.
+//!
+//! Only columns whose originals are in the vault (`encrypt`) can be re-tokenized; `hash`-only
+//! columns keep no original, so their old tokens stay as they are (see SECURITY.md).
+//!
+//! Per batch, in one transaction: the old vault rows are deleted with a compare-and-set on
+//! token and nonce (a row changed or removed by someone else in between is left alone), the
+//! values are stored again under their new tokens (encrypted with the active key, bound to the
+//! new token), and the target rows are updated from old to new token. Progress is the data
+//! itself: a row is done when its token is the new key's token of its value, so a rerun
+//! continues where a run stopped. Plaintext exists only in zeroizing buffers.
+
+use super::cipher::{Binding, CipherError, VaultCipher};
+use crate::sink::quote_ident;
+use crate::spec::Spec;
+use crate::transform::{Tokenizer, Transform};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::collections::{BTreeMap, HashMap};
+
+/// Errors that stop a re-tokenization; per-row decryption failures are counted instead.
+#[derive(Debug, thiserror::Error)]
+pub enum RetokenizeError {
+    #[error("column {column} of spec {spec} cannot be re-tokenized: {problem}")]
+    Column { column: String, spec: String, problem: String },
+    #[error("--batch-size must be between 1 and 100000, got {0}")]
+    BatchSize(u32),
+    #[error("no active encryption key in the keyring; add one with `etl-engine keyring add-key FILE --purpose encryption`")]
+    NoActiveKey,
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// What a re-tokenization did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    /// The column.
+    pub column: String,
+    /// The hash key the tokens are now made with.
+    pub hash_key: String,
+    /// Vault rows read.
+    pub examined: u64,
+    /// Vault rows whose token was replaced.
+    pub retokenized: u64,
+    /// Vault rows already under the new hash key.
+    pub current: u64,
+    /// Vault rows changed by someone else between read and write; a rerun sees them.
+    pub raced: u64,
+    /// Target-table rows whose column was updated.
+    pub target_rows: u64,
+    /// Rows that could not be decrypted, by error; they keep their old token.
+    pub failed: BTreeMap<String, u64>,
+    /// One token per error, to look at.
+    pub failed_examples: BTreeMap<String, String>,
+    /// Encryptions performed, by key id (for the nonce budget).
+    #[serde(skip)]
+    pub encryptions: HashMap<String, u64>,
+}
+
+impl Report {
+    /// Rows that failed to decrypt.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+}
+
+/// Checks that `column` keeps its originals in the vault and that its stored value is the
+/// token itself (`encrypt` is its last transform), so the new token can be computed from the
+/// original exactly as the pipeline would.
+pub fn check_column(spec: &Spec, column: &str) -> Result<(), RetokenizeError> {
+    let err = |problem: String| RetokenizeError::Column { column: column.to_string(), spec: spec.file.display().to_string(), problem };
+    let Some(col) = spec.columns.iter().find(|c| c.name == column) else {
+        let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+        return Err(err(format!("no such column (columns: {})", names.join(", "))));
+    };
+    match col.transforms.iter().position(|t| *t == Transform::Encrypt) {
+        None if col.transforms.contains(&Transform::Hash) => {
+            Err(err("it is hashed without `encrypt`, so the vault has no originals to compute new tokens from".into()))
+        }
+        None => Err(err("it is neither hashed nor encrypted".into())),
+        Some(i) if i + 1 != col.transforms.len() => {
+            Err(err("`encrypt` is not its last transform, so the stored value is not the token itself".into()))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Replaces the old tokens of `column` with `tokenizer`'s, in batches of `batch_size`.
+pub async fn retokenize(
+    pool: &PgPool,
+    spec: &Spec,
+    column: &str,
+    cipher: &VaultCipher,
+    tokenizer: &Tokenizer,
+    batch_size: u32,
+) -> Result<Report, RetokenizeError> {
+    check_column(spec, column)?;
+    if batch_size == 0 || batch_size > 100_000 {
+        return Err(RetokenizeError::BatchSize(batch_size));
+    }
+    if cipher.active_key_id().is_none() {
+        return Err(RetokenizeError::NoActiveKey);
+    }
+    let vault = quote_ident(&spec.vault.table);
+    let target = quote_ident(&spec.target.table);
+    let col = quote_ident(column);
+    let table = spec.target.table.as_str();
+    let select_first = format!(
+        "SELECT token, key_id, nonce, ciphertext FROM {vault} WHERE target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
+    );
+    let select_after = format!(
+        "SELECT token, key_id, nonce, ciphertext FROM {vault} \
+         WHERE (target_table, column_name, token) > ($1, $2, $4) AND target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
+    );
+    let claim = format!(
+        "DELETE FROM {vault} AS v USING UNNEST($3::text[], $4::bytea[]) AS u(tok, n) \
+         WHERE v.target_table = $1 AND v.column_name = $2 AND v.token = u.tok AND v.nonce = u.n RETURNING v.token"
+    );
+    let insert = format!(
+        "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext, rotated_at) \
+         SELECT $1, $2, t, k, n, c, now() FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[]) AS u(t, k, n, c) \
+         ORDER BY t ON CONFLICT (target_table, column_name, token) DO NOTHING RETURNING token"
+    );
+    let update = format!("UPDATE {target} AS t SET {col} = m.new FROM UNNEST($1::text[], $2::text[]) AS m(old, new) WHERE t.{col} = m.old");
+
+    let mut report = Report { column: column.to_string(), hash_key: tokenizer.key_id().to_string(), ..Default::default() };
+    let mut cursor: Option<String> = None;
+    // New tokens this run wrote ahead of the cursor: the walk meets them again and must not
+    // count them as already current. Entries go as the cursor passes them.
+    let mut written_ahead: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = match &cursor {
+            None => sqlx::query_as(AssertSqlSafe(select_first.clone())).bind(table).bind(column).bind(i64::from(batch_size)).fetch_all(pool).await?,
+            Some(after) => {
+                sqlx::query_as(AssertSqlSafe(select_after.clone()))
+                    .bind(table)
+                    .bind(column)
+                    .bind(i64::from(batch_size))
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        let Some(last) = rows.last() else { break };
+        cursor = Some(last.0.clone());
+        let fetched = rows.len();
+        report.examined += fetched as u64;
+
+        // old token → (old nonce, new token, new ciphertext)
+        let mut changes: Vec<(String, Vec<u8>, String, String, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (token, key_id, nonce, ct) in rows {
+            if written_ahead.remove(&token) {
+                report.examined -= 1;
+                continue;
+            }
+            let plain = match cipher.decrypt(Binding { scope: table, column, token: &token }, &key_id, &nonce, &ct) {
+                Ok(p) => p,
+                Err(e) => {
+                    let msg = e.to_string();
+                    report.failed_examples.entry(msg.clone()).or_insert_with(|| token.clone());
+                    *report.failed.entry(msg).or_default() += 1;
+                    continue;
+                }
+            };
+            let new = tokenizer.token(&plain);
+            if new == token {
+                report.current += 1;
+                continue;
+            }
+            let sealed = cipher.encrypt(Binding { scope: table, column, token: &new }, &plain).map_err(|e: CipherError| {
+                RetokenizeError::Column { column: column.to_string(), spec: spec.file.display().to_string(), problem: e.to_string() }
+            })?;
+            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+            changes.push((token, nonce, new, sealed.key_id, sealed.nonce.to_vec(), sealed.ciphertext));
+        }
+        if !changes.is_empty() {
+            let mut tx = pool.begin().await?;
+            let old: Vec<&str> = changes.iter().map(|c| c.0.as_str()).collect();
+            let old_nonces: Vec<&[u8]> = changes.iter().map(|c| c.1.as_slice()).collect();
+            let claimed: Vec<(String,)> =
+                sqlx::query_as(AssertSqlSafe(claim.clone())).bind(table).bind(column).bind(&old).bind(&old_nonces).fetch_all(&mut *tx).await?;
+            let claimed: std::collections::HashSet<String> = claimed.into_iter().map(|r| r.0).collect();
+            let mine: Vec<&(String, Vec<u8>, String, String, Vec<u8>, Vec<u8>)> = changes.iter().filter(|c| claimed.contains(&c.0)).collect();
+            report.raced += (changes.len() - mine.len()) as u64;
+            if !mine.is_empty() {
+                let new: Vec<&str> = mine.iter().map(|c| c.2.as_str()).collect();
+                let kids: Vec<&str> = mine.iter().map(|c| c.3.as_str()).collect();
+                let nonces: Vec<&[u8]> = mine.iter().map(|c| c.4.as_slice()).collect();
+                let cts: Vec<&[u8]> = mine.iter().map(|c| c.5.as_slice()).collect();
+                let inserted: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(insert.clone()))
+                    .bind(table)
+                    .bind(column)
+                    .bind(&new)
+                    .bind(&kids)
+                    .bind(&nonces)
+                    .bind(&cts)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let old: Vec<&str> = mine.iter().map(|c| c.0.as_str()).collect();
+                let updated = sqlx::query(AssertSqlSafe(update.clone())).bind(&old).bind(&new).execute(&mut *tx).await?.rows_affected();
+                report.target_rows += updated;
+                report.retokenized += mine.len() as u64;
+                if let Some(c) = &cursor {
+                    written_ahead.extend(inserted.into_iter().map(|r| r.0).filter(|t| t.as_str() > c.as_str()));
+                }
+            }
+            tx.commit().await?;
+        }
+        tracing::debug!(column, examined = report.examined, retokenized = report.retokenized, "Re-tokenized a batch.");
+        if fetched < batch_size as usize {
+            break;
+        }
+    }
+    Ok(report)
+}
