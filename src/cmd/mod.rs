@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod run;
 pub mod send;
 pub mod spec_tools;
+pub mod vault;
 
 use anyhow::{Result, anyhow};
 use etl_engine::retry::{Backoff, retry};
