@@ -22,8 +22,7 @@
 \set ON_ERROR_STOP 1
 \if :{?target}
 \else
-  \echo 'error: set the target table: psql -v target=TABLE -f schema/roles.sql'
-  \quit
+  DO $$ BEGIN RAISE EXCEPTION 'set the target table: psql -v target=TABLE -f schema/roles.sql'; END $$;
 \endif
 \if :{?schema}
 \else
