@@ -102,13 +102,13 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             return Err(usage(format!("{}: the source is a queue; give a JSON Lines file with --input FILE", spec_path.display())));
         }
     };
+    let file = std::fs::File::open(&input).map_err(|e| usage(format!("cannot read --input {}: {e}", input.display())))?;
     let tokenizer = preview_tokenizer(&spec)?;
     let sqs = matches!(spec.source, SourceConfig::Sqs(_));
     if sqs {
         eprintln!("note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE.");
     }
     let processor = Processor::new(spec.columns.clone(), tokenizer, None);
-    let file = std::fs::File::open(&input).with_context(|| format!("cannot read --input {}", input.display()))?;
     let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| input.display().to_string());
     let now = chrono::Utc::now().timestamp_millis().to_string();
 
