@@ -75,7 +75,8 @@ async fn every_recovery_is_audited_in_every_form() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
     // Four recoveries, four audit rows, each saying who, what, how many and why.
-    let rows: Vec<(String, String, String, String, i32, String, Vec<String>)> = sqlx::query_as(
+    type AuditRow = (String, String, String, String, i32, String, Vec<String>);
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT actor, db_user, spec, column_name, value_count, reason, tokens FROM etl_vault_audit ORDER BY id",
     )
     .fetch_all(&pool)

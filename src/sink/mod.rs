@@ -507,11 +507,11 @@ pub async fn record_key_usage(pool: &PgPool, stats: &crate::pipeline::Stats) {
     };
     let failed = record_key_counts(pool, counts).await;
     // Kept for the next flush, so a Postgres hiccup does not lose counts.
-    if !failed.is_empty() {
-        if let Ok(mut m) = stats.encryptions.lock() {
-            for (k, n) in failed {
-                *m.entry(k).or_default() += n;
-            }
+    if !failed.is_empty()
+        && let Ok(mut m) = stats.encryptions.lock()
+    {
+        for (k, n) in failed {
+            *m.entry(k).or_default() += n;
         }
     }
 }

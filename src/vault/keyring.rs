@@ -189,10 +189,11 @@ impl Keyring {
         if let Some(p) = std::env::var_os(KEYRING_ENV).filter(|v| !v.is_empty()) {
             return Self::from_file(Path::new(&p));
         }
-        if let Ok(json) = std::env::var(KEYRING_JSON_ENV) {
-            if !json.trim().is_empty() {
-                return Self::from_json(&json, KEYRING_JSON_ENV);
-            }
+        if let Ok(json) = std::env::var(KEYRING_JSON_ENV)
+            && !json.trim().is_empty()
+        {
+            let json = zeroize::Zeroizing::new(json);
+            return Self::from_json(&json, KEYRING_JSON_ENV);
         }
         Err(KeyringError::Missing)
     }

@@ -98,7 +98,7 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
     let encrypted: Vec<&str> = spec
         .columns
         .iter()
-        .filter(|c| c.transforms.iter().any(|t| *t == Transform::Encrypt))
+        .filter(|c| c.transforms.contains(&Transform::Encrypt))
         .map(|c| c.name.as_str())
         .collect();
     if !encrypted.contains(&req.column.as_str()) {

@@ -66,6 +66,16 @@ impl Report {
     }
 }
 
+/// One vault row moving from its old token to its new one.
+struct Change {
+    old: String,
+    old_nonce: Vec<u8>,
+    new: String,
+    key_id: String,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
 /// Checks that `column` keeps its originals in the vault and that its stored value is the
 /// token itself (`encrypt` is its last transform), so the new token can be computed from the
 /// original exactly as the pipeline would.
@@ -148,8 +158,7 @@ pub async fn retokenize(
         let fetched = rows.len();
         report.examined += fetched as u64;
 
-        // old token → (old nonce, new token, new ciphertext)
-        let mut changes: Vec<(String, Vec<u8>, String, String, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         for (token, key_id, nonce, ct) in rows {
             if written_ahead.remove(&token) {
                 report.examined -= 1;
@@ -173,22 +182,22 @@ pub async fn retokenize(
                 RetokenizeError::Column { column: column.to_string(), spec: spec.file.display().to_string(), problem: e.to_string() }
             })?;
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            changes.push((token, nonce, new, sealed.key_id, sealed.nonce.to_vec(), sealed.ciphertext));
+            changes.push(Change { old: token, old_nonce: nonce, new, key_id: sealed.key_id, nonce: sealed.nonce.to_vec(), ciphertext: sealed.ciphertext });
         }
         if !changes.is_empty() {
             let mut tx = pool.begin().await?;
-            let old: Vec<&str> = changes.iter().map(|c| c.0.as_str()).collect();
-            let old_nonces: Vec<&[u8]> = changes.iter().map(|c| c.1.as_slice()).collect();
+            let old: Vec<&str> = changes.iter().map(|c| c.old.as_str()).collect();
+            let old_nonces: Vec<&[u8]> = changes.iter().map(|c| c.old_nonce.as_slice()).collect();
             let claimed: Vec<(String,)> =
                 sqlx::query_as(AssertSqlSafe(claim.clone())).bind(table).bind(column).bind(&old).bind(&old_nonces).fetch_all(&mut *tx).await?;
             let claimed: std::collections::HashSet<String> = claimed.into_iter().map(|r| r.0).collect();
-            let mine: Vec<&(String, Vec<u8>, String, String, Vec<u8>, Vec<u8>)> = changes.iter().filter(|c| claimed.contains(&c.0)).collect();
+            let mine: Vec<&Change> = changes.iter().filter(|c| claimed.contains(&c.old)).collect();
             report.raced += (changes.len() - mine.len()) as u64;
             if !mine.is_empty() {
-                let new: Vec<&str> = mine.iter().map(|c| c.2.as_str()).collect();
-                let kids: Vec<&str> = mine.iter().map(|c| c.3.as_str()).collect();
-                let nonces: Vec<&[u8]> = mine.iter().map(|c| c.4.as_slice()).collect();
-                let cts: Vec<&[u8]> = mine.iter().map(|c| c.5.as_slice()).collect();
+                let new: Vec<&str> = mine.iter().map(|c| c.new.as_str()).collect();
+                let kids: Vec<&str> = mine.iter().map(|c| c.key_id.as_str()).collect();
+                let nonces: Vec<&[u8]> = mine.iter().map(|c| c.nonce.as_slice()).collect();
+                let cts: Vec<&[u8]> = mine.iter().map(|c| c.ciphertext.as_slice()).collect();
                 let inserted: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(insert.clone()))
                     .bind(table)
                     .bind(column)
@@ -198,7 +207,7 @@ pub async fn retokenize(
                     .bind(&cts)
                     .fetch_all(&mut *tx)
                     .await?;
-                let old: Vec<&str> = mine.iter().map(|c| c.0.as_str()).collect();
+                let old: Vec<&str> = mine.iter().map(|c| c.old.as_str()).collect();
                 let updated = sqlx::query(AssertSqlSafe(update.clone())).bind(&old).bind(&new).execute(&mut *tx).await?.rows_affected();
                 report.target_rows += updated;
                 report.retokenized += mine.len() as u64;
