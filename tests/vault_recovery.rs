@@ -238,3 +238,29 @@ async fn ip_tokens(pool: &sqlx::PgPool, sent: &[Login]) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test]
+async fn concurrent_first_starts_create_the_audit_guard_and_recovery_function_once() {
+    let f = Fixture::new().await;
+    // Several processes meet an empty database at the same moment (e.g. N copies deployed at once).
+    let children: Vec<_> = (0..4)
+        .map(|_| f.engine_command(&["vault-rotate", f.spec_s()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    for c in children {
+        exited(&c.wait_with_output().unwrap(), 0);
+    }
+    let pool = f.pool().await;
+    let (functions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_proc WHERE proname IN ('etl_vault_recover', 'etl_vault_audit_append_only')").fetch_one(&pool).await.unwrap();
+    assert_eq!(functions, 2);
+    let (secdef, public_can_execute): (bool, bool) = sqlx::query_as(
+        "SELECT prosecdef, has_function_privilege('public', oid, 'EXECUTE') FROM pg_proc WHERE proname = 'etl_vault_recover'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(secdef && !public_can_execute);
+    let (triggers,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_trigger WHERE tgname = 'etl_vault_audit_append_only'").fetch_one(&pool).await.unwrap();
+    assert_eq!(triggers, 1);
+    pool.close().await;
+}

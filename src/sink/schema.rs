@@ -94,9 +94,9 @@ pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {
                 tracing::debug!("Cannot create an engine table with this role; assuming it exists.");
             }
-            // 23505 / 42P07 / 42723 / 42710: a concurrent process created the same table, type,
-            // function or trigger at the same moment.
-            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07" | "42723" | "42710")) => {}
+            // 23505 / 42P07 / 42723 / 42710 / 42701: a concurrent process created the same table,
+            // type, function, trigger or column at the same moment.
+            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07" | "42723" | "42710" | "42701")) => {}
             Err(e) => return Err(e),
         }
     }
