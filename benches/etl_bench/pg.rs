@@ -1,0 +1,243 @@
+//! D, the Postgres ceiling: everything the engine writes for a set of messages — target rows,
+//! vault rows, ledger rows and rejects — transformed and encrypted up front with the engine's own
+//! code, then loaded with binary COPY, as many connections as the spec has writers.
+//!
+//! Only the COPY transactions are timed: this is what Postgres itself can take, with nothing of
+//! the engine's per-message work in the way.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use etl_engine::process::{Outcome, Processed, Processor};
+use etl_engine::source::ReceivedMessage;
+use etl_engine::spec::Spec;
+use etl_engine::transform::Tokenizer;
+use etl_engine::value::{Val, ValType};
+use etl_engine::vault::{Binding, Keyring, VaultCipher};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// A binary COPY stream under construction (the format of the Postgres `COPY` docs).
+pub struct CopyBuf {
+    buf: Vec<u8>,
+    /// Rows written.
+    pub rows: u64,
+}
+
+impl CopyBuf {
+    /// A buffer holding the signature and an empty header extension.
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        Self { buf, rows: 0 }
+    }
+    /// Starts a row of `fields` fields.
+    pub fn row(&mut self, fields: i16) {
+        self.rows += 1;
+        self.buf.extend_from_slice(&fields.to_be_bytes());
+    }
+    /// One field: its bytes in the column type's binary form, or NULL.
+    pub fn field(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(b) => {
+                self.buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                self.buf.extend_from_slice(b);
+            }
+            None => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    /// A text (or varchar) field.
+    pub fn text(&mut self, s: &str) {
+        self.field(Some(s.as_bytes()));
+    }
+    /// A value of a column of type `ty`, in that type's binary form.
+    pub fn val(&mut self, ty: ValType, v: &Val) {
+        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
+        match (ty, v) {
+            (_, v) if v.is_null() => self.field(None),
+            (ValType::Integer, Val::Int(i)) => self.field(Some(&i.to_be_bytes())),
+            (ValType::BigInt, Val::BigInt(i)) => self.field(Some(&i.to_be_bytes())),
+            (ValType::BigInt, Val::Int(i)) => self.field(Some(&i64::from(*i).to_be_bytes())),
+            (ValType::Boolean, Val::Bool(b)) => self.field(Some(&[u8::from(*b)])),
+            (ValType::Date, Val::Date(d)) => self.field(Some(&((*d - epoch).num_days() as i32).to_be_bytes())),
+            (ValType::Timestamp, Val::Timestamp(t)) => {
+                let base: DateTime<Utc> = epoch.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+                let micros = (*t - base).num_microseconds().unwrap_or_default();
+                self.field(Some(&micros.to_be_bytes()))
+            }
+            (ValType::Json | ValType::Text, v) => match v.to_text() {
+                Some(s) => self.text(&s),
+                None => self.field(None),
+            },
+            // The sink binds such a mismatch as NULL too.
+            _ => self.field(None),
+        }
+    }
+    /// The finished stream, with its trailer.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
+}
+
+/// The four COPY streams of one connection.
+struct Part {
+    ledger: Vec<u8>,
+    vault: Vec<u8>,
+    target: Vec<u8>,
+    rejects: Vec<u8>,
+}
+
+/// What D measured.
+#[derive(Debug, serde::Serialize)]
+pub struct PgCeiling {
+    pub messages: u64,
+    pub target_rows: u64,
+    pub vault_rows: u64,
+    pub ledger_rows: u64,
+    pub reject_rows: u64,
+    pub connections: u32,
+    pub copy_bytes: u64,
+    pub secs: f64,
+    pub messages_per_sec: f64,
+}
+
+/// The engine's transforms and encryption applied to every line of `bodies`, as the sink would
+/// write them, then COPY'd into `db_url`. The SQS SentTimestamp is simulated as "now".
+pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result<PgCeiling> {
+    let ring = Keyring::load(spec.vault.keyring.as_deref().map(std::path::Path::new))?;
+    let tokenizer = Tokenizer::new(ring.active_hash_key()?);
+    let cipher = VaultCipher::new(&ring)?;
+    let processor = Processor::new(spec.columns.clone(), Some(tokenizer), None);
+    let now_ms = Utc::now().timestamp_millis().to_string();
+    let processed: Vec<Processed> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            processor.process(ReceivedMessage {
+                message_id: format!("bench-{i:08}"),
+                receipt_handle: String::new(),
+                body: b.clone(),
+                attributes: HashMap::from([("SentTimestamp".to_string(), now_ms.clone())]),
+                message_attributes: HashMap::new(),
+            })
+        })
+        .collect();
+
+    let writers = spec.target.writers.max(1) as usize;
+    let per = processed.len().div_ceil(writers).max(1);
+    let mut seen = HashSet::new();
+    let mut parts = Vec::new();
+    let (mut target_rows, mut vault_rows, mut reject_rows, mut copy_bytes) = (0, 0, 0, 0u64);
+    for chunk in processed.chunks(per) {
+        let (mut ledger, mut vault, mut target, mut rejects) = (CopyBuf::new(), CopyBuf::new(), CopyBuf::new(), CopyBuf::new());
+        for p in chunk {
+            ledger.row(3);
+            ledger.text(&spec.name);
+            ledger.text(&p.message_id);
+            match &p.outcome {
+                Outcome::Row { values, vault: pending } => {
+                    ledger.text("row");
+                    target.row(spec.columns.len() as i16);
+                    for (c, v) in spec.columns.iter().zip(values) {
+                        target.val(c.out_type, v);
+                    }
+                    // Distinct over the whole data set: COPY has no ON CONFLICT.
+                    for pv in pending {
+                        if !seen.insert((pv.column.clone(), pv.token.clone())) {
+                            continue;
+                        }
+                        let b = Binding { scope: &spec.target.table, column: &pv.column, token: &pv.token };
+                        let sealed = cipher.encrypt(b, pv.plaintext.as_bytes())?;
+                        vault.row(6);
+                        vault.text(&spec.target.table);
+                        vault.text(&pv.column);
+                        vault.text(&pv.token);
+                        vault.text(&sealed.key_id);
+                        vault.field(Some(&sealed.nonce));
+                        vault.field(Some(&sealed.ciphertext));
+                    }
+                }
+                Outcome::Reject { reason } => {
+                    ledger.text("reject");
+                    let body = p.reject_body.as_deref().unwrap_or_default();
+                    let b = Binding { scope: &spec.name, column: "rejects", token: &p.message_id };
+                    let sealed = cipher.encrypt(b, body.as_bytes())?;
+                    rejects.row(6);
+                    rejects.text(&spec.name);
+                    rejects.text(&p.message_id);
+                    rejects.text(reason);
+                    rejects.text(&sealed.key_id);
+                    rejects.field(Some(&sealed.nonce));
+                    rejects.field(Some(&sealed.ciphertext));
+                }
+            }
+        }
+        target_rows += target.rows;
+        vault_rows += vault.rows;
+        reject_rows += rejects.rows;
+        let part = Part { ledger: ledger.finish(), vault: vault.finish(), target: target.finish(), rejects: rejects.finish() };
+        copy_bytes += (part.ledger.len() + part.vault.len() + part.target.len() + part.rejects.len()) as u64;
+        parts.push(part);
+    }
+
+    let q = |s: &str| etl_engine::sink::quote_ident(s);
+    let cols: Vec<String> = spec.columns.iter().map(|c| q(&c.name)).collect();
+    let stmts = [
+        format!("COPY {} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)", q(&spec.ledger.table)),
+        format!(
+            "COPY {} (target_table, column_name, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
+            q(&spec.vault.table)
+        ),
+        format!("COPY {} ({}) FROM STDIN (FORMAT binary)", q(&spec.target.table), cols.join(", ")),
+        format!(
+            "COPY {} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) FROM STDIN (FORMAT binary)",
+            q(&spec.rejects.table)
+        ),
+    ];
+    // The same tables the engine creates, with the same keys and indexes.
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    etl_engine::sink::schema::ensure(&pool, spec).await?;
+    pool.close().await;
+    let mut conns = Vec::new();
+    for _ in 0..parts.len() {
+        conns.push(PgConnection::connect(db_url).await?);
+    }
+
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .zip(parts)
+        .map(|(mut conn, part)| {
+            let stmts = stmts.clone();
+            tokio::spawn(async move {
+                let mut tx = conn.begin().await?;
+                for (stmt, data) in stmts.iter().zip([part.ledger, part.vault, part.target, part.rejects]) {
+                    let mut copy = tx.copy_in_raw(stmt).await?;
+                    copy.send(data).await?;
+                    copy.finish().await?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let messages = processed.len() as u64;
+    Ok(PgCeiling {
+        messages,
+        target_rows,
+        vault_rows,
+        ledger_rows: messages,
+        reject_rows,
+        connections: writers as u32,
+        copy_bytes,
+        secs,
+        messages_per_sec: messages as f64 / secs,
+    })
+}

@@ -1,0 +1,149 @@
+//! The benchmark's report: reads what each step wrote into the output folder, prints the table
+//! (messages/s, peak RSS) and the ratios, checks the targets, and writes it all to `results.json`.
+//!
+//! Rates: A, B, C and the RSS run are timed from process start until the queue was seen empty
+//! (so the drain mode's final empty polls do not count, for any of them); D is the COPY
+//! transactions alone; E is the engine's own pipeline time (start of reading to last commit).
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn read(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn num(v: &Option<Value>, key: &str) -> Option<f64> {
+    v.as_ref()?.get(key)?.as_f64()
+}
+
+/// One measured line of the table.
+struct Line {
+    key: &'static str,
+    what: &'static str,
+    messages: f64,
+    secs: Option<f64>,
+    rss_kb: Option<f64>,
+}
+
+impl Line {
+    fn rate(&self) -> Option<f64> {
+        self.secs.filter(|s| *s > 0.0).map(|s| self.messages / s)
+    }
+}
+
+/// Prints and writes the report; exit code 1 when a target that was measured is missed.
+pub fn report(dir: &Path) -> Result<u8> {
+    let meta = read(dir, "meta.json").context("meta.json missing: run scripts/bench.sh")?;
+    let n = meta["messages"].as_f64().unwrap_or(0.0);
+    let m = meta["rss_messages"].as_f64().unwrap_or(0.0);
+    let c_n = meta["reference_messages"].as_f64().unwrap_or(n);
+
+    let (a, am) = (read(dir, "a.json"), read(dir, "a-measure.json"));
+    let bm = read(dir, "b-measure.json");
+    let cm = read(dir, "c-measure.json");
+    let d = read(dir, "d.json");
+    let (em, es) = (read(dir, "e-measure.json"), read(dir, "e-summary.json"));
+    let rm = read(dir, "r-measure.json");
+
+    let lines = [
+        Line {
+            key: "A",
+            what: "SQS ceiling: receive(10) + DeleteMessageBatch, no processing (Rust, aws-sdk-sqs)",
+            messages: num(&a, "messages").unwrap_or(n),
+            secs: num(&am, "drained_secs").or(num(&a, "secs")),
+            rss_kb: num(&am, "peak_rss_kb"),
+        },
+        Line {
+            key: "B",
+            what: "etl-engine run --drain: SQS -> hash + vault + casts -> Postgres",
+            messages: n,
+            secs: num(&bm, "drained_secs"),
+            rss_kb: num(&bm, "peak_rss_kb"),
+        },
+        Line {
+            key: "C",
+            what: "Python reference: boto3 receive 10, hashlib, one INSERT + one delete per message",
+            messages: c_n,
+            secs: num(&cm, "drained_secs"),
+            rss_kb: num(&cm, "peak_rss_kb"),
+        },
+        Line {
+            key: "D",
+            what: "Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows",
+            messages: num(&d, "messages").unwrap_or(n),
+            secs: num(&d, "secs"),
+            rss_kb: None,
+        },
+        Line {
+            key: "E",
+            what: "etl-engine run: JSON Lines file -> same transforms -> Postgres",
+            messages: n,
+            secs: num(&es, "elapsed_secs"),
+            rss_kb: num(&em, "peak_rss_kb"),
+        },
+        Line {
+            key: "R",
+            what: "etl-engine run --drain on a deep queue (memory check)",
+            messages: m,
+            secs: num(&rm, "drained_secs"),
+            rss_kb: num(&rm, "peak_rss_kb"),
+        },
+    ];
+    let rate = |k: &str| lines.iter().find(|l| l.key == k).and_then(Line::rate);
+    let ratio = |x: &str, y: &str| Some(rate(x)? / rate(y)?);
+
+    println!();
+    println!("{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}", "", "measurement", "messages", "secs", "msgs/s", "peak RSS");
+    for l in &lines {
+        let secs = l.secs.map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into());
+        let r = l.rate().map(|r| format!("{r:.0}")).unwrap_or_else(|| "skipped".into());
+        let rss = l.rss_kb.map(|k| format!("{:.1} MB", k / 1024.0)).unwrap_or_else(|| "-".into());
+        println!("{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}", l.key, l.what, l.messages, secs, r, rss);
+    }
+
+    let r_rss_mb = num(&rm, "peak_rss_kb").map(|k| k / 1024.0);
+    let checks = [
+        ("B/A", ratio("B", "A"), 0.8, true, "the engine keeps up with what the endpoint serves"),
+        ("B/C", ratio("B", "C"), 5.0, true, "the engine against the usual Python script"),
+        ("E/D", ratio("E", "D"), 0.5, true, "the engine's own overhead against Postgres's own work"),
+        ("peak RSS (MB) draining R", r_rss_mb, 150.0, false, "memory stays flat under a deep backlog"),
+    ];
+    println!();
+    let mut missed = 0;
+    let mut targets = Vec::new();
+    for (name, value, target, at_least, why) in checks {
+        let (shown, verdict) = match value {
+            Some(v) => {
+                let ok = if at_least { v >= target } else { v <= target };
+                if !ok {
+                    missed += 1;
+                }
+                (format!("{v:.2}"), if ok { "ok" } else { "MISSED" })
+            }
+            None => ("-".into(), "not measured"),
+        };
+        let op = if at_least { ">=" } else { "<=" };
+        println!("{name:<26} {shown:>8}  target {op} {target:<6} {verdict:<12} ({why})");
+        targets.push(json!({"name": name, "value": value, "target": target, "at_least": at_least, "pass": value.map(|_| verdict == "ok")}));
+    }
+
+    let results = json!({
+        "meta": meta,
+        "measurements": lines.iter().map(|l| json!({
+            "key": l.key, "what": l.what, "messages": l.messages, "secs": l.secs,
+            "messages_per_sec": l.rate().map(f64::round), "peak_rss_mb": l.rss_kb.map(|k| (k / 1024.0 * 10.0).round() / 10.0),
+        })).collect::<Vec<_>>(),
+        "ratios": {"B/A": ratio("B", "A"), "B/C": ratio("B", "C"), "E/D": ratio("E", "D")},
+        "targets": targets,
+        "details": {"a": a, "a_measure": am, "b_measure": bm, "b_summary": read(dir, "b-summary.json"), "b_check": read(dir, "b-check.json"),
+                    "c_measure": cm, "c_check": read(dir, "c-check.json"), "d": d, "e_measure": em, "e_summary": es,
+                    "e_check": read(dir, "e-check.json"), "r_measure": rm, "r_summary": read(dir, "r-summary.json"),
+                    "r_check": read(dir, "r-check.json")},
+    });
+    let out = dir.join("results.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("\nWrote {}", out.display());
+    Ok(if missed > 0 { 1 } else { 0 })
+}

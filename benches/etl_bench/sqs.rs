@@ -1,0 +1,151 @@
+//! The SQS side of the benchmark: filling a queue, A (the endpoint's own receive + delete
+//! ceiling) and watching a queue drain.
+//!
+//! Everything goes through the engine's own queue client, so A sends exactly the requests the
+//! engine's pollers send (same SDK, same attributes asked for, same batch size and visibility
+//! timeout), minus everything the engine does with the messages.
+
+use etl_engine::source::sqs::{AwsSetup, aws_setup, connect_with, create_queue};
+use etl_engine::source::{BatchEntry, QueueClient, ReceiveRequest};
+use etl_engine::spec::{SqsProtocol, SqsSourceConfig};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The AWS setup for a local endpoint.
+pub async fn setup(endpoint: &str) -> anyhow::Result<AwsSetup> {
+    Ok(aws_setup(Some(endpoint), "us-east-1", 1).await?)
+}
+
+/// Creates queue `name` (it must not hold messages) and sends every body to it, `concurrency`
+/// batches of 10 at a time. Returns the queue URL.
+pub async fn load(endpoint: &str, name: &str, bodies: &[String], concurrency: usize) -> anyhow::Result<String> {
+    let s = setup(endpoint).await?;
+    let url = create_queue(&s, name, &[]).await?;
+    let q = connect_with(&s, &url, SqsProtocol::Json).await?;
+    let (visible, in_flight) = depth(q.as_ref()).await?;
+    anyhow::ensure!(visible + in_flight == 0, "queue {name} is not empty ({visible} visible, {in_flight} in flight)");
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies.chunks(10))
+        .map(|chunk| {
+            let q = q.clone();
+            async move {
+                let entries: Vec<BatchEntry> =
+                    chunk.iter().enumerate().map(|(i, b)| BatchEntry { id: i.to_string(), value: b.clone() }).collect();
+                // A local endpoint under load may fail a call now and then; try a few times.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match q.send_batch(entries.clone()).await {
+                        Ok(failed) if failed.is_empty() => return Ok(()),
+                        Ok(failed) if attempt >= 5 => anyhow::bail!("{} entries of a send batch failed: {}", failed.len(), failed[0].message),
+                        Err(e) if attempt >= 5 || !e.is_retriable() => return Err(e.into()),
+                        _ => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(url)
+}
+
+/// Messages visible and in flight (LocalStack's counts are exact).
+pub async fn depth(q: &dyn QueueClient) -> anyhow::Result<(u64, u64)> {
+    let a = q
+        .queue_attributes(vec!["ApproximateNumberOfMessages".into(), "ApproximateNumberOfMessagesNotVisible".into()])
+        .await?;
+    let n = |k: &str| a.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok((n("ApproximateNumberOfMessages"), n("ApproximateNumberOfMessagesNotVisible")))
+}
+
+/// What A measured.
+#[derive(Debug, serde::Serialize)]
+pub struct Ceiling {
+    pub messages: u64,
+    pub workers: u32,
+    pub receive_calls: u64,
+    pub delete_calls: u64,
+    pub secs: f64,
+    pub messages_per_sec: f64,
+}
+
+/// A: `cfg.pollers` loops of receive (as the engine asks for it) + DeleteMessageBatch, nothing
+/// else, until `expect` messages are deleted (or, like the engine's drain, two empty answers).
+pub async fn ceiling(endpoint: &str, queue_url: &str, cfg: &SqsSourceConfig, expect: u64) -> anyhow::Result<Ceiling> {
+    let s = setup(endpoint).await?;
+    let q: Arc<dyn QueueClient> = connect_with(&s, queue_url, SqsProtocol::Json).await?;
+    let req = ReceiveRequest {
+        max_messages: cfg.max_messages as i32,
+        wait_time_secs: cfg.wait_time_secs.min(1) as i32,
+        visibility_timeout_secs: cfg.visibility_timeout_secs as i32,
+    };
+    let deleted = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..cfg.pollers)
+        .map(|_| {
+            let (q, deleted, calls) = (q.clone(), deleted.clone(), calls.clone());
+            tokio::spawn(async move {
+                let mut empty = 0;
+                while deleted.load(Ordering::Relaxed) < expect {
+                    calls.0.fetch_add(1, Ordering::Relaxed);
+                    let msgs = q.receive(req).await?;
+                    if msgs.is_empty() {
+                        empty += 1;
+                        if empty >= 2 {
+                            break;
+                        }
+                        continue;
+                    }
+                    empty = 0;
+                    let entries: Vec<BatchEntry> =
+                        msgs.into_iter().enumerate().map(|(i, m)| BatchEntry { id: i.to_string(), value: m.receipt_handle }).collect();
+                    let n = entries.len() as u64;
+                    calls.1.fetch_add(1, Ordering::Relaxed);
+                    let failed = q.delete_batch(entries).await?;
+                    deleted.fetch_add(n - failed.len() as u64, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let messages = deleted.load(Ordering::Relaxed);
+    Ok(Ceiling {
+        messages,
+        workers: cfg.pollers,
+        receive_calls: calls.0.load(Ordering::Relaxed),
+        delete_calls: calls.1.load(Ordering::Relaxed),
+        secs,
+        messages_per_sec: messages as f64 / secs,
+    })
+}
+
+/// Polls a queue until it is empty (nothing visible, nothing in flight); returns when that was
+/// first seen. Polling costs the endpoint about 10 calls a second.
+pub async fn watch_until_empty(endpoint: &str, queue_url: &str, started: Instant) -> anyhow::Result<Duration> {
+    let s = setup(endpoint).await?;
+    let q = connect_with(&s, queue_url, SqsProtocol::Json).await?;
+    loop {
+        // A failed poll (endpoint busy) is just retried on the next tick.
+        if let Ok((0, 0)) = depth(q.as_ref()).await {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes a queue (after a measurement, so LocalStack does not keep it).
+pub async fn delete_queue(endpoint: &str, queue_url: &str) -> anyhow::Result<()> {
+    let s = setup(endpoint).await?;
+    s.sdk.delete_queue().queue_url(queue_url).send().await.map_err(|e| anyhow::anyhow!("DeleteQueue {queue_url}: {e}"))?;
+    Ok(())
+}

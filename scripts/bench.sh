@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Throughput benchmark: the engine against its two ceilings and against the usual Python script,
+# on the same generated data, in one run.
+#
+#   scripts/bench.sh [--messages N] [--rss-messages M] [--reference-messages K]
+#                    [--skip-reference] [--keep-services]
+#
+#   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, at the engine's poller count
+#   B  etl-engine run specs/logins.yaml --drain: SQS -> hash + vault + casts -> Postgres
+#   C  benches/reference/reference_etl.py: boto3, hashlib, one INSERT and one delete per message
+#   D  Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows
+#   E  etl-engine run with a JSON Lines file source, same transforms
+#   R  B again on a queue of M messages, for the peak-RSS check
+#
+# N defaults to 50,000 (about 1% invalid), M to 200,000, K to N. Prints a table and the ratios
+# B/A, B/C, E/D, checks the targets (B >= 0.8 A, B >= 5 C, E >= 0.5 D, peak RSS of R <= 150 MB),
+# writes everything to $BENCH_DIR/results.json, and exits 1 if a measured target is missed.
+#
+# Services run on their own ports and state dir (BENCH_PGPORT=58432, BENCH_SQS_PORT=58566,
+# BENCH_DIR=<project>/.local/bench) and are stopped at the end unless --keep-services.
+# Other load on the machine skews every number: check `uptime` first.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+MESSAGES=50000
+RSS_MESSAGES=200000
+REFERENCE_MESSAGES=""
+SKIP_REFERENCE=0
+KEEP_SERVICES=0
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        --messages) MESSAGES=${2:?}; shift 2 ;;
+        --rss-messages) RSS_MESSAGES=${2:?}; shift 2 ;;
+        --reference-messages) REFERENCE_MESSAGES=${2:?}; shift 2 ;;
+        --skip-reference) SKIP_REFERENCE=1; shift ;;
+        --keep-services) KEEP_SERVICES=1; shift ;;
+        -h|--help) usage ;;
+        *) echo "error: unknown argument $1" >&2; usage ;;
+    esac
+done
+REFERENCE_MESSAGES=${REFERENCE_MESSAGES:-$MESSAGES}
+for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: message counts must be positive integers (got $n)" >&2; exit 2; }
+done
+
+BENCH_PGPORT=${BENCH_PGPORT:-58432}
+BENCH_SQS_PORT=${BENCH_SQS_PORT:-58566}
+BENCH_DIR=${BENCH_DIR:-"$ROOT/.local/bench"}
+export ETL_VENV_DIR=${ETL_VENV_DIR:-"$ROOT/.local"}
+REF_VENV="$ETL_VENV_DIR/venv-bench-reference"
+OUT="$BENCH_DIR/run"
+DATA="$BENCH_DIR/data"
+ENDPOINT="http://127.0.0.1:$BENCH_SQS_PORT"
+ADMIN_URL="postgres://postgres:postgres@127.0.0.1:$BENCH_PGPORT/postgres"
+SPEC="$ROOT/specs/logins.yaml"
+TABLE_DDL_FILE="$ROOT/schema/user_logins.sql"
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+services() {
+    ETL_LOCAL_DIR="$BENCH_DIR/services" PGPORT=$BENCH_PGPORT SQS_PORT=$BENCH_SQS_PORT QUEUES=bench-ready \
+        bash "$ROOT/scripts/services.sh" "$@"
+}
+cleanup() {
+    if [ "$KEEP_SERVICES" = 0 ]; then services down >/dev/null 2>&1 || true; fi
+}
+
+# ------------------------------------------------------------------ prerequisites and build
+if [ ! -x /usr/bin/time ]; then
+    [ "$(id -u)" -eq 0 ] || die "/usr/bin/time is missing (it measures peak RSS): apt-get install time"
+    say "installing GNU time (peak RSS)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q time; } >/dev/null 2>&1 || die "apt-get install time failed"
+fi
+
+say "building (release)"
+cargo build --release --quiet --bin etl-engine
+ENGINE="$ROOT/target/release/etl-engine"
+# The helper is a bench target; ask cargo where its executable is.
+BENCH_BIN=$(cargo build --release --quiet --bench etl_bench --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "etl_bench" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$BENCH_BIN" ] || die "could not build the etl_bench helper"
+
+if [ "$SKIP_REFERENCE" = 0 ]; then
+    want=$(cksum <"$ROOT/benches/reference/requirements.txt" | cut -d' ' -f1)
+    if [ "$(cat "$REF_VENV/.installed" 2>/dev/null)" != "$want" ]; then
+        say "installing the Python reference's requirements into $REF_VENV"
+        rm -rf "$REF_VENV"
+        python3 -m venv "$REF_VENV"
+        "$REF_VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/benches/reference/requirements.txt" ||
+            die "pip install of benches/reference/requirements.txt failed"
+        echo "$want" >"$REF_VENV/.installed"
+    fi
+fi
+
+# ------------------------------------------------------------------ services and data
+mkdir -p "$BENCH_DIR" "$DATA"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+trap cleanup EXIT
+say "starting services (Postgres :$BENCH_PGPORT, LocalStack :$BENCH_SQS_PORT)"
+services up >"$OUT/services.log" 2>&1 || { cat "$OUT/services.log" >&2; die "services did not start"; }
+
+gen() { # count -> prints the file, writes its counts next to it
+    local f="$DATA/messages-$1.jsonl"
+    "$BENCH_BIN" gen --messages "$1" --out "$f" >"$f.counts"
+    echo "$f"
+}
+valid_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["valid"])' "$1.counts"; }
+say "generating $MESSAGES and $RSS_MESSAGES messages"
+MSGS=$(gen "$MESSAGES")
+RSS_MSGS=$(gen "$RSS_MESSAGES")
+REF_MSGS=$MSGS
+[ "$REFERENCE_MESSAGES" = "$MESSAGES" ] || REF_MSGS=$(gen "$REFERENCE_MESSAGES")
+
+export ETL_KEYRING="$BENCH_DIR/keyring.json"
+"$ENGINE" keygen --force "$ETL_KEYRING" >/dev/null
+# The file-source spec: specs/logins.yaml with its source block replaced, everything else as is.
+FILE_SPEC="$BENCH_DIR/logins-file.yaml"
+awk -v path="$MSGS" '
+    /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
+    skip && /^[^ #]/ { skip = 0 }
+    !skip { print }' "$SPEC" >"$FILE_SPEC"
+
+{
+    printf '{"messages": %s, "rss_messages": %s, "reference_messages": %s,\n' "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"
+    printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$(valid_of "$MSGS")" "$(date -u +%FT%TZ)" \
+        "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf ' "machine": {"cpu_model": "%s", "cores": %s, "mem_total_mb": %s},\n' \
+        "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" \
+        "$(awk '/MemTotal/ { printf "%d", $2 / 1024 }' /proc/meminfo)"
+    printf ' "load_average_at_start": "%s"}\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$OUT/meta.json"
+
+# Per measurement: a fresh database, and a fresh queue holding exactly the input.
+fresh_db() { "$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$TABLE_DDL_FILE"; }
+fresh_queue() { # name file -> url
+    "$BENCH_BIN" load --endpoint "$ENDPOINT" --queue "$1-$$" --input "$2"
+}
+drop_queue() { "$BENCH_BIN" delete-queue --endpoint "$ENDPOINT" --queue-url "$1" || true; }
+engine_env() { # queue-url db-url command...: runs the command with the spec pointed at them
+    local q=$1 db=$2
+    shift 2
+    env ETL_SPEC_SOURCE__QUEUE="$q" ETL_SPEC_SOURCE__ENDPOINT_URL="$ENDPOINT" ${db:+ETL_SPEC_TARGET__URL="$db"} \
+        AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn "$@"
+}
+
+say "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ------------------------------------------------------------------ D and E (no SQS)
+say "D: Postgres ceiling (binary COPY of the final rows)"
+DB=$(fresh_db bench_d)
+"$BENCH_BIN" pg-ceiling --spec "$SPEC" --input "$MSGS" --db "$DB" --out "$OUT/d.json"
+
+say "E: engine, file source -> Postgres"
+DB=$(fresh_db bench_e)
+ETL_SPEC_TARGET__URL="$DB" RUST_LOG=warn "$BENCH_BIN" measure --out "$OUT/e-measure.json" --log "$OUT/e.log" -- \
+    "$ENGINE" run "$FILE_SPEC" --summary-json "$OUT/e-summary.json"
+"$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$MSGS")" \
+    --expect-messages "$MESSAGES" --out "$OUT/e-check.json"
+
+# ------------------------------------------------------------------ A, B, C (SQS)
+say "A: SQS ceiling (receive + delete-batch, no processing)"
+Q=$(fresh_queue bench-a "$MSGS")
+engine_env "$Q" "" "$BENCH_BIN" measure --out "$OUT/a-measure.json" --log "$OUT/a.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+    "$BENCH_BIN" sqs-ceiling --spec "$SPEC" --endpoint "$ENDPOINT" --queue-url "$Q" --expect "$MESSAGES" --out "$OUT/a.json"
+drop_queue "$Q"
+
+say "B: engine, SQS -> Postgres (--drain)"
+DB=$(fresh_db bench_b)
+Q=$(fresh_queue bench-b "$MSGS")
+engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/b-measure.json" --log "$OUT/b.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+    "$ENGINE" run "$SPEC" --drain --summary-json "$OUT/b-summary.json"
+drop_queue "$Q"
+"$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$MSGS")" \
+    --expect-messages "$MESSAGES" --out "$OUT/b-check.json"
+
+if [ "$SKIP_REFERENCE" = 0 ]; then
+    say "C: Python reference ($REFERENCE_MESSAGES messages; one INSERT and one delete per message)"
+    DB=$(fresh_db bench_c)
+    Q=$(fresh_queue bench-c "$REF_MSGS")
+    "$BENCH_BIN" measure --out "$OUT/c-measure.json" --log "$OUT/c.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+        "$REF_VENV/bin/python" "$ROOT/benches/reference/reference_etl.py" --endpoint "$ENDPOINT" --queue-url "$Q" --db "$DB"
+    drop_queue "$Q"
+    "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$REF_MSGS")" --out "$OUT/c-check.json"
+fi
+
+say "R: engine draining $RSS_MESSAGES messages (peak RSS)"
+DB=$(fresh_db bench_r)
+Q=$(fresh_queue bench-r "$RSS_MSGS")
+engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/r-measure.json" --log "$OUT/r.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+    "$ENGINE" run "$SPEC" --drain --summary-json "$OUT/r-summary.json"
+drop_queue "$Q"
+"$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$RSS_MSGS")" \
+    --expect-messages "$RSS_MESSAGES" --out "$OUT/r-check.json"
+
+say "load average after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+"$BENCH_BIN" report --dir "$OUT" || status=$?
+cp "$OUT/results.json" "$BENCH_DIR/results.json"
+exit $status
