@@ -763,31 +763,47 @@ async fn heartbeat_loop(
         }
         tracing::debug!(messages = due.len(), "Extending the visibility of in-flight messages.");
         let chunks: Vec<Vec<String>> = due.chunks(10).map(<[_]>::to_vec).collect();
-        futures::stream::iter(chunks)
-            .for_each_concurrent(8, |chunk| {
-                let (queue, in_flight, stats) = (queue.clone(), in_flight.clone(), stats.clone());
+        let results: Vec<(usize, Option<SqsError>)> = futures::stream::iter(chunks)
+            .map(|chunk| {
+                let (queue, in_flight) = (queue.clone(), in_flight.clone());
                 async move {
                     // The new deadline counts from before the call, so it is never later than SQS's.
                     let deadline = Instant::now() + vt;
                     let entries = chunk.iter().enumerate().map(|(i, r)| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
                     match queue.change_visibility_batch(entries, visibility_timeout_secs as i32).await {
+                        // Entry failures are receipts deleted meanwhile or already expired (the
+                        // message may then be redelivered; the ledger skips it).
                         Ok(failed) => {
-                            // Failures are receipts deleted meanwhile or already expired (the
-                            // message may then be redelivered; the ledger skips it).
-                            if !failed.is_empty() {
-                                tracing::debug!(failed = failed.len(), "Some messages' visibility could not be extended.");
-                            }
                             in_flight.extended(&chunk, deadline);
+                            (failed.len(), None)
                         }
                         Err(e) => {
-                            // Left due, so the next tick tries again.
-                            stats.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "Extending message visibility failed; retrying on the next tick.");
+                            // A transient failure stays due, so the next tick tries again; a
+                            // permanent one (receipts the queue no longer knows) is not retried
+                            // every tick but only when due again.
+                            if !e.is_retriable() {
+                                in_flight.extended(&chunk, deadline);
+                            }
+                            (chunk.len(), Some(e))
                         }
                     }
                 }
             })
+            .buffer_unordered(8)
+            .collect()
             .await;
+        let failed: usize = results.iter().map(|(n, _)| n).sum();
+        let first_error = results.into_iter().find_map(|(_, e)| e);
+        if let Some(e) = first_error {
+            // One line per tick, however many calls failed (an outage would otherwise flood the log).
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                failed, due = due.len(), error = %e,
+                "Extending message visibility failed; messages may be redelivered (the ledger skips them). Retrying on the next tick."
+            );
+        } else if failed > 0 {
+            tracing::debug!(failed, "Some messages' visibility could not be extended (already deleted or expired).");
+        }
     }
 }
 

@@ -1,4 +1,8 @@
-//! Retrying transient failures with exponential backoff and full jitter, bounded in time.
+//! Retrying transient failures with exponential backoff and jitter, bounded in time.
+//!
+//! The jitter keeps processes that failed together (a database restart hits every writer at
+//! once) from retrying in lockstep; the bound turns an outage that does not end into an error
+//! a person sees, instead of an engine that silently waits forever.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -21,7 +25,8 @@ impl Backoff {
     pub const SQS: Backoff =
         Backoff { initial: Duration::from_millis(100), max_delay: Duration::from_secs(5), max_elapsed: Duration::from_secs(300) };
 
-    /// The delay before attempt `n` (1-based), with full jitter.
+    /// The delay before retry `attempt` (1-based): `initial * 2^attempt`, capped at `max_delay`,
+    /// then a random point in its upper half ("equal jitter": never less than half the step).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self.initial.saturating_mul(1u32 << attempt.min(16));
         let cap = exp.min(self.max_delay);
