@@ -86,11 +86,11 @@ impl Stats {
                 self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !r.encryptions.is_empty() {
-            if let Ok(mut e) = self.encryptions.lock() {
-                for (k, v) in &r.encryptions {
-                    *e.entry(k.clone()).or_default() += v;
-                }
+        if !r.encryptions.is_empty()
+            && let Ok(mut e) = self.encryptions.lock()
+        {
+            for (k, v) in &r.encryptions {
+                *e.entry(k.clone()).or_default() += v;
             }
         }
     }
@@ -406,15 +406,14 @@ async fn check_queue_settings(spec: &Spec, cfg: &SqsSourceConfig, queue: &dyn Qu
             "The queue has no redrive policy; messages received more than source.max_receive_count times go to the rejects table."
         ),
     }
-    if let Some(secs) = attrs.get("MessageRetentionPeriod").and_then(|s| s.parse::<u64>().ok()) {
-        if spec.ledger.retention_hours.saturating_mul(3600) < secs {
-            tracing::warn!(
-                retention_secs = secs, ledger_retention_hours = spec.ledger.retention_hours,
-                "ledger.retention_hours is shorter than the queue's retention period: a message redelivered after its \
-                 ledger entry was pruned would be written again. Raise ledger.retention_hours to at least {} hours.",
-                secs.div_ceil(3600)
-            );
-        }
+    let retention = attrs.get("MessageRetentionPeriod").and_then(|s| s.parse::<u64>().ok());
+    if let Some(secs) = retention.filter(|secs| spec.ledger.retention_hours.saturating_mul(3600) < *secs) {
+        tracing::warn!(
+            retention_secs = secs, ledger_retention_hours = spec.ledger.retention_hours,
+            "ledger.retention_hours is shorter than the queue's retention period: a message redelivered after its \
+             ledger entry was pruned would be written again. Raise ledger.retention_hours to at least {} hours.",
+            secs.div_ceil(3600)
+        );
     }
 }
 
