@@ -2,7 +2,8 @@
 //! into messages and exit codes. `anyhow` lives only here.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad spec, keyring or arguments; 3 `vault-decrypt`
-//! found tokens with no vault entry; 130 second interrupt.
+//! found tokens with no vault entry, or `vault-rotate`/`vault-retokenize` left rows for another
+//! run; 130 second interrupt.
 
 mod cmd;
 
@@ -51,6 +52,11 @@ enum Command {
         summary_json: Option<PathBuf>,
         #[command(flatten)]
         observe: cmd::run::ObserveArgs,
+    },
+    /// Check the spec, the keyring, Postgres (target columns and types) and the queue, without receiving anything.
+    Check {
+        /// The spec file.
+        spec: PathBuf,
     },
     /// Check a spec and report every problem, without touching any service.
     Validate {
@@ -122,6 +128,15 @@ enum Command {
     },
     /// Delete ledger entries older than the queue's retention period, in batches.
     PruneLedger(cmd::ledger::PruneArgs),
+    /// Manage keyring versions (list, add-key, set-state, remove-key) without editing JSON.
+    Keyring {
+        #[command(subcommand)]
+        action: cmd::vault::KeyringAction,
+    },
+    /// Re-encrypt vault values and reject bodies still under an older key with the active key.
+    VaultRotate(cmd::vault::RotateArgs),
+    /// Replace the tokens of encrypted columns with the active hash key's, in the vault and the target table.
+    VaultRetokenize(cmd::vault::RetokenizeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -169,15 +184,28 @@ fn init_logging(format: LogFormat) {
         // The progress line shares stderr; this writer erases it before each log line.
         .with_writer(etl_engine::progress::log_writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Applied after RUST_LOG, whatever it says: see CAPPED_LOG_TARGETS.
+    let cap = tracing_subscriber::filter::filter_fn(|m| {
+        *m.level() <= tracing::Level::INFO || !CAPPED_LOG_TARGETS.iter().any(|p| m.target().starts_with(p))
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(cap).init(),
+        LogFormat::Json => builder.json().finish().with(cap).init(),
     }
 }
+
+/// Third-party log targets capped at INFO even when RUST_LOG asks for more: at TRACE the AWS
+/// SDK logs every HTTP response body (message contents, i.e. PII), and the HTTP/TLS stacks
+/// log headers and payloads. Our own targets, sqlx (statements only; values are always bound
+/// parameters) and everything else follow RUST_LOG.
+const CAPPED_LOG_TARGETS: &[&str] = &["aws_", "hyper", "h2", "reqwest", "rustls", "tower", "http"];
 
 async fn dispatch(cmd: Command) -> Result<u8> {
     match cmd {
         Command::Run { spec, drain, summary_json, observe } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
+        Command::Check { spec } => cmd::check::cmd_check(&spec).await,
         Command::Validate { spec } => {
             let s = cmd::load(&spec)?;
             println!("{}: OK ({} columns, pipeline {})", spec.display(), s.columns.len(), s.name);
@@ -202,6 +230,9 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         Command::Test { specs } => cmd::spec_tools::cmd_test(&specs),
         Command::Preview { spec, input, limit } => cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit),
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
+        Command::Keyring { action } => cmd::vault::cmd_keyring(action).await,
+        Command::VaultRotate(args) => cmd::vault::cmd_rotate(args).await,
+        Command::VaultRetokenize(args) => cmd::vault::cmd_retokenize(args).await,
     }
 }
 
