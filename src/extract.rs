@@ -14,7 +14,8 @@ use serde_json::Value as J;
 pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result<Val, String> {
     match source {
         ColumnSource::Path { query, .. } => {
-            let found = jsonpath_rust::query::js_path_process(query, body).map_err(|e| format!("JSONPath failed: {e}"))?;
+            let found = jsonpath_rust::query::js_path_process(query, body)
+                .map_err(|e| format!("JSONPath failed: {e}"))?;
             Ok(match found.len() {
                 0 => Val::Null,
                 1 if is_singular(query) => match found[0].val {
@@ -27,17 +28,29 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
         ColumnSource::Meta(field) => Ok(match field {
             MetaField::MessageId => Val::Text(msg.message_id.clone()),
             MetaField::SentTimestamp => match msg.attributes.get("SentTimestamp") {
-                Some(s) => Val::BigInt(s.parse().map_err(|_| "SentTimestamp is not a number".to_string())?),
+                Some(s) => Val::BigInt(
+                    s.parse()
+                        .map_err(|_| "SentTimestamp is not a number".to_string())?,
+                ),
                 None => Val::Null,
             },
             MetaField::ReceiveCount => match msg.attributes.get("ApproximateReceiveCount") {
-                Some(s) => Val::Int(s.parse().map_err(|_| "ApproximateReceiveCount is not a number".to_string())?),
+                Some(s) => Val::Int(
+                    s.parse()
+                        .map_err(|_| "ApproximateReceiveCount is not a number".to_string())?,
+                ),
                 None => Val::Null,
             },
-            MetaField::Attribute(name) => msg.attributes.get(name).map(|s| Val::Text(s.clone())).unwrap_or(Val::Null),
-            MetaField::MessageAttribute(name) => {
-                msg.message_attributes.get(name).map(|s| Val::Text(s.clone())).unwrap_or(Val::Null)
-            }
+            MetaField::Attribute(name) => msg
+                .attributes
+                .get(name)
+                .map(|s| Val::Text(s.clone()))
+                .unwrap_or(Val::Null),
+            MetaField::MessageAttribute(name) => msg
+                .message_attributes
+                .get(name)
+                .map(|s| Val::Text(s.clone()))
+                .unwrap_or(Val::Null),
         }),
     }
 }
@@ -45,7 +58,10 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
 /// Whether a query can match at most one node (RFC 9535 "singular query"): names and indexes only.
 pub fn is_singular(query: &jsonpath_rust::parser::model::JpQuery) -> bool {
     use jsonpath_rust::parser::model::{Segment, Selector};
-    query.segments.iter().all(|s| matches!(s, Segment::Selector(Selector::Name(_) | Selector::Index(_))))
+    query
+        .segments
+        .iter()
+        .all(|s| matches!(s, Segment::Selector(Selector::Name(_) | Selector::Index(_))))
 }
 
 #[cfg(test)]
@@ -65,27 +81,62 @@ mod tests {
     }
 
     fn path(p: &str) -> ColumnSource {
-        ColumnSource::Path { text: p.into(), query: jsonpath_rust::parser::parse_json_path(p).unwrap() }
+        ColumnSource::Path {
+            text: p.into(),
+            query: jsonpath_rust::parser::parse_json_path(p).unwrap(),
+        }
     }
 
     #[test]
     fn paths_and_metadata() {
         let body = json!({"a": {"b": 1}, "n": null, "items": [{"sku": "x"}, {"sku": "y"}]});
-        assert_eq!(extract(&path("$.a.b"), &body, &msg()).unwrap(), Val::Json(json!(1)));
-        assert_eq!(extract(&path("$.missing"), &body, &msg()).unwrap(), Val::Null);
+        assert_eq!(
+            extract(&path("$.a.b"), &body, &msg()).unwrap(),
+            Val::Json(json!(1))
+        );
+        assert_eq!(
+            extract(&path("$.missing"), &body, &msg()).unwrap(),
+            Val::Null
+        );
         assert_eq!(extract(&path("$.n"), &body, &msg()).unwrap(), Val::Null);
-        assert_eq!(extract(&path("$.items[*].sku"), &body, &msg()).unwrap(), Val::Json(json!(["x", "y"])));
-        assert_eq!(extract(&path("$.items[0].sku"), &body, &msg()).unwrap(), Val::Json(json!("x")));
+        assert_eq!(
+            extract(&path("$.items[*].sku"), &body, &msg()).unwrap(),
+            Val::Json(json!(["x", "y"]))
+        );
+        assert_eq!(
+            extract(&path("$.items[0].sku"), &body, &msg()).unwrap(),
+            Val::Json(json!("x"))
+        );
         // One match of a wildcard or filter is still a list: the shape follows the path, not the data.
         let one = json!({"items": [{"sku": "x", "gift": true}, {"sku": "y", "gift": false}]});
-        assert_eq!(extract(&path("$.items[?@.gift == true].sku"), &one, &msg()).unwrap(), Val::Json(json!(["x"])));
-        assert_eq!(extract(&path("$.items[1:].sku"), &one, &msg()).unwrap(), Val::Json(json!(["y"])));
-        assert_eq!(extract(&path("$.items[?@.gift == 7].sku"), &one, &msg()).unwrap(), Val::Null);
-        assert_eq!(extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(), Val::BigInt(1_700_000_000_000));
         assert_eq!(
-            extract(&ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())), &body, &msg()).unwrap(),
+            extract(&path("$.items[?@.gift == true].sku"), &one, &msg()).unwrap(),
+            Val::Json(json!(["x"]))
+        );
+        assert_eq!(
+            extract(&path("$.items[1:].sku"), &one, &msg()).unwrap(),
+            Val::Json(json!(["y"]))
+        );
+        assert_eq!(
+            extract(&path("$.items[?@.gift == 7].sku"), &one, &msg()).unwrap(),
+            Val::Null
+        );
+        assert_eq!(
+            extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(),
+            Val::BigInt(1_700_000_000_000)
+        );
+        assert_eq!(
+            extract(
+                &ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())),
+                &body,
+                &msg()
+            )
+            .unwrap(),
             Val::Text("acme".into())
         );
-        assert_eq!(extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(), Val::Null);
+        assert_eq!(
+            extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(),
+            Val::Null
+        );
     }
 }

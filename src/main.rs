@@ -8,8 +8,8 @@
 mod cmd;
 
 use anyhow::Result;
-use cmd::{Exit, UsageError};
 use clap::{Parser, Subcommand, ValueEnum};
+use cmd::{Exit, UsageError};
 use etl_engine::vault::Keyring;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,7 +149,10 @@ enum OutputFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -172,13 +175,18 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("error: {msg}");
-            ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
+            ExitCode::from(if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                1
+            })
         }
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // The progress line shares stderr; this writer erases it before each log line.
@@ -186,7 +194,8 @@ fn init_logging(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Applied after RUST_LOG, whatever it says: see CAPPED_LOG_TARGETS.
     let cap = tracing_subscriber::filter::filter_fn(|m| {
-        *m.level() <= tracing::Level::INFO || !CAPPED_LOG_TARGETS.iter().any(|p| m.target().starts_with(p))
+        *m.level() <= tracing::Level::INFO
+            || !CAPPED_LOG_TARGETS.iter().any(|p| m.target().starts_with(p))
     });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -204,11 +213,21 @@ const CAPPED_LOG_TARGETS: &[&str] = &["aws_", "hyper", "h2", "reqwest", "rustls"
 
 async fn dispatch(cmd: Command) -> Result<u8> {
     match cmd {
-        Command::Run { spec, drain, summary_json, observe } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
+        Command::Run {
+            spec,
+            drain,
+            summary_json,
+            observe,
+        } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
         Command::Check { spec } => cmd::check::cmd_check(&spec).await,
         Command::Validate { spec } => {
             let s = cmd::load(&spec)?;
-            println!("{}: OK ({} columns, pipeline {})", spec.display(), s.columns.len(), s.name);
+            println!(
+                "{}: OK ({} columns, pipeline {})",
+                spec.display(),
+                s.columns.len(),
+                s.name
+            );
             Ok(0)
         }
         Command::Keygen { file, force } => {
@@ -222,17 +241,34 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::VaultDecrypt { spec, column, tokens, stdin, selectors, reason, actor, format } => {
-            cmd::decrypt::cmd_decrypt(&spec, column, tokens, stdin, selectors, reason, actor, format).await
+        Command::VaultDecrypt {
+            spec,
+            column,
+            tokens,
+            stdin,
+            selectors,
+            reason,
+            actor,
+            format,
+        } => {
+            cmd::decrypt::cmd_decrypt(
+                &spec, column, tokens, stdin, selectors, reason, actor, format,
+            )
+            .await
         }
-        Command::Send { spec, input, create_queue } => cmd::send::cmd_send(&spec, &input, create_queue).await,
+        Command::Send {
+            spec,
+            input,
+            create_queue,
+        } => cmd::send::cmd_send(&spec, &input, create_queue).await,
         Command::Schema => cmd::spec_tools::cmd_schema(),
         Command::Test { specs } => cmd::spec_tools::cmd_test(&specs),
-        Command::Preview { spec, input, limit } => cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit),
+        Command::Preview { spec, input, limit } => {
+            cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit)
+        }
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
         Command::Keyring { action } => cmd::vault::cmd_keyring(action).await,
         Command::VaultRotate(args) => cmd::vault::cmd_rotate(args).await,
         Command::VaultRetokenize(args) => cmd::vault::cmd_retokenize(args).await,
     }
 }
-

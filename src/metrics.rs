@@ -52,7 +52,11 @@ const MAX_CONNECTIONS: usize = 32;
 impl Metrics {
     /// Metrics for the pipeline named `pipeline` (the spec's `name`, used as a label).
     pub fn new(pipeline: impl Into<String>, stats: Arc<Stats>, depth: Arc<QueueDepth>) -> Self {
-        Self { pipeline: pipeline.into(), stats, depth }
+        Self {
+            pipeline: pipeline.into(),
+            stats,
+            depth,
+        }
     }
 
     /// Renders the current values in the Prometheus text format.
@@ -62,10 +66,23 @@ impl Metrics {
         let label = format!("pipeline=\"{}\"", escape_label(&self.pipeline));
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{label}}} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{label}}} {value}"
+            );
         };
-        metric("etl_messages_received_total", "counter", "Messages received from the source.", g(&s.received).to_string());
-        metric("etl_rows_written_total", "counter", "Rows committed to the target table.", g(&s.rows).to_string());
+        metric(
+            "etl_messages_received_total",
+            "counter",
+            "Messages received from the source.",
+            g(&s.received).to_string(),
+        );
+        metric(
+            "etl_rows_written_total",
+            "counter",
+            "Rows committed to the target table.",
+            g(&s.rows).to_string(),
+        );
         metric(
             "etl_messages_rejected_total",
             "counter",
@@ -78,16 +95,36 @@ impl Metrics {
             "Redelivered messages already in the ledger, skipped without a second row.",
             g(&s.duplicates).to_string(),
         );
-        metric("etl_messages_deleted_total", "counter", "Messages deleted from the queue after their commit.", g(&s.deleted).to_string());
+        metric(
+            "etl_messages_deleted_total",
+            "counter",
+            "Messages deleted from the queue after their commit.",
+            g(&s.deleted).to_string(),
+        );
         metric(
             "etl_messages_released_total",
             "counter",
             "Messages handed back to the queue (visibility 0) after a batch could not be written.",
             g(&s.released).to_string(),
         );
-        metric("etl_retries_total", "counter", "Retried SQS and Postgres calls.", g(&s.retries).to_string());
-        metric("etl_vault_rows_written_total", "counter", "Encrypted originals written to the vault.", g(&s.vault_rows).to_string());
-        metric("etl_messages_in_flight", "gauge", "Messages received and not yet deleted.", g(&s.in_flight).to_string());
+        metric(
+            "etl_retries_total",
+            "counter",
+            "Retried SQS and Postgres calls.",
+            g(&s.retries).to_string(),
+        );
+        metric(
+            "etl_vault_rows_written_total",
+            "counter",
+            "Encrypted originals written to the vault.",
+            g(&s.vault_rows).to_string(),
+        );
+        metric(
+            "etl_messages_in_flight",
+            "gauge",
+            "Messages received and not yet deleted.",
+            g(&s.in_flight).to_string(),
+        );
         if let Some(v) = self.depth.visible() {
             metric(
                 "etl_queue_messages_visible",
@@ -111,7 +148,10 @@ impl Metrics {
         let sum_secs = g(&s.commit_micros_sum) as f64 / 1e6;
         let count = g(&s.batches).max(buckets.last().copied().unwrap_or(0));
         let name = "etl_batch_commit_seconds";
-        let _ = writeln!(out, "# HELP {name} Time to write and commit one batch (rows, vault, rejects, ledger).");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to write and commit one batch (rows, vault, rejects, ledger)."
+        );
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (ms, n) in LATENCY_BUCKETS_MS.iter().zip(&buckets) {
             let le = *ms as f64 / 1000.0;
@@ -126,7 +166,9 @@ impl Metrics {
 
 /// Escapes a label value as the text format requires (backslash, double quote, newline).
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// A running metrics endpoint.
@@ -154,13 +196,20 @@ impl MetricsServer {
 /// Binding happens before this returns, so a bad `--metrics-addr` fails the run at once
 /// instead of after the pipeline has started.
 pub async fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, MetricsError> {
-    let bind_err = |source| MetricsError::Bind { addr: addr.to_string(), source };
+    let bind_err = |source| MetricsError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     tracing::info!(addr = %local, pipeline = %metrics.pipeline, "Serving metrics.");
     let stop = CancellationToken::new();
     let task = tokio::spawn(accept_loop(listener, Arc::new(metrics), stop.clone()));
-    Ok(MetricsServer { addr: local, stop, task })
+    Ok(MetricsServer {
+        addr: local,
+        stop,
+        task,
+    })
 }
 
 async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
@@ -197,7 +246,16 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, stop: Cancell
 async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(h))) => h,
-        Ok(Ok(None)) => return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n", false).await,
+        Ok(Ok(None)) => {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+                false,
+            )
+            .await;
+        }
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
@@ -206,13 +264,47 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let path = target.split('?').next().unwrap_or("");
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n", false).await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+            false,
+        )
+        .await;
     }
     match path {
-        "/metrics" => respond(&mut stream, "200 OK", CONTENT_TYPE, &metrics.render(), head_only).await,
+        "/metrics" => {
+            respond(
+                &mut stream,
+                "200 OK",
+                CONTENT_TYPE,
+                &metrics.render(),
+                head_only,
+            )
+            .await
+        }
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n", head_only).await,
-        "/" => respond(&mut stream, "200 OK", "text/plain", "etl-engine: metrics at /metrics\n", head_only).await,
-        _ => respond(&mut stream, "404 Not Found", "text/plain", "not found; metrics are at /metrics\n", head_only).await,
+        "/" => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain",
+                "etl-engine: metrics at /metrics\n",
+                head_only,
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "not found; metrics are at /metrics\n",
+                head_only,
+            )
+            .await
+        }
     }
 }
 
@@ -236,7 +328,13 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str, head_only: bool) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
@@ -281,15 +379,53 @@ mod tests {
     fn renders_counters_histogram_and_escaped_labels() {
         let text = sample().render();
         let l = r#"pipeline="log\"ins""#;
-        assert_eq!(value(&text, &format!("etl_messages_received_total{{{l}}}")), 150.0);
-        assert_eq!(value(&text, &format!("etl_rows_written_total{{{l}}}")), 130.0);
-        assert_eq!(value(&text, &format!("etl_messages_rejected_total{{{l}}}")), 20.0);
-        assert_eq!(value(&text, &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.005\"}}")), 1.0);
-        assert_eq!(value(&text, &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.025\"}}")), 2.0);
-        assert_eq!(value(&text, &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.05\"}}")), 3.0);
-        assert_eq!(value(&text, &format!("etl_batch_commit_seconds_bucket{{{l},le=\"+Inf\"}}")), 3.0);
-        assert_eq!(value(&text, &format!("etl_batch_commit_seconds_count{{{l}}}")), 3.0);
-        assert!((value(&text, &format!("etl_batch_commit_seconds_sum{{{l}}}")) - 0.045).abs() < 1e-9);
+        assert_eq!(
+            value(&text, &format!("etl_messages_received_total{{{l}}}")),
+            150.0
+        );
+        assert_eq!(
+            value(&text, &format!("etl_rows_written_total{{{l}}}")),
+            130.0
+        );
+        assert_eq!(
+            value(&text, &format!("etl_messages_rejected_total{{{l}}}")),
+            20.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.005\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.025\"}}")
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.05\"}}")
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"+Inf\"}}")
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(&text, &format!("etl_batch_commit_seconds_count{{{l}}}")),
+            3.0
+        );
+        assert!(
+            (value(&text, &format!("etl_batch_commit_seconds_sum{{{l}}}")) - 0.045).abs() < 1e-9
+        );
         assert!(text.contains("# TYPE etl_batch_commit_seconds histogram"));
         assert!(text.contains("# TYPE etl_messages_in_flight gauge"));
         // Unknown depth is left out rather than reported as 0.
@@ -301,8 +437,13 @@ mod tests {
         let text = sample().render();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
-            assert!(text.contains(&format!("# TYPE {base} ")), "no TYPE for {name}");
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "no TYPE for {name}"
+            );
         }
     }
 
@@ -321,15 +462,34 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(CONTENT_TYPE));
         let body = ok.split("\r\n\r\n").nth(1).unwrap();
-        let len: usize = ok.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
+        let len: usize = ok
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(len, body.len());
         assert!(body.contains("etl_messages_received_total"));
-        assert!(get("GET /nope HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
-        assert!(get("POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
+        assert!(
+            get("GET /nope HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            get("POST /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 405")
+        );
         let head = get("HEAD /healthz HTTP/1.1\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
         server.stop().await;
-        assert!(TcpStream::connect(addr).await.is_err(), "the port is released after stop");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the port is released after stop"
+        );
     }
 
     #[tokio::test]
@@ -337,7 +497,10 @@ mod tests {
         let first = serve("127.0.0.1:0", sample()).await.unwrap();
         let taken = first.local_addr().to_string();
         let err = serve(&taken, sample()).await.err().unwrap().to_string();
-        assert!(err.contains("--metrics-addr") && err.contains(&taken), "{err}");
+        assert!(
+            err.contains("--metrics-addr") && err.contains(&taken),
+            "{err}"
+        );
         first.stop().await;
     }
 }

@@ -39,7 +39,10 @@ pub enum PipelineError {
     #[error("{0}")]
     Sink(#[from] SinkError),
     #[error("cannot read input file {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     /// Shutdown could not write everything before its deadline.
     #[error(
         "shutdown deadline passed with {unwritten} message(s) not written; they were handed back to the queue \
@@ -109,7 +112,9 @@ impl Stats {
             retries: g(&self.retries),
             batches: g(&self.batches),
             elapsed_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-            messages_per_sec: ((g(&self.rows) + g(&self.rejects) + g(&self.duplicates)) as f64 / secs).round(),
+            messages_per_sec: ((g(&self.rows) + g(&self.rejects) + g(&self.duplicates)) as f64
+                / secs)
+                .round(),
         }
     }
 }
@@ -182,8 +187,13 @@ impl InFlight {
     /// Receipts whose visibility ends within `window`.
     fn due(&self, window: Duration) -> Vec<String> {
         let now = Instant::now();
-        let Ok(m) = self.map.lock() else { return Vec::new() };
-        m.iter().filter(|(_, d)| d.saturating_duration_since(now) <= window).map(|(r, _)| r.clone()).collect()
+        let Ok(m) = self.map.lock() else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter(|(_, d)| d.saturating_duration_since(now) <= window)
+            .map(|(r, _)| r.clone())
+            .collect()
     }
     /// Records a successful extension. Receipts deleted meanwhile are not added back.
     fn extended(&self, receipts: &[String], deadline: Instant) {
@@ -273,11 +283,15 @@ pub async fn run(
     // Past the shutdown deadline, writes and deletes in progress are abandoned.
     let hard_stop = CancellationToken::new();
     let deadline_task = {
-        let (cancel, hard_stop, grace) = (cancel.clone(), hard_stop.clone(), shutdown_deadline(spec));
+        let (cancel, hard_stop, grace) =
+            (cancel.clone(), hard_stop.clone(), shutdown_deadline(spec));
         tokio::spawn(async move {
             cancel.cancelled().await;
             tokio::time::sleep(grace).await;
-            tracing::warn!(deadline_secs = grace.as_secs(), "Shutdown is taking too long; handing unwritten messages back to the queue.");
+            tracing::warn!(
+                deadline_secs = grace.as_secs(),
+                "Shutdown is taking too long; handing unwritten messages back to the queue."
+            );
             hard_stop.cancel();
         })
     };
@@ -307,7 +321,13 @@ pub async fn run(
         }
         (SourceConfig::File(f), _) => {
             let path = f.path.clone();
-            let (p, tx2, st, stop, fatal2) = (processor.clone(), tx.clone(), stats.clone(), stop_polling.clone(), fatal.clone());
+            let (p, tx2, st, stop, fatal2) = (
+                processor.clone(),
+                tx.clone(),
+                stats.clone(),
+                stop_polling.clone(),
+                fatal.clone(),
+            );
             let chunk = spec.target.batch_size.min(1000);
             producers.push(tokio::spawn(async move {
                 if let Err(e) = file_loop(&path, chunk, p, tx2, st, stop.clone()).await {
@@ -316,7 +336,9 @@ pub async fn run(
                 }
             }));
         }
-        (SourceConfig::Sqs(_), None) => unreachable!("an SQS spec is always run with a queue client"),
+        (SourceConfig::Sqs(_), None) => {
+            unreachable!("an SQS spec is always run with a queue client")
+        }
     }
     drop(tx);
 
@@ -341,7 +363,13 @@ pub async fn run(
     }
     drop(ack_tx);
 
-    let acker = tokio::spawn(ack_loop(ack_rx, queue.clone(), in_flight.clone(), stats.clone(), hard_stop.clone()));
+    let acker = tokio::spawn(ack_loop(
+        ack_rx,
+        queue.clone(),
+        in_flight.clone(),
+        stats.clone(),
+        hard_stop.clone(),
+    ));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = match (&spec.source, &queue) {
         (SourceConfig::Sqs(cfg), Some(q)) => Some(tokio::spawn(heartbeat_loop(
@@ -380,7 +408,10 @@ pub async fn run(
 /// `source.max_receive_count`, and the retention period against `ledger.retention_hours`.
 /// Only advisory, so a failure to read them is a warning.
 async fn check_queue_settings(spec: &Spec, cfg: &SqsSourceConfig, queue: &dyn QueueClient) {
-    let names = vec!["RedrivePolicy".to_string(), "MessageRetentionPeriod".to_string()];
+    let names = vec![
+        "RedrivePolicy".to_string(),
+        "MessageRetentionPeriod".to_string(),
+    ];
     let attrs = match queue.queue_attributes(names).await {
         Ok(a) => a,
         Err(e) => {
@@ -400,16 +431,23 @@ async fn check_queue_settings(spec: &Spec, cfg: &SqsSourceConfig, queue: &dyn Qu
              goes to the rejects table before SQS would move it to the dead-letter queue after {max} receives.",
             cfg.max_receive_count
         ),
-        Some(None) => tracing::warn!("The queue's RedrivePolicy could not be read; relying on source.max_receive_count alone."),
+        Some(None) => tracing::warn!(
+            "The queue's RedrivePolicy could not be read; relying on source.max_receive_count alone."
+        ),
         None => tracing::debug!(
             max_receive_count = cfg.max_receive_count,
             "The queue has no redrive policy; messages received more than source.max_receive_count times go to the rejects table."
         ),
     }
-    let retention = attrs.get("MessageRetentionPeriod").and_then(|s| s.parse::<u64>().ok());
-    if let Some(secs) = retention.filter(|secs| spec.ledger.retention_hours.saturating_mul(3600) < *secs) {
+    let retention = attrs
+        .get("MessageRetentionPeriod")
+        .and_then(|s| s.parse::<u64>().ok());
+    if let Some(secs) =
+        retention.filter(|secs| spec.ledger.retention_hours.saturating_mul(3600) < *secs)
+    {
         tracing::warn!(
-            retention_secs = secs, ledger_retention_hours = spec.ledger.retention_hours,
+            retention_secs = secs,
+            ledger_retention_hours = spec.ledger.retention_hours,
             "ledger.retention_hours is shorter than the queue's retention period: a message redelivered after its \
              ledger entry was pruned would be written again. Raise ledger.retention_hours to at least {} hours.",
             secs.div_ceil(3600)
@@ -446,7 +484,11 @@ async fn poll_loop(
 ) {
     // Draining ends once the queue stayed empty for one whole long poll; a wait of 0 (short
     // polling samples only some servers) is raised to 1 s so "empty" means empty.
-    let wait = if opts.drain { cfg.wait_time_secs.max(1) } else { cfg.wait_time_secs };
+    let wait = if opts.drain {
+        cfg.wait_time_secs.max(1)
+    } else {
+        cfg.wait_time_secs
+    };
     let req = ReceiveRequest {
         max_messages: cfg.max_messages as i32,
         wait_time_secs: wait as i32,
@@ -498,10 +540,14 @@ async fn poll_loop(
             continue;
         }
         empty = 0;
-        stats.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        stats
+            .received
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.visibility_timeout_secs));
         in_flight.add(msgs.iter().map(|m| m.receipt_handle.clone()), deadline);
-        stats.in_flight.store(in_flight.len() as u64, Ordering::Relaxed);
+        stats
+            .in_flight
+            .store(in_flight.len() as u64, Ordering::Relaxed);
         for m in msgs {
             // Sending waits when writers are behind: backpressure instead of buffering.
             if tx.send(processor.process(m)).await.is_err() {
@@ -519,14 +565,21 @@ async fn file_loop(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let file_err = |source| PipelineError::File { path: path.to_string(), source };
-    let mut src = FileSource::open(std::path::Path::new(path)).await.map_err(file_err)?;
+    let file_err = |source| PipelineError::File {
+        path: path.to_string(),
+        source,
+    };
+    let mut src = FileSource::open(std::path::Path::new(path))
+        .await
+        .map_err(file_err)?;
     while !stop.is_cancelled() {
         let msgs = src.next_chunk(chunk).await.map_err(file_err)?;
         if msgs.is_empty() {
             break;
         }
-        stats.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        stats
+            .received
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         for m in msgs {
             if tx.send(processor.process(m)).await.is_err() {
                 return Ok(());
@@ -617,7 +670,8 @@ async fn write_loop(
                     );
                 }
                 WriteEnd::Deadline => {
-                    ctl.unwritten.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    ctl.unwritten
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 }
             }
             // Only what committed is deleted; the rest goes back to the queue at once.
@@ -641,7 +695,12 @@ async fn write_loop(
 /// Writes a batch, retrying transient errors with backoff; each retry resumes with the parts
 /// that have not committed. Gives up on a permanent error, after `Backoff::WRITE.max_elapsed`,
 /// or when `hard_stop` fires (abandoning even a statement in progress, e.g. one waiting on a lock).
-async fn write_with_retries(sink: &Sink, progress: &mut WriteProgress<'_>, stats: &Stats, hard_stop: &CancellationToken) -> WriteEnd {
+async fn write_with_retries(
+    sink: &Sink,
+    progress: &mut WriteProgress<'_>,
+    stats: &Stats,
+    hard_stop: &CancellationToken,
+) -> WriteEnd {
     let backoff = Backoff::WRITE;
     let first = Instant::now();
     let mut attempt = 0;
@@ -659,7 +718,11 @@ async fn write_with_retries(sink: &Sink, progress: &mut WriteProgress<'_>, stats
             return WriteEnd::Failed(e);
         }
         if first.elapsed() >= backoff.max_elapsed {
-            tracing::error!(attempts = attempt, seconds = first.elapsed().as_secs(), "Postgres writes kept failing; giving up.");
+            tracing::error!(
+                attempts = attempt,
+                seconds = first.elapsed().as_secs(),
+                "Postgres writes kept failing; giving up."
+            );
             return WriteEnd::Failed(e);
         }
         let delay = backoff.delay(attempt);
@@ -676,17 +739,35 @@ async fn write_with_retries(sink: &Sink, progress: &mut WriteProgress<'_>, stats
 }
 
 /// Makes messages visible again at once so another attempt (or process) picks them up.
-async fn release(queue: Option<&dyn QueueClient>, receipts: &[(String, String)], in_flight: &InFlight, stats: &Stats) {
+async fn release(
+    queue: Option<&dyn QueueClient>,
+    receipts: &[(String, String)],
+    in_flight: &InFlight,
+    stats: &Stats,
+) {
     in_flight.remove(receipts.iter().map(|(_, r)| r.as_str()));
-    stats.in_flight.store(in_flight.len() as u64, Ordering::Relaxed);
+    stats
+        .in_flight
+        .store(in_flight.len() as u64, Ordering::Relaxed);
     let Some(q) = queue else { return };
     for chunk in receipts.chunks(10) {
-        let entries = chunk.iter().enumerate().map(|(i, (_, r))| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| BatchEntry {
+                id: i.to_string(),
+                value: r.clone(),
+            })
+            .collect();
         match q.change_visibility_batch(entries, 0).await {
             Ok(failed) => {
-                stats.released.fetch_add((chunk.len() - failed.len()) as u64, Ordering::Relaxed);
+                stats
+                    .released
+                    .fetch_add((chunk.len() - failed.len()) as u64, Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(error = %e, "Could not release messages; they return after their visibility timeout."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not release messages; they return after their visibility timeout.")
+            }
         }
     }
 }
@@ -700,7 +781,9 @@ async fn ack_loop(
 ) {
     while let Some(acked) = rx.recv().await {
         let Some(q) = &queue else {
-            stats.deleted.fetch_add(acked.len() as u64, Ordering::Relaxed);
+            stats
+                .deleted
+                .fetch_add(acked.len() as u64, Ordering::Relaxed);
             continue;
         };
         let chunks: Vec<Vec<(String, String)>> = acked.chunks(10).map(<[_]>::to_vec).collect();
@@ -760,7 +843,10 @@ async fn heartbeat_loop(
         if due.is_empty() {
             continue;
         }
-        tracing::debug!(messages = due.len(), "Extending the visibility of in-flight messages.");
+        tracing::debug!(
+            messages = due.len(),
+            "Extending the visibility of in-flight messages."
+        );
         let chunks: Vec<Vec<String>> = due.chunks(10).map(<[_]>::to_vec).collect();
         let results: Vec<(usize, Option<SqsError>)> = futures::stream::iter(chunks)
             .map(|chunk| {
@@ -768,8 +854,18 @@ async fn heartbeat_loop(
                 async move {
                     // The new deadline counts from before the call, so it is never later than SQS's.
                     let deadline = Instant::now() + vt;
-                    let entries = chunk.iter().enumerate().map(|(i, r)| BatchEntry { id: i.to_string(), value: r.clone() }).collect();
-                    match queue.change_visibility_batch(entries, visibility_timeout_secs as i32).await {
+                    let entries = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| BatchEntry {
+                            id: i.to_string(),
+                            value: r.clone(),
+                        })
+                        .collect();
+                    match queue
+                        .change_visibility_batch(entries, visibility_timeout_secs as i32)
+                        .await
+                    {
                         // Entry failures are receipts deleted meanwhile or already expired (the
                         // message may then be redelivered; the ledger skips it).
                         Ok(failed) => {
@@ -801,7 +897,10 @@ async fn heartbeat_loop(
                 "Extending message visibility failed; messages may be redelivered (the ledger skips them). Retrying on the next tick."
             );
         } else if failed > 0 {
-            tracing::debug!(failed, "Some messages' visibility could not be extended (already deleted or expired).");
+            tracing::debug!(
+                failed,
+                "Some messages' visibility could not be extended (already deleted or expired)."
+            );
         }
     }
 }
@@ -813,8 +912,12 @@ mod tests {
     #[test]
     fn redrive_policy_count_as_number_or_string() {
         let aws = r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":5}"#;
-        let emu = r#"{"deadLetterTargetArn": "arn:aws:sqs:us-east-1:1:dlq", "maxReceiveCount": "3"}"#;
-        assert_eq!(parse_redrive_policy(aws), Some(("arn:aws:sqs:us-east-1:1:dlq".into(), 5)));
+        let emu =
+            r#"{"deadLetterTargetArn": "arn:aws:sqs:us-east-1:1:dlq", "maxReceiveCount": "3"}"#;
+        assert_eq!(
+            parse_redrive_policy(aws),
+            Some(("arn:aws:sqs:us-east-1:1:dlq".into(), 5))
+        );
         assert_eq!(parse_redrive_policy(emu).map(|p| p.1), Some(3));
         assert_eq!(parse_redrive_policy("{}"), None);
         assert_eq!(parse_redrive_policy("not json"), None);
@@ -824,14 +927,23 @@ mod tests {
     async fn in_flight_waits_for_room_and_extends_only_live_receipts() {
         let f = Arc::new(InFlight::default());
         let now = Instant::now();
-        f.add(["a".to_string(), "b".to_string()].into_iter(), now + Duration::from_millis(10));
-        f.add(["c".to_string()].into_iter(), now + Duration::from_secs(100));
+        f.add(
+            ["a".to_string(), "b".to_string()].into_iter(),
+            now + Duration::from_millis(10),
+        );
+        f.add(
+            ["c".to_string()].into_iter(),
+            now + Duration::from_secs(100),
+        );
         let mut due = f.due(Duration::from_secs(1));
         due.sort();
         assert_eq!(due, ["a", "b"]);
         f.remove(["a"].into_iter());
         f.extended(&due, now + Duration::from_secs(100));
-        assert!(f.due(Duration::from_secs(1)).is_empty(), "extended receipts are no longer due");
+        assert!(
+            f.due(Duration::from_secs(1)).is_empty(),
+            "extended receipts are no longer due"
+        );
         assert_eq!(f.len(), 2, "a receipt deleted meanwhile is not added back");
 
         let stop = CancellationToken::new();
@@ -841,8 +953,14 @@ mod tests {
             async move { f.wait_for_room(2, &stop).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "two in flight with a cap of two: no room");
+        assert!(
+            !waiter.is_finished(),
+            "two in flight with a cap of two: no room"
+        );
         f.remove(["b"].into_iter());
-        tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("room after a removal").expect("join");
+        tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("room after a removal")
+            .expect("join");
     }
 }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Outcome {
     /// A row for the target table (values in column order) and vault entries to store.
-    Row { values: Vec<Val>, vault: Vec<PendingVault> },
+    Row {
+        values: Vec<Val>,
+        vault: Vec<PendingVault>,
+    },
     /// The message can never succeed; the reason names the stage and column, never a value.
     Reject { reason: String },
 }
@@ -33,7 +36,10 @@ impl std::fmt::Debug for Processed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Processed")
             .field("message_id", &self.message_id)
-            .field("reject_body_len", &self.reject_body.as_ref().map(String::len))
+            .field(
+                "reject_body_len",
+                &self.reject_body.as_ref().map(String::len),
+            )
             .field("outcome", &self.outcome)
             .finish()
     }
@@ -49,8 +55,16 @@ pub struct Processor {
 
 impl Processor {
     /// `tokenizer` is required when a column hashes or encrypts (checked by the caller).
-    pub fn new(columns: Vec<Column>, tokenizer: Option<Tokenizer>, max_receive_count: Option<u32>) -> Self {
-        Self { columns: Arc::new(columns), tokenizer, max_receive_count }
+    pub fn new(
+        columns: Vec<Column>,
+        tokenizer: Option<Tokenizer>,
+        max_receive_count: Option<u32>,
+    ) -> Self {
+        Self {
+            columns: Arc::new(columns),
+            tokenizer,
+            max_receive_count,
+        }
     }
 
     /// The columns, in write order.
@@ -62,16 +76,26 @@ impl Processor {
     pub fn process(&self, msg: ReceivedMessage) -> Processed {
         let outcome = self.outcome(&msg);
         let reject_body = matches!(outcome, Outcome::Reject { .. }).then_some(msg.body);
-        Processed { message_id: msg.message_id, receipt_handle: msg.receipt_handle, reject_body, outcome }
+        Processed {
+            message_id: msg.message_id,
+            receipt_handle: msg.receipt_handle,
+            reject_body,
+            outcome,
+        }
     }
 
     fn outcome(&self, msg: &ReceivedMessage) -> Outcome {
         let reject = |reason: String| Outcome::Reject { reason };
-        if let (Some(limit), Some(count)) =
-            (self.max_receive_count, msg.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse::<u32>().ok()))
-        {
+        if let (Some(limit), Some(count)) = (
+            self.max_receive_count,
+            msg.attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse::<u32>().ok()),
+        ) {
             if count > limit {
-                return reject(format!("received {count} times, more than source.max_receive_count ({limit})"));
+                return reject(format!(
+                    "received {count} times, more than source.max_receive_count ({limit})"
+                ));
             }
         }
         let body = match decode(&msg.body) {
@@ -86,9 +110,16 @@ impl Processor {
                 Err(e) => return reject(format!("column {}: extract: {e}", col.name)),
             };
             if col.required && v.is_null() {
-                return reject(format!("column {}: required value is missing or null", col.name));
+                return reject(format!(
+                    "column {}: required value is missing or null",
+                    col.name
+                ));
             }
-            let mut ctx = Context { tokenizer: self.tokenizer.as_ref(), column: &col.name, vault: &mut vault };
+            let mut ctx = Context {
+                tokenizer: self.tokenizer.as_ref(),
+                column: &col.name,
+                vault: &mut vault,
+            };
             for t in &col.transforms {
                 v = match t.apply(v, &mut ctx) {
                     Ok(v) => v,

@@ -33,7 +33,11 @@ pub enum ProgressMode {
 impl ProgressMode {
     /// `Line` when stderr is a terminal, `Log` otherwise.
     pub fn auto() -> Self {
-        if std::io::stderr().is_terminal() { ProgressMode::Line } else { ProgressMode::Log }
+        if std::io::stderr().is_terminal() {
+            ProgressMode::Line
+        } else {
+            ProgressMode::Log
+        }
     }
 }
 
@@ -56,7 +60,10 @@ pub struct QueueDepth {
 
 impl Default for QueueDepth {
     fn default() -> Self {
-        Self { visible: AtomicI64::new(-1), not_visible: AtomicI64::new(-1) }
+        Self {
+            visible: AtomicI64::new(-1),
+            not_visible: AtomicI64::new(-1),
+        }
     }
 }
 
@@ -70,7 +77,10 @@ impl QueueDepth {
         u64::try_from(self.not_visible.load(Ordering::Relaxed)).ok()
     }
     fn set(&self, cell: &AtomicI64, v: Option<&String>) {
-        if let Some(n) = v.and_then(|s| s.trim().parse::<i64>().ok()).filter(|n| *n >= 0) {
+        if let Some(n) = v
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+        {
             cell.store(n, Ordering::Relaxed);
         }
     }
@@ -108,7 +118,12 @@ impl Progress {
         if let Some(q) = cfg.queue.clone()
             && (cfg.poll_depth || cfg.mode != ProgressMode::Off)
         {
-            tasks.push(tokio::spawn(poll_depth(q, cfg.depth.clone(), DEPTH_POLL_INTERVAL, stop.clone())));
+            tasks.push(tokio::spawn(poll_depth(
+                q,
+                cfg.depth.clone(),
+                DEPTH_POLL_INTERVAL,
+                stop.clone(),
+            )));
         }
         if cfg.mode != ProgressMode::Off {
             tasks.push(tokio::spawn(report(cfg, stop.clone())));
@@ -126,13 +141,24 @@ impl Progress {
     }
 }
 
-async fn poll_depth(queue: Arc<dyn QueueClient>, depth: Arc<QueueDepth>, every: Duration, stop: CancellationToken) {
-    let names = vec!["ApproximateNumberOfMessages".to_string(), "ApproximateNumberOfMessagesNotVisible".to_string()];
+async fn poll_depth(
+    queue: Arc<dyn QueueClient>,
+    depth: Arc<QueueDepth>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let names = vec![
+        "ApproximateNumberOfMessages".to_string(),
+        "ApproximateNumberOfMessagesNotVisible".to_string(),
+    ];
     loop {
         match queue.queue_attributes(names.clone()).await {
             Ok(attrs) => {
                 depth.set(&depth.visible, attrs.get("ApproximateNumberOfMessages"));
-                depth.set(&depth.not_visible, attrs.get("ApproximateNumberOfMessagesNotVisible"));
+                depth.set(
+                    &depth.not_visible,
+                    attrs.get("ApproximateNumberOfMessagesNotVisible"),
+                );
             }
             // Only an estimate for display: keep the last value and try again next time.
             Err(e) => tracing::debug!(error = %e, "Reading the queue depth failed."),
@@ -183,7 +209,10 @@ impl Snapshot {
         if let Some(d) = self.queue_depth {
             line.push_str(&format!("  queue ~{}", compact(d)));
         }
-        for tail in [format!("  {}s", self.elapsed.as_secs()), format!("  [{pipeline}]")] {
+        for tail in [
+            format!("  {}s", self.elapsed.as_secs()),
+            format!("  [{pipeline}]"),
+        ] {
             if line.chars().count() + tail.chars().count() <= MAX_LINE {
                 line.push_str(&tail);
             }
@@ -206,7 +235,13 @@ fn compact(n: u64) -> String {
         n if n < 999_500_000 => (n as f64 / 1e6, "M"),
         n => (n as f64 / 1e9, "G"),
     };
-    let digits = if v < 10.0 { 2 } else if v < 100.0 { 1 } else { 0 };
+    let digits = if v < 10.0 {
+        2
+    } else if v < 100.0 {
+        1
+    } else {
+        0
+    };
     format!("{v:.digits$}{unit}")
 }
 
@@ -218,21 +253,40 @@ struct RateWindow {
 
 impl RateWindow {
     fn new(window: Duration) -> Self {
-        Self { samples: VecDeque::new(), window }
+        Self {
+            samples: VecDeque::new(),
+            window,
+        }
     }
     fn rate(&mut self, now: Instant, done: u64) -> f64 {
         self.samples.push_back((now, done));
         // Keep one sample at or beyond the window's start so the span covers the whole window.
-        while self.samples.len() > 2 && self.samples.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= self.window) {
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= self.window)
+        {
             self.samples.pop_front();
         }
-        let Some(&(t0, d0)) = self.samples.front() else { return 0.0 };
+        let Some(&(t0, d0)) = self.samples.front() else {
+            return 0.0;
+        };
         let secs = now.duration_since(t0).as_secs_f64();
-        if secs <= 0.0 { 0.0 } else { done.saturating_sub(d0) as f64 / secs }
+        if secs <= 0.0 {
+            0.0
+        } else {
+            done.saturating_sub(d0) as f64 / secs
+        }
     }
 }
 
-fn snapshot(stats: &Stats, depth: &QueueDepth, rate: &mut RateWindow, started: Instant) -> Snapshot {
+fn snapshot(
+    stats: &Stats,
+    depth: &QueueDepth,
+    rate: &mut RateWindow,
+    started: Instant,
+) -> Snapshot {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let (written, rejected, duplicates) = (g(&stats.rows), g(&stats.rejects), g(&stats.duplicates));
     let now = Instant::now();
@@ -299,7 +353,10 @@ const ERASE: &[u8] = b"\r\x1b[2K";
 
 fn draw_line(out: &mut impl Write, line: &str) {
     let mut shown = live_line();
-    let _ = out.write_all(ERASE).and_then(|_| out.write_all(line.as_bytes())).and_then(|_| out.flush());
+    let _ = out
+        .write_all(ERASE)
+        .and_then(|_| out.write_all(line.as_bytes()))
+        .and_then(|_| out.flush());
     *shown = true;
 }
 
@@ -314,7 +371,9 @@ fn erase_line(out: &mut impl Write) {
 /// The writer for log output: stderr, with the live progress line erased first when it is
 /// shown. Pass it to the logger (e.g. `tracing_subscriber::fmt().with_writer(log_writer)`).
 pub fn log_writer() -> LogWriter<std::io::Stderr> {
-    LogWriter { out: std::io::stderr() }
+    LogWriter {
+        out: std::io::stderr(),
+    }
 }
 
 /// See [`log_writer`].
@@ -355,18 +414,44 @@ mod tests {
             elapsed: Duration::from_secs(377),
         };
         let line = s.line("logins");
-        assert_eq!(line, "recv 1.23M  written 1.20M  rejected 34.0k  dup 12  3456 msg/s  queue ~98.8M");
+        assert_eq!(
+            line,
+            "recv 1.23M  written 1.20M  rejected 34.0k  dup 12  3456 msg/s  queue ~98.8M"
+        );
         assert!(line.chars().count() <= MAX_LINE);
         let long = s.line(&"x".repeat(200));
         assert_eq!(long, line, "a long name is left out, not wrapped");
-        let small = Snapshot { received: 150, written: 130, rejected: 20, duplicates: 0, rate_per_sec: 75.0, ..s };
-        let no_depth = Snapshot { queue_depth: None, ..small }.line("logins");
-        assert_eq!(no_depth, "recv 150  written 130  rejected 20  dup 0  75 msg/s  377s  [logins]");
+        let small = Snapshot {
+            received: 150,
+            written: 130,
+            rejected: 20,
+            duplicates: 0,
+            rate_per_sec: 75.0,
+            ..s
+        };
+        let no_depth = Snapshot {
+            queue_depth: None,
+            ..small
+        }
+        .line("logins");
+        assert_eq!(
+            no_depth,
+            "recv 150  written 130  rejected 20  dup 0  75 msg/s  377s  [logins]"
+        );
     }
 
     #[test]
     fn compact_numbers() {
-        let cases = [(0, "0"), (9_999, "9999"), (10_000, "10.0k"), (123_456, "123k"), (999_499, "999k"), (999_999, "1.00M"), (1_500_000, "1.50M"), (7_000_000_000, "7.00G")];
+        let cases = [
+            (0, "0"),
+            (9_999, "9999"),
+            (10_000, "10.0k"),
+            (123_456, "123k"),
+            (999_499, "999k"),
+            (999_999, "1.00M"),
+            (1_500_000, "1.50M"),
+            (7_000_000_000, "7.00G"),
+        ];
         for (n, want) in cases {
             assert_eq!(compact(n), want, "{n}");
         }
@@ -414,6 +499,9 @@ mod tests {
         draw_line(&mut screen, "logins: received 20");
         erase_line(&mut tail);
         assert_eq!(tail, ERASE);
-        assert_eq!(String::from_utf8(screen).unwrap(), "\r\x1b[2Klogins: received 10\r\x1b[2Klogins: received 20");
+        assert_eq!(
+            String::from_utf8(screen).unwrap(),
+            "\r\x1b[2Klogins: received 10\r\x1b[2Klogins: received 20"
+        );
     }
 }

@@ -19,11 +19,17 @@ pub struct Backoff {
 
 impl Backoff {
     /// For Postgres writes: long enough to ride out a database restart.
-    pub const WRITE: Backoff =
-        Backoff { initial: Duration::from_millis(100), max_delay: Duration::from_secs(5), max_elapsed: Duration::from_secs(300) };
+    pub const WRITE: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        max_elapsed: Duration::from_secs(300),
+    };
     /// For SQS calls: long enough to ride out an endpoint restart.
-    pub const SQS: Backoff =
-        Backoff { initial: Duration::from_millis(100), max_delay: Duration::from_secs(5), max_elapsed: Duration::from_secs(300) };
+    pub const SQS: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        max_elapsed: Duration::from_secs(300),
+    };
 
     /// The delay before retry `attempt` (1-based): `initial * 2^attempt`, capped at `max_delay`,
     /// then a random point in its upper half ("equal jitter": never less than half the step).
@@ -31,7 +37,11 @@ impl Backoff {
         let exp = self.initial.saturating_mul(1u32 << attempt.min(16));
         let cap = exp.min(self.max_delay);
         let mut r = [0u8; 4];
-        let frac = if getrandom::fill(&mut r).is_ok() { f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX) } else { 0.5 };
+        let frac = if getrandom::fill(&mut r).is_ok() {
+            f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX)
+        } else {
+            0.5
+        };
         cap.mul_f64(0.5 + frac / 2.0)
     }
 }
@@ -76,21 +86,37 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_then_succeeds_and_stops_on_permanent() {
-        let b = Backoff { initial: Duration::from_millis(1), max_delay: Duration::from_millis(2), max_elapsed: Duration::from_secs(5) };
+        let b = Backoff {
+            initial: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_elapsed: Duration::from_secs(5),
+        };
         let cancel = CancellationToken::new();
         let mut n = 0;
-        let r: Result<u32, &str> = retry(b, &cancel, |e| *e == "transient", |_, _, _| {}, || {
-            n += 1;
-            let v = n;
-            async move { if v < 3 { Err("transient") } else { Ok(v) } }
-        })
+        let r: Result<u32, &str> = retry(
+            b,
+            &cancel,
+            |e| *e == "transient",
+            |_, _, _| {},
+            || {
+                n += 1;
+                let v = n;
+                async move { if v < 3 { Err("transient") } else { Ok(v) } }
+            },
+        )
         .await;
         assert_eq!(r, Ok(3));
         let mut calls = 0;
-        let r: Result<u32, &str> = retry(b, &cancel, |e| *e == "transient", |_, _, _| {}, || {
-            calls += 1;
-            async { Err("permanent") }
-        })
+        let r: Result<u32, &str> = retry(
+            b,
+            &cancel,
+            |e| *e == "transient",
+            |_, _, _| {},
+            || {
+                calls += 1;
+                async { Err("permanent") }
+            },
+        )
         .await;
         assert_eq!((r, calls), (Err("permanent"), 1));
     }

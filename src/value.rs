@@ -109,7 +109,10 @@ impl Val {
             Val::Int(i) => (*i).into(),
             Val::BigInt(i) => (*i).into(),
             Val::Bool(b) => (*b).into(),
-            other => other.to_text().map(serde_json::Value::String).unwrap_or(serde_json::Value::Null),
+            other => other
+                .to_text()
+                .map(serde_json::Value::String)
+                .unwrap_or(serde_json::Value::Null),
         }
     }
 }

@@ -29,7 +29,13 @@ struct Knobs {
 
 impl Default for Knobs {
     fn default() -> Self {
-        Knobs { visibility_timeout_secs: 30, max_receive_count: 10, pollers: 2, batch_size: 200, flush_interval_ms: 100 }
+        Knobs {
+            visibility_timeout_secs: 30,
+            max_receive_count: 10,
+            pollers: 2,
+            batch_size: 200,
+            flush_interval_ms: 100,
+        }
     }
 }
 
@@ -113,7 +119,11 @@ async fn send_bodies(url: &str, bodies: &[String]) {
         let mut req = c.send_message_batch().queue_url(url);
         for (i, b) in chunk.iter().enumerate() {
             req = req.entries(
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).build().unwrap(),
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap(),
             );
         }
         let out = req.send().await.unwrap();
@@ -140,7 +150,14 @@ impl Setup {
         let keyring = keygen(dir.path(), "k.json");
         let spec = spec_file(dir.path(), &name, &db, &k);
         let pool = PgPool::connect(&db).await.unwrap();
-        Setup { dir, db, queue_url, keyring, spec, pool }
+        Setup {
+            dir,
+            db,
+            queue_url,
+            keyring,
+            spec,
+            pool,
+        }
     }
     fn spec_s(&self) -> &str {
         self.spec.to_str().unwrap()
@@ -150,13 +167,25 @@ impl Setup {
     }
     /// Runs `run --drain` to the end; returns the summary and stderr.
     fn drain(&self, expect_ok: bool) -> (serde_json::Value, String) {
-        let summary = self.dir.path().join(format!("summary-{}.json", unique("s")));
+        let summary = self
+            .dir
+            .path()
+            .join(format!("summary-{}.json", unique("s")));
         let out = run_engine(
-            &["run", self.spec_s(), "--drain", "--summary-json", summary.to_str().unwrap()],
+            &[
+                "run",
+                self.spec_s(),
+                "--drain",
+                "--summary-json",
+                summary.to_str().unwrap(),
+            ],
             &[("ETL_KEYRING", self.kr())],
             expect_ok,
         );
-        let s = std::fs::read_to_string(&summary).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let s = std::fs::read_to_string(&summary)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
         (s, String::from_utf8_lossy(&out.stderr).into_owned())
     }
     /// Starts the engine in the background; stderr goes to a file (read with [`Engine::stderr`]).
@@ -164,24 +193,47 @@ impl Setup {
         let stderr_path = self.dir.path().join(format!("{}.log", unique("engine")));
         let summary = self.dir.path().join(format!("{}.json", unique("summary")));
         let mut c = engine();
-        c.args(["run", self.spec_s(), "--summary-json", summary.to_str().unwrap()]);
+        c.args([
+            "run",
+            self.spec_s(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ]);
         if drain {
             c.arg("--drain");
         }
-        c.env("ETL_KEYRING", self.kr()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr_path).unwrap());
-        Engine { child: c.spawn().unwrap(), stderr_path, summary }
+        c.env("ETL_KEYRING", self.kr())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        Engine {
+            child: c.spawn().unwrap(),
+            stderr_path,
+            summary,
+        }
     }
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.unwrap().0
+        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+            .0
     }
     /// (rows, distinct user ids) in the target table.
     async fn rows(&self) -> (i64, i64) {
-        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM user_logins").fetch_one(&self.pool).await.unwrap()
+        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM user_logins")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
     /// Holds `mode` lock on `table` until the returned connection's transaction ends.
     async fn lock(&self, table: &str, mode: &str) -> PgConnection {
         let mut c = PgConnection::connect(&self.db).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))).execute(&mut c).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN; LOCK TABLE {table} IN {mode} MODE"
+        )))
+        .execute(&mut c)
+        .await
+        .unwrap();
         c
     }
     /// Waits for a backend blocked on a lock while running a statement that mentions `needle`.
@@ -199,7 +251,10 @@ impl Setup {
             if let Some((pid,)) = pid {
                 return pid;
             }
-            assert!(start.elapsed() < timeout, "no statement on {needle} blocked within {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "no statement on {needle} blocked within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -217,7 +272,11 @@ struct Engine {
 
 impl Engine {
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} failed");
     }
     /// Waits for exit; panics after `timeout` (killing the process).
@@ -229,7 +288,10 @@ impl Engine {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!("engine did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "engine did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -238,7 +300,8 @@ impl Engine {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
     fn summary(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(&self.summary).unwrap_or_default()).unwrap_or_default()
+        serde_json::from_str(&std::fs::read_to_string(&self.summary).unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -253,13 +316,19 @@ impl Drop for Engine {
 
 #[tokio::test]
 async fn heartbeat_keeps_messages_invisible_while_a_write_outlasts_the_visibility_timeout() {
-    let s = Setup::new(Knobs { visibility_timeout_secs: 2, pollers: 1, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        visibility_timeout_secs: 2,
+        pollers: 1,
+        ..Knobs::default()
+    })
+    .await;
     let bodies: Vec<String> = (0..3).map(|i| body("hb", i)).collect();
     send_bodies(&s.queue_url, &bodies).await;
     // Inserts into the target table wait on this lock: the write takes as long as we hold it.
     let mut lock = s.lock("user_logins", "SHARE").await;
     let mut engine = s.spawn(true);
-    s.blocked_backend("user_logins", Duration::from_secs(20)).await;
+    s.blocked_backend("user_logins", Duration::from_secs(20))
+        .await;
 
     // A competing consumer polls for 4 visibility timeouts: if the engine let the timeout lapse,
     // SQS would hand it the messages (a second delivery).
@@ -267,8 +336,18 @@ async fn heartbeat_keeps_messages_invisible_while_a_write_outlasts_the_visibilit
     let until = Instant::now() + Duration::from_secs(8);
     let mut polls = 0;
     while Instant::now() < until {
-        let got = c.receive_message().queue_url(&s.queue_url).max_number_of_messages(10).visibility_timeout(30).send().await.unwrap();
-        assert!(got.messages().is_empty(), "a message became visible again while its batch was still being written");
+        let got = c
+            .receive_message()
+            .queue_url(&s.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            got.messages().is_empty(),
+            "a message became visible again while its batch was still being written"
+        );
         polls += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -279,14 +358,26 @@ async fn heartbeat_keeps_messages_invisible_while_a_write_outlasts_the_visibilit
     let st = engine.wait(Duration::from_secs(30)).await;
     assert!(st.success(), "{}", engine.stderr());
     let sum = engine.summary();
-    assert_eq!((sum["received"].as_u64(), sum["rows"].as_u64(), sum["duplicates"].as_u64()), (Some(3), Some(3), Some(0)), "{sum}");
+    assert_eq!(
+        (
+            sum["received"].as_u64(),
+            sum["rows"].as_u64(),
+            sum["duplicates"].as_u64()
+        ),
+        (Some(3), Some(3), Some(0)),
+        "{sum}"
+    );
     assert_eq!(s.rows().await, (3, 3));
     assert_eq!(s.depth().await, (0, 0));
 }
 
 #[tokio::test]
 async fn a_message_received_more_than_max_receive_count_times_is_rejected_with_the_reason() {
-    let s = Setup::new(Knobs { max_receive_count: 2, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        max_receive_count: 2,
+        ..Knobs::default()
+    })
+    .await;
     send_bodies(&s.queue_url, &[body("mrc", 1)]).await;
     // Two earlier deliveries that never completed.
     let c = sqs_client(&sqs_endpoint()).await;
@@ -295,20 +386,38 @@ async fn a_message_received_more_than_max_receive_count_times_is_rejected_with_t
             .receive_message()
             .queue_url(&s.queue_url)
             .visibility_timeout(0)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
             .wait_time_seconds(2)
             .send()
             .await
             .unwrap();
-        let count = got.messages()[0].attributes().unwrap()[&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount].clone();
+        let count = got.messages()[0].attributes().unwrap()
+            [&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount]
+            .clone();
         assert_eq!(count, n.to_string());
     }
     let (sum, err) = s.drain(true);
-    assert_eq!((sum["rows"].as_u64(), sum["rejects"].as_u64()), (Some(0), Some(1)), "{sum}\n{err}");
-    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM etl_rejects").fetch_one(&s.pool).await.unwrap();
-    assert!(reason.contains("received 3 times") && reason.contains("max_receive_count (2)"), "{reason}");
+    assert_eq!(
+        (sum["rows"].as_u64(), sum["rejects"].as_u64()),
+        (Some(0), Some(1)),
+        "{sum}\n{err}"
+    );
+    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM etl_rejects")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("received 3 times") && reason.contains("max_receive_count (2)"),
+        "{reason}"
+    );
     assert_eq!(s.rows().await, (0, 0));
-    assert_eq!(s.depth().await, (0, 0), "a rejected message is deleted, not left to loop");
+    assert_eq!(
+        s.depth().await,
+        (0, 0),
+        "a rejected message is deleted, not left to loop"
+    );
 }
 
 /// Creates a queue with a dead-letter queue; returns (queue name, queue url, dlq url).
@@ -326,11 +435,16 @@ async fn queue_with_dlq(max_receive_count: u32) -> (String, String, String) {
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
     let name = unique("q").replace('_', "-");
-    let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count}).to_string();
+    let policy =
+        serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count})
+            .to_string();
     let url = c
         .create_queue()
         .queue_name(&name)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, policy)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            policy,
+        )
         .send()
         .await
         .unwrap()
@@ -342,7 +456,14 @@ async fn queue_with_dlq(max_receive_count: u32) -> (String, String, String) {
 async fn receive_and_abandon(url: &str, times: usize) {
     let c = sqs_client(&sqs_endpoint()).await;
     for _ in 0..times {
-        let got = c.receive_message().queue_url(url).visibility_timeout(0).wait_time_seconds(2).send().await.unwrap();
+        let got = c
+            .receive_message()
+            .queue_url(url)
+            .visibility_timeout(0)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(got.messages().len(), 1);
     }
 }
@@ -359,34 +480,78 @@ async fn the_queues_dead_letter_move_is_not_preempted_unless_max_receive_count_i
     send_bodies(&url, &[body("dlq", 1)]).await;
     receive_and_abandon(&url, 2).await;
     let spec = spec_file(dir.path(), &name, &db, &Knobs::default());
-    let out = run_engine(&["run", spec.to_str().unwrap(), "--drain"], &[("ETL_KEYRING", keyring.to_str().unwrap())], true);
+    let out = run_engine(
+        &["run", spec.to_str().unwrap(), "--drain"],
+        &[("ETL_KEYRING", keyring.to_str().unwrap())],
+        true,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("redrive policy") && err.contains("after 2 receives"), "{err}");
+    assert!(
+        err.contains("redrive policy") && err.contains("after 2 receives"),
+        "{err}"
+    );
     let pool = PgPool::connect(&db).await.unwrap();
     let n = |sql: &'static str| {
         let pool = pool.clone();
-        async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&pool).await.unwrap().0 }
+        async move {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .0
+        }
     };
-    assert_eq!((n("SELECT count(*) FROM user_logins").await, n("SELECT count(*) FROM etl_rejects").await), (0, 0));
-    assert_eq!(queue_depth(&sqs_endpoint(), &dlq).await, (1, 0), "SQS moved it to the dead-letter queue");
+    assert_eq!(
+        (
+            n("SELECT count(*) FROM user_logins").await,
+            n("SELECT count(*) FROM etl_rejects").await
+        ),
+        (0, 0)
+    );
+    assert_eq!(
+        queue_depth(&sqs_endpoint(), &dlq).await,
+        (1, 0),
+        "SQS moved it to the dead-letter queue"
+    );
 
     // Ours 1 < queue's 5: the engine rejects it (with the reason) before SQS would move it.
     let dir2 = tempfile::tempdir().unwrap();
     let (name2, url2, dlq2) = queue_with_dlq(5).await;
     send_bodies(&url2, &[body("dlq", 2)]).await;
     receive_and_abandon(&url2, 1).await;
-    let spec2 = spec_file(dir2.path(), &name2, &db, &Knobs { max_receive_count: 1, ..Knobs::default() });
-    let out = run_engine(&["run", spec2.to_str().unwrap(), "--drain"], &[("ETL_KEYRING", keyring.to_str().unwrap())], true);
+    let spec2 = spec_file(
+        dir2.path(),
+        &name2,
+        &db,
+        &Knobs {
+            max_receive_count: 1,
+            ..Knobs::default()
+        },
+    );
+    let out = run_engine(
+        &["run", spec2.to_str().unwrap(), "--drain"],
+        &[("ETL_KEYRING", keyring.to_str().unwrap())],
+        true,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is lower"), "{err}");
-    assert_eq!(n("SELECT count(*) FROM etl_rejects WHERE reason LIKE '%max_receive_count (1)%'").await, 1);
+    assert_eq!(
+        n("SELECT count(*) FROM etl_rejects WHERE reason LIKE '%max_receive_count (1)%'").await,
+        1
+    );
     assert_eq!(queue_depth(&sqs_endpoint(), &dlq2).await, (0, 0));
     assert_eq!(queue_depth(&sqs_endpoint(), &url2).await, (0, 0));
 }
 
 #[tokio::test]
 async fn one_row_postgres_refuses_is_rejected_and_the_other_49_commit() {
-    let s = Setup::new(Knobs { pollers: 1, batch_size: 100, flush_interval_ms: 1500, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        pollers: 1,
+        batch_size: 100,
+        flush_interval_ms: 1500,
+        ..Knobs::default()
+    })
+    .await;
     let secret = "x".repeat(40); // device_type is varchar(32)
     let mut bodies: Vec<String> = (0..50).map(|i| body("split", i)).collect();
     let mut bad: serde_json::Value = serde_json::from_str(&bodies[17]).unwrap();
@@ -394,18 +559,36 @@ async fn one_row_postgres_refuses_is_rejected_and_the_other_49_commit() {
     bodies[17] = bad.to_string();
     send_bodies(&s.queue_url, &bodies).await;
     let (sum, err) = s.drain(true);
-    assert_eq!((sum["rows"].as_u64(), sum["rejects"].as_u64()), (Some(49), Some(1)), "{sum}\n{err}");
-    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM etl_rejects").fetch_one(&s.pool).await.unwrap();
-    assert!(reason.contains("22001") && reason.contains("character varying(32)"), "{reason}");
+    assert_eq!(
+        (sum["rows"].as_u64(), sum["rejects"].as_u64()),
+        (Some(49), Some(1)),
+        "{sum}\n{err}"
+    );
+    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM etl_rejects")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("22001") && reason.contains("character varying(32)"),
+        "{reason}"
+    );
     assert!(!reason.contains(&secret));
     assert_eq!(s.rows().await, (49, 49));
-    assert_eq!(s.count("SELECT count(*) FROM user_logins WHERE user_id = 'split-00017'").await, 0);
+    assert_eq!(
+        s.count("SELECT count(*) FROM user_logins WHERE user_id = 'split-00017'")
+            .await,
+        0
+    );
     assert_eq!(s.count("SELECT count(*) FROM etl_ledger").await, 50);
     assert_eq!(s.depth().await, (0, 0));
 }
 
 /// Processes bodies the way the engine does, for driving the sink directly.
-fn processed(spec: &etl_engine::spec::Spec, keyring: &Path, bodies: &[String]) -> (Vec<Processed>, Arc<etl_engine::vault::VaultCipher>) {
+fn processed(
+    spec: &etl_engine::spec::Spec,
+    keyring: &Path,
+    bodies: &[String],
+) -> (Vec<Processed>, Arc<etl_engine::vault::VaultCipher>) {
     let ring = etl_engine::vault::Keyring::from_file(keyring).unwrap();
     let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
     let processor = Processor::new(spec.columns.clone(), Some(tok), None);
@@ -423,35 +606,71 @@ fn processed(spec: &etl_engine::spec::Spec, keyring: &Path, bodies: &[String]) -
             })
         })
         .collect();
-    (batch, Arc::new(etl_engine::vault::VaultCipher::new(&ring).unwrap()))
+    (
+        batch,
+        Arc::new(etl_engine::vault::VaultCipher::new(&ring).unwrap()),
+    )
 }
 
 async fn sink_for(s: &Setup, bodies: &[String]) -> (Sink, Vec<Processed>) {
     let spec = etl_engine::spec::load_spec(&s.spec).unwrap();
-    etl_engine::sink::schema::ensure(&s.pool, &spec).await.unwrap();
+    etl_engine::sink::schema::ensure(&s.pool, &spec)
+        .await
+        .unwrap();
     let (batch, cipher) = processed(&spec, &s.keyring, bodies);
-    (Sink::new(s.pool.clone(), &spec, Arc::new(spec.columns.clone()), cipher), batch)
+    (
+        Sink::new(
+            s.pool.clone(),
+            &spec,
+            Arc::new(spec.columns.clone()),
+            cipher,
+        ),
+        batch,
+    )
 }
 
 #[tokio::test]
 async fn a_check_constraint_violation_is_isolated_within_one_batch() {
     let s = Setup::new(Knobs::default()).await;
-    exec(&s.db, "ALTER TABLE user_logins ADD CONSTRAINT app_version_positive CHECK (app_version > 0)").await;
+    exec(
+        &s.db,
+        "ALTER TABLE user_logins ADD CONSTRAINT app_version_positive CHECK (app_version > 0)",
+    )
+    .await;
     let mut bodies: Vec<String> = (0..50).map(|i| body("chk", i)).collect();
     bodies[33] = bodies[33].replace("\"2.3.3\"", "\"0.0.0\"");
     let (sink, batch) = sink_for(&s, &bodies).await;
     let report = sink.write(&batch).await.unwrap();
-    assert_eq!((report.rows, report.rejects, report.duplicates, report.acked.len()), (49, 1, 0, 50));
-    let (id, reason): (String, String) = sqlx::query_as("SELECT message_id, reason FROM etl_rejects").fetch_one(&s.pool).await.unwrap();
+    assert_eq!(
+        (
+            report.rows,
+            report.rejects,
+            report.duplicates,
+            report.acked.len()
+        ),
+        (49, 1, 0, 50)
+    );
+    let (id, reason): (String, String) =
+        sqlx::query_as("SELECT message_id, reason FROM etl_rejects")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
     assert_eq!(id, "m-033");
-    assert!(reason.contains("23514") && reason.contains("app_version_positive"), "{reason}");
+    assert!(
+        reason.contains("23514") && reason.contains("app_version_positive"),
+        "{reason}"
+    );
     assert_eq!(s.rows().await, (49, 49));
 }
 
 #[tokio::test]
 async fn a_transient_error_after_a_partial_commit_retries_only_the_uncommitted_part() {
     let s = Setup::new(Knobs::default()).await;
-    exec(&s.db, "ALTER TABLE user_logins ADD CONSTRAINT app_version_positive CHECK (app_version > 0)").await;
+    exec(
+        &s.db,
+        "ALTER TABLE user_logins ADD CONSTRAINT app_version_positive CHECK (app_version > 0)",
+    )
+    .await;
     let mut bodies: Vec<String> = (0..50).map(|i| body("part", i)).collect();
     bodies[40] = bodies[40].replace("\"2.3.0\"", "\"0.0.0\"");
     let (sink, batch) = sink_for(&s, &bodies).await;
@@ -460,21 +679,41 @@ async fn a_transient_error_after_a_partial_commit_retries_only_the_uncommitted_p
     let mut lock = s.lock("etl_rejects", "SHARE").await;
     let mut progress = WriteProgress::new(&batch);
     let (first, ()) = tokio::join!(sink.write_resumable(&mut progress), async {
-        let pid = s.blocked_backend("etl_rejects", Duration::from_secs(20)).await;
-        sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&s.pool).await.unwrap();
+        let pid = s
+            .blocked_backend("etl_rejects", Duration::from_secs(20))
+            .await;
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&s.pool)
+            .await
+            .unwrap();
     });
     let err = first.expect_err("the cancelled statement fails the attempt");
-    assert!(err.is_retriable(), "a cancelled statement is transient: {err}");
+    assert!(
+        err.is_retriable(),
+        "a cancelled statement is transient: {err}"
+    );
     let committed = progress.report.acked.len();
-    assert!(committed > 0 && committed < 50, "part of the batch committed before the error: {committed}");
+    assert!(
+        committed > 0 && committed < 50,
+        "part of the batch committed before the error: {committed}"
+    );
     assert_eq!(committed + progress.pending_len(), 50);
-    assert_eq!(s.rows().await.0 as usize, committed, "exactly the reported part is in the table");
+    assert_eq!(
+        s.rows().await.0 as usize,
+        committed,
+        "exactly the reported part is in the table"
+    );
     assert!(!progress.is_done());
 
     sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
     sink.write_resumable(&mut progress).await.unwrap();
     let r = &progress.report;
-    assert_eq!((r.rows, r.rejects, r.duplicates, r.acked.len()), (49, 1, 0, 50), "nothing was written twice");
+    assert_eq!(
+        (r.rows, r.rejects, r.duplicates, r.acked.len()),
+        (49, 1, 0, 50),
+        "nothing was written twice"
+    );
     assert_eq!(s.rows().await, (49, 49));
     assert_eq!(s.count("SELECT count(*) FROM etl_ledger").await, 50);
 }
@@ -488,19 +727,33 @@ async fn transient_postgres_errors_are_retried_until_the_write_succeeds() {
     let mut engine = s.spawn(true);
     // Cancel the blocked insert twice; each time the engine must come back with a new attempt.
     for _ in 0..2 {
-        let pid = s.blocked_backend("user_logins", Duration::from_secs(20)).await;
-        sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&s.pool).await.unwrap();
+        let pid = s
+            .blocked_backend("user_logins", Duration::from_secs(20))
+            .await;
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&s.pool)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    s.blocked_backend("user_logins", Duration::from_secs(20)).await;
+    s.blocked_backend("user_logins", Duration::from_secs(20))
+        .await;
     sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
     let st = engine.wait(Duration::from_secs(60)).await;
     let err = engine.stderr();
     assert!(st.success(), "{err}");
-    assert!(err.contains("retrying") && err.contains("canceling statement"), "{err}");
+    assert!(
+        err.contains("retrying") && err.contains("canceling statement"),
+        "{err}"
+    );
     let sum = engine.summary();
     assert!(sum["retries"].as_u64().unwrap() >= 2, "{sum}");
-    assert_eq!((sum["rows"].as_u64(), sum["duplicates"].as_u64()), (Some(20), Some(0)), "{sum}");
+    assert_eq!(
+        (sum["rows"].as_u64(), sum["duplicates"].as_u64()),
+        (Some(20), Some(0)),
+        "{sum}"
+    );
     assert_eq!(s.rows().await, (20, 20));
     assert_eq!(s.depth().await, (0, 0));
 }
@@ -519,16 +772,32 @@ async fn a_permanent_postgres_error_stops_the_run_and_hands_every_message_back()
     let bodies: Vec<String> = (0..20).map(|i| body("perm", i)).collect();
     send_bodies(&s.queue_url, &bodies).await;
     let (_, err) = s.drain(false);
-    assert!(err.contains("permission denied") && err.contains("retrying cannot help"), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("retrying cannot help"),
+        "{err}"
+    );
     assert_eq!(s.rows().await, (0, 0));
-    assert_eq!(s.count("SELECT count(*) FROM etl_rejects").await, 0, "a broken table is not the messages' fault");
+    assert_eq!(
+        s.count("SELECT count(*) FROM etl_rejects").await,
+        0,
+        "a broken table is not the messages' fault"
+    );
     assert_eq!(s.count("SELECT count(*) FROM etl_ledger").await, 0);
-    assert_eq!(s.depth().await, (20, 0), "every message is back in the queue at once");
+    assert_eq!(
+        s.depth().await,
+        (20, 0),
+        "every message is back in the queue at once"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_flushes_commits_deletes_and_exits_zero() {
-    let s = Setup::new(Knobs { visibility_timeout_secs: 30, pollers: 4, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        visibility_timeout_secs: 30,
+        pollers: 4,
+        ..Knobs::default()
+    })
+    .await;
     let total = 2000;
     let bodies: Vec<String> = (0..total).map(|i| body("term", i)).collect();
     send_bodies(&s.queue_url, &bodies).await;
@@ -536,10 +805,18 @@ async fn sigterm_flushes_commits_deletes_and_exits_zero() {
     let start = Instant::now();
     // The engine creates the ledger table at start; until then there is nothing to count.
     let ledger = |pool: PgPool| async move {
-        sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM etl_ledger").fetch_one(&pool).await.map(|r| r.0).unwrap_or(0)
+        sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM etl_ledger")
+            .fetch_one(&pool)
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
     };
     while ledger(s.pool.clone()).await < 200 {
-        assert!(start.elapsed() < Duration::from_secs(60), "engine made no progress: {}", engine.stderr());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "engine made no progress: {}",
+            engine.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     engine.signal("TERM");
@@ -547,34 +824,56 @@ async fn sigterm_flushes_commits_deletes_and_exits_zero() {
     let st = engine.wait(Duration::from_secs(30)).await;
     let took = signalled.elapsed();
     assert_eq!(st.code(), Some(0), "{}", engine.stderr());
-    assert!(took < Duration::from_secs(10), "shutdown took {took:?}, visibility timeout is 30 s");
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown took {took:?}, visibility timeout is 30 s"
+    );
 
     let (rows, distinct) = s.rows().await;
     let (visible, in_flight) = s.depth().await;
     assert_eq!(rows, distinct, "no duplicates");
-    assert_eq!(in_flight, 0, "everything received was committed and deleted");
-    assert_eq!(rows as u64 + visible, total as u64, "rows + queue account for every message");
+    assert_eq!(
+        in_flight, 0,
+        "everything received was committed and deleted"
+    );
+    assert_eq!(
+        rows as u64 + visible,
+        total as u64,
+        "rows + queue account for every message"
+    );
     assert!((rows as usize) < total, "the signal came mid-run");
     let sum = engine.summary();
     assert_eq!(sum["rows"].as_i64(), Some(rows), "{sum}");
 
     let (sum, _) = s.drain(true);
-    assert_eq!(sum["rows"].as_u64(), Some(total as u64 - rows as u64), "{sum}");
+    assert_eq!(
+        sum["rows"].as_u64(),
+        Some(total as u64 - rows as u64),
+        "{sum}"
+    );
     assert_eq!(s.rows().await, (total as i64, total as i64));
     assert_eq!(s.depth().await, (0, 0));
 }
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once_with_130_and_loses_nothing() {
-    let s = Setup::new(Knobs { visibility_timeout_secs: 20, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        visibility_timeout_secs: 20,
+        ..Knobs::default()
+    })
+    .await;
     let bodies: Vec<String> = (0..50).map(|i| body("twice", i)).collect();
     send_bodies(&s.queue_url, &bodies).await;
     let mut lock = s.lock("user_logins", "SHARE").await;
     let mut engine = s.spawn(false);
-    s.blocked_backend("user_logins", Duration::from_secs(20)).await;
+    s.blocked_backend("user_logins", Duration::from_secs(20))
+        .await;
     engine.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(engine.child.try_wait().unwrap().is_none(), "the first signal waits for the write in progress");
+    assert!(
+        engine.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the write in progress"
+    );
     engine.signal("INT");
     let second = Instant::now();
     let st = engine.wait(Duration::from_secs(10)).await;
@@ -587,7 +886,11 @@ async fn a_second_signal_exits_at_once_with_130_and_loses_nothing() {
     assert_eq!(v + f, 50);
     let start = Instant::now();
     while s.depth().await != (50, 0) {
-        assert!(start.elapsed() < Duration::from_secs(40), "messages did not come back: {:?}", s.depth().await);
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "messages did not come back: {:?}",
+            s.depth().await
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     s.drain(true);
@@ -597,16 +900,25 @@ async fn a_second_signal_exits_at_once_with_130_and_loses_nothing() {
 
 #[tokio::test]
 async fn shutdown_that_cannot_write_releases_the_messages_at_its_deadline() {
-    let s = Setup::new(Knobs { visibility_timeout_secs: 4, ..Knobs::default() }).await;
+    let s = Setup::new(Knobs {
+        visibility_timeout_secs: 4,
+        ..Knobs::default()
+    })
+    .await;
     let bodies: Vec<String> = (0..30).map(|i| body("deadline", i)).collect();
     send_bodies(&s.queue_url, &bodies).await;
     let mut lock = s.lock("user_logins", "SHARE").await;
     let mut engine = s.spawn(false);
-    s.blocked_backend("user_logins", Duration::from_secs(20)).await;
+    s.blocked_backend("user_logins", Duration::from_secs(20))
+        .await;
     // Wait until everything was received, so all 30 are in flight when the signal comes.
     let start = Instant::now();
     while s.depth().await != (0, 30) {
-        assert!(start.elapsed() < Duration::from_secs(20), "not all received: {:?}", s.depth().await);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not all received: {:?}",
+            s.depth().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     engine.signal("TERM");
@@ -615,10 +927,20 @@ async fn shutdown_that_cannot_write_releases_the_messages_at_its_deadline() {
     let took = signalled.elapsed();
     let err = engine.stderr();
     assert_eq!(st.code(), Some(1), "{err}");
-    assert!(err.contains("shutdown deadline passed with 30 message(s) not written"), "{err}");
+    assert!(
+        err.contains("shutdown deadline passed with 30 message(s) not written"),
+        "{err}"
+    );
     // Deadline is half the 4 s visibility timeout.
-    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(4), "{took:?}");
-    assert_eq!(s.depth().await, (30, 0), "released at once, not after the visibility timeout");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(
+        s.depth().await,
+        (30, 0),
+        "released at once, not after the visibility timeout"
+    );
     sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
     s.drain(true);
     assert_eq!(s.rows().await, (30, 30));
@@ -634,14 +956,19 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
     let name = unique("q").replace('_', "-");
     c.create_queue()
         .queue_name(&name)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod, "7200")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod,
+            "7200",
+        )
         .send()
         .await
         .unwrap();
     let spec = spec_file(dir.path(), &name, &db, &Knobs::default());
     let spec_s = spec.to_str().unwrap();
     let pool = PgPool::connect(&db).await.unwrap();
-    etl_engine::sink::schema::ensure(&pool, &etl_engine::spec::load_spec(&spec).unwrap()).await.unwrap();
+    etl_engine::sink::schema::ensure(&pool, &etl_engine::spec::load_spec(&spec).unwrap())
+        .await
+        .unwrap();
     exec(
         &db,
         "INSERT INTO etl_ledger (pipeline, message_id, outcome, processed_at) \
@@ -654,26 +981,80 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
     .await;
     let count = |sql: &'static str| {
         let pool = pool.clone();
-        async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&pool).await.unwrap().0 }
+        async move {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .0
+        }
     };
 
     // 1 hour < the queue's 2 hours: refused, nothing deleted.
-    let out = run_engine(&["prune-ledger", spec_s, "--older-than-hours", "1"], &[], false);
+    let out = run_engine(
+        &["prune-ledger", spec_s, "--older-than-hours", "1"],
+        &[],
+        false,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--older-than-hours") && err.contains("7200 s") && err.contains("at least 2 hours"), "{err}");
+    assert!(
+        err.contains("--older-than-hours")
+            && err.contains("7200 s")
+            && err.contains("at least 2 hours"),
+        "{err}"
+    );
     assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 2570);
 
-    let out = run_engine(&["prune-ledger", spec_s, "--older-than-hours", "3", "--dry-run"], &[], true);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Would prune 2500 "), "{out:?}");
+    let out = run_engine(
+        &[
+            "prune-ledger",
+            spec_s,
+            "--older-than-hours",
+            "3",
+            "--dry-run",
+        ],
+        &[],
+        true,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Would prune 2500 "),
+        "{out:?}"
+    );
     assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 2570);
 
-    let out = run_engine(&["prune-ledger", spec_s, "--older-than-hours", "3", "--batch-size", "1000"], &[], true);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Pruned 2500 "), "{out:?}");
-    assert_eq!(count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'rel'").await, 30, "recent entries stay");
-    assert_eq!(count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'other'").await, 40, "other pipelines' entries stay");
+    let out = run_engine(
+        &[
+            "prune-ledger",
+            spec_s,
+            "--older-than-hours",
+            "3",
+            "--batch-size",
+            "1000",
+        ],
+        &[],
+        true,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Pruned 2500 "),
+        "{out:?}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'rel'").await,
+        30,
+        "recent entries stay"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'other'").await,
+        40,
+        "other pipelines' entries stay"
+    );
 
     // Default age: ledger.retention_hours (14 days), longer than the queue's retention.
     let out = run_engine(&["prune-ledger", spec_s], &[], true);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Pruned 0 ledger entries older than 336 hours"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("Pruned 0 ledger entries older than 336 hours"),
+        "{out:?}"
+    );
 }

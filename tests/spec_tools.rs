@@ -18,7 +18,10 @@ fn shipped_specs() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     specs.sort();
-    assert!(specs.len() >= 2, "specs/ should hold the logins spec and a second pipeline: {specs:?}");
+    assert!(
+        specs.len() >= 2,
+        "specs/ should hold the logins spec and a second pipeline: {specs:?}"
+    );
     specs
 }
 
@@ -40,14 +43,17 @@ fn schema_copy_is_fresh() {
 }
 
 fn yaml_as_json(path: &Path) -> serde_json::Value {
-    let v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_json::to_value(v).unwrap()
 }
 
 #[test]
 fn schema_accepts_shipped_specs_and_rejects_misspellings() {
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("schema/spec.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schema/spec.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
     for spec in shipped_specs() {
         let text = std::fs::read_to_string(&spec).unwrap();
@@ -57,17 +63,37 @@ fn schema_accepts_shipped_specs_and_rejects_misspellings() {
             spec.display()
         );
         let doc = yaml_as_json(&spec);
-        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-        assert!(errors.is_empty(), "{} does not match the schema: {errors:#?}", spec.display());
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not match the schema: {errors:#?}",
+            spec.display()
+        );
 
         // The schema is strict where the loader is: an unknown key or transform is an error.
         let mut bad = doc.clone();
         bad["target"]["tabel"] = "x".into();
-        assert!(!validator.is_valid(&bad), "{}: unknown key accepted", spec.display());
+        assert!(
+            !validator.is_valid(&bad),
+            "{}: unknown key accepted",
+            spec.display()
+        );
         let mut bad = doc.clone();
-        let (_, col) = bad["columns"].as_object_mut().unwrap().iter_mut().next().unwrap();
+        let (_, col) = bad["columns"]
+            .as_object_mut()
+            .unwrap()
+            .iter_mut()
+            .next()
+            .unwrap();
         col["transforms"] = serde_json::json!([{"type": "versoin_to_int"}]);
-        assert!(!validator.is_valid(&bad), "{}: unknown transform accepted", spec.display());
+        assert!(
+            !validator.is_valid(&bad),
+            "{}: unknown transform accepted",
+            spec.display()
+        );
     }
 }
 
@@ -79,9 +105,16 @@ fn shipped_specs_validate_and_their_tests_pass() {
         let out = run_engine(&["test", s], &[], true);
         let text = stdout(&out);
         let passed = text.lines().filter(|l| l.starts_with("PASS  ")).count();
-        assert!(passed >= 5, "{} should carry at least 5 spec tests:\n{text}", spec.display());
+        assert!(
+            passed >= 5,
+            "{} should carry at least 5 spec tests:\n{text}",
+            spec.display()
+        );
         assert!(!text.contains("FAIL"), "{text}");
-        assert!(text.contains(&format!("{s}: {passed} passed, 0 failed")), "{text}");
+        assert!(
+            text.contains(&format!("{s}: {passed} passed, 0 failed")),
+            "{text}"
+        );
     }
 }
 
@@ -89,24 +122,46 @@ fn shipped_specs_validate_and_their_tests_pass() {
 fn a_changed_expectation_fails_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("specs/logins.yaml")).unwrap();
-    assert_eq!(text.matches("      app_version: 96000\n").count(), 1, "the odd-version test expects 96000");
+    assert_eq!(
+        text.matches("      app_version: 96000\n").count(),
+        1,
+        "the odd-version test expects 96000"
+    );
     let changed = dir.path().join("logins.yaml");
-    std::fs::write(&changed, text.replace("      app_version: 96000\n", "      app_version: 96001\n")).unwrap();
+    std::fs::write(
+        &changed,
+        text.replace("      app_version: 96000\n", "      app_version: 96001\n"),
+    )
+    .unwrap();
     let out = run_engine(&["test", changed.to_str().unwrap()], &[], false);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     let fail: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL  ")).collect();
     assert_eq!(fail.len(), 1, "{text}");
     assert!(fail[0].contains("odd version"), "{text}");
-    assert!(text.contains("column app_version:\n        - expected: 96001\n        + actual:   96000"), "{text}");
+    assert!(
+        text.contains("column app_version:\n        - expected: 96001\n        + actual:   96000"),
+        "{text}"
+    );
     assert!(text.contains("1 failed"), "{text}");
 
     // A reject expectation that no longer matches shows the actual reason.
     let text = std::fs::read_to_string(root().join("specs/logins.yaml")).unwrap();
-    std::fs::write(&changed, text.replace("expect_reject: \"decode: body is not valid JSON\"", "expect_reject: \"decode: truncated\"")).unwrap();
+    std::fs::write(
+        &changed,
+        text.replace(
+            "expect_reject: \"decode: body is not valid JSON\"",
+            "expect_reject: \"decode: truncated\"",
+        ),
+    )
+    .unwrap();
     let out = run_engine(&["test", changed.to_str().unwrap()], &[], false);
     let text = stdout(&out);
-    assert!(text.contains("- expected: …decode: truncated…") && text.contains("+ actual:   decode: body is not valid JSON"), "{text}");
+    assert!(
+        text.contains("- expected: …decode: truncated…")
+            && text.contains("+ actual:   decode: body is not valid JSON"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -114,20 +169,42 @@ fn spec_test_mistakes_are_spec_errors() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("specs/logins.yaml")).unwrap();
     let bad = dir.path().join("logins.yaml");
-    std::fs::write(&bad, text.replacen("      device_type: android\n", "      device_typ: android\n", 1)).unwrap();
+    std::fs::write(
+        &bad,
+        text.replacen(
+            "      device_type: android\n",
+            "      device_typ: android\n",
+            1,
+        ),
+    )
+    .unwrap();
     let out = run_engine(&["test", bad.to_str().unwrap()], &[], false);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("tests[0].expect_row.device_typ: no column `device_typ` (did you mean `device_type`?)"), "{err}");
+    assert!(
+        err.contains(
+            "tests[0].expect_row.device_typ: no column `device_typ` (did you mean `device_type`?)"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn misspelled_keys_point_at_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("specs/logins.yaml")).unwrap();
-    let line = text.lines().position(|l| l.trim() == "to: date").expect("create_date's from_epoch has `to: date`") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.trim() == "to: date")
+        .expect("create_date's from_epoch has `to: date`")
+        + 1;
     let bad = dir.path().join("logins.yaml");
-    std::fs::write(&bad, text.replace("        to: date\n", "        too: date\n").replace("- type: version_to_int", "- type: versoin_to_int")).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("        to: date\n", "        too: date\n")
+            .replace("- type: version_to_int", "- type: versoin_to_int"),
+    )
+    .unwrap();
     let out = run_engine(&["validate", bad.to_str().unwrap()], &[], false);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -143,7 +220,10 @@ fn misspelled_keys_point_at_file_line_and_column() {
 /// Preview output (stdout is a pipe here, so JSON lines).
 fn preview(args: &[&str], envs: &[(&str, &str)]) -> (Vec<serde_json::Value>, String) {
     let out = run_engine(args, envs, true);
-    let lines = stdout(&out).lines().map(|l| serde_json::from_str(l).expect("JSON lines when stdout is not a terminal")).collect();
+    let lines = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines when stdout is not a terminal"))
+        .collect();
     (lines, stderr(&out))
 }
 
@@ -152,15 +232,42 @@ fn preview_works_on_the_examples_without_services() {
     let spec = root().join("specs/logins.yaml");
     let examples = example_logins();
     // Unreachable services: preview must not need them.
-    let no_services = [("ETL_SPEC_TARGET__URL", "postgres://u:p@127.0.0.1:9/none"), ("ETL_SPEC_SOURCE__ENDPOINT_URL", "http://127.0.0.1:9")];
-    let (lines, err) = preview(&["preview", spec.to_str().unwrap(), "--input", examples.to_str().unwrap()], &no_services);
+    let no_services = [
+        ("ETL_SPEC_TARGET__URL", "postgres://u:p@127.0.0.1:9/none"),
+        ("ETL_SPEC_SOURCE__ENDPOINT_URL", "http://127.0.0.1:9"),
+    ];
+    let (lines, err) = preview(
+        &[
+            "preview",
+            spec.to_str().unwrap(),
+            "--input",
+            examples.to_str().unwrap(),
+        ],
+        &no_services,
+    );
     let (valid, invalid) = classify_examples(&examples);
     let rows: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("row")).collect();
-    let rejects: Vec<&str> = lines.iter().filter_map(|l| l.get("reject").and_then(|r| r.as_str())).collect();
+    let rejects: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.get("reject").and_then(|r| r.as_str()))
+        .collect();
     assert_eq!((rows.len(), rejects.len()), (valid, invalid), "{err}");
-    assert!(err.contains("public test keyring"), "the note about test tokens is missing: {err}");
-    assert!(rejects.iter().any(|r| r.starts_with("decode: body is not valid JSON")), "{rejects:?}");
-    assert!(rejects.iter().any(|r| r.contains("column user_id: required value")), "{rejects:?}");
+    assert!(
+        err.contains("public test keyring"),
+        "the note about test tokens is missing: {err}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.starts_with("decode: body is not valid JSON")),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("column user_id: required value")),
+        "{rejects:?}"
+    );
 
     // Rows are transformed (masked, typed) and name every column.
     let text = std::fs::read_to_string(&examples).unwrap();
@@ -179,12 +286,22 @@ fn preview_works_on_the_examples_without_services() {
     let dir = tempfile::tempdir().unwrap();
     let keyring = keygen(dir.path(), "k.json");
     let (limited, err) = preview(
-        &["preview", spec.to_str().unwrap(), "--input", examples.to_str().unwrap(), "--limit", "3"],
+        &[
+            "preview",
+            spec.to_str().unwrap(),
+            "--input",
+            examples.to_str().unwrap(),
+            "--limit",
+            "3",
+        ],
         &[("ETL_KEYRING", keyring.to_str().unwrap())],
     );
     assert_eq!(limited.len(), 3);
     assert!(!err.contains("public test keyring"), "{err}");
-    assert_ne!(limited[0]["row"]["masked_ip"], row["masked_ip"], "the configured keyring must be used");
+    assert_ne!(
+        limited[0]["row"]["masked_ip"], row["masked_ip"],
+        "the configured keyring must be used"
+    );
     assert_eq!(limited[0]["row"]["user_id"], row["user_id"]);
 }
 

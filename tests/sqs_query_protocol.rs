@@ -23,7 +23,9 @@ async fn endpoint() -> Option<String> {
     let configured = std::env::var("ETL_TEST_LEGACY_SQS_ENDPOINT")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let endpoint = configured.clone().unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    let endpoint = configured
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
     let url = reqwest::Url::parse(&endpoint).expect("ETL_TEST_LEGACY_SQS_ENDPOINT is not a URL");
     let host = url.host_str().expect("endpoint has no host").to_owned();
     let port = url.port_or_known_default().expect("endpoint has no port");
@@ -36,7 +38,10 @@ async fn endpoint() -> Option<String> {
         Ok(Ok(_))
     );
     let _ = configured;
-    assert!(reachable, "no legacy SQS endpoint at {endpoint}: start one with scripts/test.sh or set ETL_TEST_LEGACY_SQS_ENDPOINT");
+    assert!(
+        reachable,
+        "no legacy SQS endpoint at {endpoint}: start one with scripts/test.sh or set ETL_TEST_LEGACY_SQS_ENDPOINT"
+    );
     Some(endpoint)
 }
 
@@ -51,7 +56,8 @@ fn queue_name() -> String {
 /// Bodies that break naive form encoding or XML handling.
 fn awkward_bodies() -> Vec<String> {
     vec![
-        r#"{"quote":"\"","amp":"&","lt":"<","gt":">","apos":"'","nested":{"a":[1,2.5,null]}}"#.to_owned(),
+        r#"{"quote":"\"","amp":"&","lt":"<","gt":">","apos":"'","nested":{"a":[1,2.5,null]}}"#
+            .to_owned(),
         "unicode: é ß 中文 🎉 \u{200b} Ωmega".to_owned(),
         "line1\nline2\r\nline3\rend".to_owned(),
         "  leading and trailing whitespace \t ".to_owned(),
@@ -101,13 +107,21 @@ fn handles(messages: &[ReceivedMessage]) -> Vec<BatchEntry> {
 
 #[tokio::test]
 async fn round_trip_over_query_protocol() {
-    let Some(endpoint) = endpoint().await else { return };
+    let Some(endpoint) = endpoint().await else {
+        return;
+    };
     let creds = credentials();
     let name = queue_name();
 
-    let created = QueryClient::create_queue(&endpoint, REGION, &creds, &name, &[("VisibilityTimeout", "30")])
-        .await
-        .expect("create_queue");
+    let created = QueryClient::create_queue(
+        &endpoint,
+        REGION,
+        &creds,
+        &name,
+        &[("VisibilityTimeout", "30")],
+    )
+    .await
+    .expect("create_queue");
     assert!(created.ends_with(&format!("/{name}")), "{created}");
     let looked_up = QueryClient::get_queue_url(&endpoint, REGION, &creds, &name)
         .await
@@ -136,7 +150,11 @@ async fn round_trip_over_query_protocol() {
         .expect("send_message");
 
     let first = receive_all(&client, 11).await;
-    let mut expected: Vec<&str> = bodies.iter().map(String::as_str).chain([tagged_body]).collect();
+    let mut expected: Vec<&str> = bodies
+        .iter()
+        .map(String::as_str)
+        .chain([tagged_body])
+        .collect();
     let mut got: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
     expected.sort_unstable();
     got.sort_unstable();
@@ -150,7 +168,10 @@ async fn round_trip_over_query_protocol() {
             "{message:?}"
         );
         assert_eq!(
-            message.attributes.get("ApproximateReceiveCount").map(String::as_str),
+            message
+                .attributes
+                .get("ApproximateReceiveCount")
+                .map(String::as_str),
             Some("1"),
             "{message:?}"
         );
@@ -175,14 +196,20 @@ async fn round_trip_over_query_protocol() {
     let second = receive_all(&client, 11).await;
     for message in &second {
         assert_eq!(
-            message.attributes.get("ApproximateReceiveCount").map(String::as_str),
+            message
+                .attributes
+                .get("ApproximateReceiveCount")
+                .map(String::as_str),
             Some("2"),
             "{message:?}"
         );
     }
 
     for chunk in second.chunks(10) {
-        let failures = client.delete_batch(handles(chunk)).await.expect("delete_batch");
+        let failures = client
+            .delete_batch(handles(chunk))
+            .await
+            .expect("delete_batch");
         assert!(failures.is_empty(), "{failures:?}");
     }
     // A bad entry fails alone; the call itself succeeds.
@@ -205,7 +232,9 @@ async fn round_trip_over_query_protocol() {
         .await
         .expect("queue_attributes");
     assert_eq!(
-        attributes.get("ApproximateNumberOfMessages").map(String::as_str),
+        attributes
+            .get("ApproximateNumberOfMessages")
+            .map(String::as_str),
         Some("0"),
         "{attributes:?}"
     );
@@ -220,7 +249,9 @@ async fn round_trip_over_query_protocol() {
 
 #[tokio::test]
 async fn missing_queue_is_a_permanent_error() {
-    let Some(endpoint) = endpoint().await else { return };
+    let Some(endpoint) = endpoint().await else {
+        return;
+    };
     let creds = credentials();
     let name = queue_name();
 
@@ -251,7 +282,9 @@ async fn missing_queue_is_a_permanent_error() {
 async fn json_sdk_error_is_recognised_as_protocol_mismatch() {
     use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 
-    let Some(endpoint) = endpoint().await else { return };
+    let Some(endpoint) = endpoint().await else {
+        return;
+    };
     let config = aws_sdk_sqs::Config::builder()
         .endpoint_url(&endpoint)
         .region(aws_sdk_sqs::config::Region::new(REGION))
@@ -262,7 +295,12 @@ async fn json_sdk_error_is_recognised_as_protocol_mismatch() {
         .build();
     let sdk = aws_sdk_sqs::Client::from_conf(config);
 
-    let err = sdk.get_queue_url().queue_name(queue_name()).send().await.unwrap_err();
+    let err = sdk
+        .get_queue_url()
+        .queue_name(queue_name())
+        .send()
+        .await
+        .unwrap_err();
 
     // The SDK cannot parse the XML error document as JSON, so it has no code or message.
     assert_eq!(err.code(), None);
@@ -270,7 +308,9 @@ async fn json_sdk_error_is_recognised_as_protocol_mismatch() {
     assert!(!is_protocol_mismatch_text(&err.to_string()));
 
     // The tell-tale text is in the raw response body (HTTP 500, an XML <ErrorResponse>) ...
-    let raw = err.raw_response().expect("service errors carry the raw response");
+    let raw = err
+        .raw_response()
+        .expect("service errors carry the raw response");
     assert_eq!(raw.status().as_u16(), 500);
     let body = raw
         .body()
@@ -290,5 +330,7 @@ async fn json_sdk_error_is_recognised_as_protocol_mismatch() {
         .send()
         .await
         .unwrap_err();
-    assert!(is_protocol_mismatch_text(&DisplayErrorContext(&err).to_string()));
+    assert!(is_protocol_mismatch_text(
+        &DisplayErrorContext(&err).to_string()
+    ));
 }

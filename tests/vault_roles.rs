@@ -12,7 +12,10 @@ use vault_common::*;
 /// Runs `sql` as `url`'s user and asserts Postgres refuses it for lack of privilege.
 async fn denied(url: &str, sql: &str) {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
-    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await.expect_err(sql);
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .expect_err(sql);
     let code = match &err {
         sqlx::Error::Database(d) => d.code().map(|c| c.to_string()),
         _ => None,
@@ -36,9 +39,25 @@ async fn allowed(url: &str, sql: &str) -> Option<String> {
 async fn each_role_can_do_what_it_must_and_nothing_more() {
     let f = Fixture::new().await;
     psql(&f.db, &["-f", &project_file("schema/engine.sql")]);
-    psql(&f.db, &["-v", "target=user_logins", "-f", &project_file("schema/roles.sql")]);
+    psql(
+        &f.db,
+        &[
+            "-v",
+            "target=user_logins",
+            "-f",
+            &project_file("schema/roles.sql"),
+        ],
+    );
     // Applying it twice changes nothing (operators re-run it after adding tables).
-    psql(&f.db, &["-v", "target=user_logins", "-f", &project_file("schema/roles.sql")]);
+    psql(
+        &f.db,
+        &[
+            "-v",
+            "target=user_logins",
+            "-f",
+            &project_file("schema/roles.sql"),
+        ],
+    );
     let writer = url_as(&f.db, &login_role("etl_writer").await);
     let analyst = url_as(&f.db, &login_role("etl_analyst").await);
     let recovery_user = login_role("etl_recovery").await;
@@ -53,16 +72,29 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     let admin = f.pool().await;
     let count = |sql: &'static str| {
         let admin = admin.clone();
-        async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&admin).await.unwrap().0 }
+        async move {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+                .0
+        }
     };
     assert_eq!(count("SELECT count(*) FROM user_logins").await, 20);
     assert_eq!(count("SELECT count(*) FROM etl_vault").await, 40);
     assert_eq!(count("SELECT count(*) FROM etl_rejects").await, 1);
     assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 21);
-    assert_eq!(count("SELECT sum(encryptions)::bigint FROM etl_key_usage").await, 41);
+    assert_eq!(
+        count("SELECT sum(encryptions)::bigint FROM etl_key_usage").await,
+        41
+    );
 
     // Writer: only the key columns ON CONFLICT needs; no ciphertexts, no target rows, no recovery.
-    assert!(allowed(&writer, "SELECT token FROM etl_vault LIMIT 1").await.is_some());
+    assert!(
+        allowed(&writer, "SELECT token FROM etl_vault LIMIT 1")
+            .await
+            .is_some()
+    );
     for sql in [
         "SELECT ciphertext FROM etl_vault",
         "SELECT nonce FROM etl_vault",
@@ -80,17 +112,38 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     ] {
         denied(&writer, sql).await;
     }
-    let token: (String,) = sqlx::query_as("SELECT masked_ip FROM user_logins WHERE user_id = $1").bind(&sent[0].user_id).fetch_one(&admin).await.unwrap();
+    let token: (String,) = sqlx::query_as("SELECT masked_ip FROM user_logins WHERE user_id = $1")
+        .bind(&sent[0].user_id)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
     let out = f.engine(
-        &["vault-decrypt", f.spec_s(), "--column", "masked_ip", "--token", &token.0, "--reason", "curious"],
+        &[
+            "vault-decrypt",
+            f.spec_s(),
+            "--column",
+            "masked_ip",
+            "--token",
+            &token.0,
+            "--reason",
+            "curious",
+        ],
         &f.keyring,
         &[("ETL_SPEC_TARGET__URL", &writer)],
     );
     let err = exited(&out, 1);
-    assert!(out.stdout.is_empty() && err.contains("may not call the recovery function"), "{err}");
+    assert!(
+        out.stdout.is_empty() && err.contains("may not call the recovery function"),
+        "{err}"
+    );
 
     // Analyst: the target table, nothing else.
-    assert_eq!(allowed(&analyst, "SELECT count(*)::text FROM user_logins").await.as_deref(), Some("20"));
+    assert_eq!(
+        allowed(&analyst, "SELECT count(*)::text FROM user_logins")
+            .await
+            .as_deref(),
+        Some("20")
+    );
     for sql in [
         "SELECT * FROM etl_vault",
         "SELECT token FROM etl_vault",
@@ -119,14 +172,37 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     }
     let audits = count("SELECT count(*) FROM etl_vault_audit").await;
     let out = f.engine(
-        &["vault-decrypt", f.spec_s(), "--column", "masked_ip", "--token", &token.0, "--reason", "ticket 7"],
+        &[
+            "vault-decrypt",
+            f.spec_s(),
+            "--column",
+            "masked_ip",
+            "--token",
+            &token.0,
+            "--reason",
+            "ticket 7",
+        ],
         &f.keyring,
         &[("ETL_SPEC_TARGET__URL", &recovery)],
     );
     exited(&out, 0);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\t{}\n", token.0, sent[0].ip));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\t{}\n", token.0, sent[0].ip)
+    );
     let out = f.engine(
-        &["vault-decrypt", f.spec_s(), "--column", "masked_device_id", "--where", &format!("user_id={}", sent[1].user_id), "--reason", "ticket 8", "--format", "json"],
+        &[
+            "vault-decrypt",
+            f.spec_s(),
+            "--column",
+            "masked_device_id",
+            "--where",
+            &format!("user_id={}", sent[1].user_id),
+            "--reason",
+            "ticket 8",
+            "--format",
+            "json",
+        ],
         &f.keyring,
         &[("ETL_SPEC_TARGET__URL", &recovery)],
     );
@@ -139,9 +215,15 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
             .await
             .is_some()
     );
-    assert_eq!(count("SELECT count(*) FROM etl_vault_audit").await, audits + 3);
+    assert_eq!(
+        count("SELECT count(*) FROM etl_vault_audit").await,
+        audits + 3
+    );
     let who: Vec<(String, String)> =
-        sqlx::query_as("SELECT db_user, reason FROM etl_vault_audit ORDER BY id").fetch_all(&admin).await.unwrap();
+        sqlx::query_as("SELECT db_user, reason FROM etl_vault_audit ORDER BY id")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
     assert_eq!(
         who,
         vec![
@@ -161,6 +243,13 @@ async fn roles_script_needs_a_target_table() {
         .args(["-X", "-q", "-f", &project_file("schema/roles.sql")])
         .output()
         .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success() && all.contains("-v target=TABLE"), "{all}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && all.contains("-v target=TABLE"),
+        "{all}"
+    );
 }

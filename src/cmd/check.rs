@@ -12,35 +12,67 @@ use std::path::Path;
 /// Runs the checks in order and stops at the first failure, which becomes the error.
 pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
     let spec = load(spec_path)?;
-    println!("ok   spec {} ({} columns, pipeline {})", spec_path.display(), spec.columns.len(), spec.name);
+    println!(
+        "ok   spec {} ({} columns, pipeline {})",
+        spec_path.display(),
+        spec.columns.len(),
+        spec.name
+    );
 
     let ring = load_keyring(&spec)?;
     let hash = ring.active_hash_key().map_err(usage)?;
     let enc = ring.active_encryption_key().map_err(usage)?;
     VaultCipher::new(&ring).map_err(usage)?;
-    println!("ok   keyring {} (hash key {}, encryption key {})", ring.origin, hash.id, enc.id);
+    println!(
+        "ok   keyring {} (hash key {}, encryption key {})",
+        ring.origin, hash.id, enc.id
+    );
 
-    let pool = sink::connect_pool(&spec.target.url, 1)
+    let pool = sink::connect_pool(&spec.target.url, 1).await.map_err(|e| {
+        anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}")
+    })?;
+    Sink::check_target(&pool, &spec.target.table, &spec.columns)
         .await
-        .map_err(|e| anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}"))?;
-    Sink::check_target(&pool, &spec.target.table, &spec.columns).await.map_err(usage)?;
-    println!("ok   postgres: table {} has every column with a compatible type", spec.target.table);
+        .map_err(usage)?;
+    println!(
+        "ok   postgres: table {} has every column with a compatible type",
+        spec.target.table
+    );
     for table in [&spec.ledger.table, &spec.vault.table, &spec.rejects.table] {
-        let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL").bind(table).fetch_one(&pool).await?;
-        let state = if exists { "exists" } else { "will be created by the first run" };
+        let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&pool)
+            .await?;
+        let state = if exists {
+            "exists"
+        } else {
+            "will be created by the first run"
+        };
         println!("ok   postgres: engine table {table} {state}");
     }
     pool.close().await;
 
     match &spec.source {
         SourceConfig::Sqs(cfg) => {
-            let q = source::sqs::connect(cfg).await.map_err(|e| anyhow!("SQS queue {} (source.queue): {e}", cfg.queue))?;
-            let attrs = q.queue_attributes(vec!["ApproximateNumberOfMessages".into()]).await?;
-            let depth = attrs.get("ApproximateNumberOfMessages").map(String::as_str).unwrap_or("?");
-            println!("ok   sqs: queue {} reachable over the {} protocol, about {depth} messages waiting", cfg.queue, q.protocol_name());
+            let q = source::sqs::connect(cfg)
+                .await
+                .map_err(|e| anyhow!("SQS queue {} (source.queue): {e}", cfg.queue))?;
+            let attrs = q
+                .queue_attributes(vec!["ApproximateNumberOfMessages".into()])
+                .await?;
+            let depth = attrs
+                .get("ApproximateNumberOfMessages")
+                .map(String::as_str)
+                .unwrap_or("?");
+            println!(
+                "ok   sqs: queue {} reachable over the {} protocol, about {depth} messages waiting",
+                cfg.queue,
+                q.protocol_name()
+            );
         }
         SourceConfig::File(f) => {
-            std::fs::metadata(&f.path).map_err(|e| usage(format!("source.path {}: {e}", f.path)))?;
+            std::fs::metadata(&f.path)
+                .map_err(|e| usage(format!("source.path {}: {e}", f.path)))?;
             println!("ok   file {} is readable", f.path);
         }
     }

@@ -37,15 +37,38 @@ pub async fn cmd_decrypt(
     }
     let selector = match (tokens.is_empty(), selectors.is_empty()) {
         (false, true) => Selector::Tokens(tokens),
-        (true, false) => Selector::Where(selectors.iter().map(|s| recover::parse_where(s)).collect::<Result<_, _>>().map_err(usage)?),
-        (true, true) => return Err(usage("say what to recover: --token TOKEN, --stdin, or --where COLUMN=VALUE")),
-        (false, false) => return Err(usage("use either tokens (--token/--stdin) or --where, not both")),
+        (true, false) => Selector::Where(
+            selectors
+                .iter()
+                .map(|s| recover::parse_where(s))
+                .collect::<Result<_, _>>()
+                .map_err(usage)?,
+        ),
+        (true, true) => {
+            return Err(usage(
+                "say what to recover: --token TOKEN, --stdin, or --where COLUMN=VALUE",
+            ));
+        }
+        (false, false) => {
+            return Err(usage(
+                "use either tokens (--token/--stdin) or --where, not both",
+            ));
+        }
     };
-    let actor = actor.or_else(|| whoami::username().ok()).unwrap_or_else(|| "unknown".into());
+    let actor = actor
+        .or_else(|| whoami::username().ok())
+        .unwrap_or_else(|| "unknown".into());
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec).await.context("creating the engine's tables")?;
-    let req = recover::Request { column, selector, actor, reason };
+    sink::schema::ensure(&pool, &spec)
+        .await
+        .context("creating the engine's tables")?;
+    let req = recover::Request {
+        column,
+        selector,
+        actor,
+        reason,
+    };
     let out = recover::recover(&pool, &spec, &cipher, &req).await?;
     let mut stdout = std::io::stdout().lock();
     match format {
@@ -61,8 +84,11 @@ pub async fn cmd_decrypt(
             }
         }
         crate::OutputFormat::Json => {
-            let items: Vec<serde_json::Value> =
-                out.recovered.iter().map(|r| serde_json::json!({"token": r.token, "value": r.value.as_str()})).collect();
+            let items: Vec<serde_json::Value> = out
+                .recovered
+                .iter()
+                .map(|r| serde_json::json!({"token": r.token, "value": r.value.as_str()}))
+                .collect();
             writeln!(stdout, "{}", serde_json::Value::Array(items))?;
         }
     }
@@ -73,6 +99,9 @@ pub async fn cmd_decrypt(
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
-

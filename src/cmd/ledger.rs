@@ -40,29 +40,43 @@ pub struct PruneArgs {
 pub async fn cmd_prune(args: PruneArgs) -> Result<u8> {
     let spec = load(&args.spec)?;
     let hours = args.older_than_hours.unwrap_or(spec.ledger.retention_hours);
-    let hours_flag = if args.older_than_hours.is_some() { "--older-than-hours" } else { "ledger.retention_hours" };
+    let hours_flag = if args.older_than_hours.is_some() {
+        "--older-than-hours"
+    } else {
+        "ledger.retention_hours"
+    };
     check_against_queue_retention(&spec, hours, hours_flag, args.force).await?;
 
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 1, &cancel).await?;
-    sink::schema::ensure(&pool, &spec).await.context("creating the engine's tables")?;
+    sink::schema::ensure(&pool, &spec)
+        .await
+        .context("creating the engine's tables")?;
     let table = quote_ident(&spec.ledger.table);
-    let hours_i64 = i64::try_from(hours).map_err(|_| usage(format!("{hours_flag} is too large: {hours}")))?;
+    let hours_i64 =
+        i64::try_from(hours).map_err(|_| usage(format!("{hours_flag} is too large: {hours}")))?;
     let old = "pipeline = $1 AND processed_at < now() - $2::bigint * interval '1 hour'";
 
     if args.dry_run {
-        let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("SELECT count(*) FROM {table} WHERE {old}")))
-            .bind(&spec.name)
-            .bind(hours_i64)
-            .fetch_one(&pool)
-            .await
-            .with_context(|| format!("counting old entries in ledger table {}", spec.ledger.table))?;
-        println!("Would prune {n} ledger entries older than {hours} hours from {} (pipeline {}).", spec.ledger.table, spec.name);
+        let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE {old}"
+        )))
+        .bind(&spec.name)
+        .bind(hours_i64)
+        .fetch_one(&pool)
+        .await
+        .with_context(|| format!("counting old entries in ledger table {}", spec.ledger.table))?;
+        println!(
+            "Would prune {n} ledger entries older than {hours} hours from {} (pipeline {}).",
+            spec.ledger.table, spec.name
+        );
         return Ok(0);
     }
 
     // ctid batches: a bounded DELETE without needing a key column, each committed on its own.
-    let delete = format!("DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {old} LIMIT $3))");
+    let delete = format!(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {old} LIMIT $3))"
+    );
     let mut total: u64 = 0;
     loop {
         let done = sqlx::query(AssertSqlSafe(delete.clone()))
@@ -71,7 +85,12 @@ pub async fn cmd_prune(args: PruneArgs) -> Result<u8> {
             .bind(i64::from(args.batch_size))
             .execute(&pool)
             .await
-            .with_context(|| format!("deleting old entries from ledger table {}", spec.ledger.table))?
+            .with_context(|| {
+                format!(
+                    "deleting old entries from ledger table {}",
+                    spec.ledger.table
+                )
+            })?
             .rows_affected();
         total += done;
         if done > 0 {
@@ -81,12 +100,20 @@ pub async fn cmd_prune(args: PruneArgs) -> Result<u8> {
             break;
         }
     }
-    println!("Pruned {total} ledger entries older than {hours} hours from {} (pipeline {}).", spec.ledger.table, spec.name);
+    println!(
+        "Pruned {total} ledger entries older than {hours} hours from {} (pipeline {}).",
+        spec.ledger.table, spec.name
+    );
     Ok(0)
 }
 
 /// Refuses an age shorter than the queue's retention period (SQS sources only).
-async fn check_against_queue_retention(spec: &Spec, hours: u64, hours_flag: &str, force: bool) -> Result<()> {
+async fn check_against_queue_retention(
+    spec: &Spec,
+    hours: u64,
+    hours_flag: &str,
+    force: bool,
+) -> Result<()> {
     let SourceConfig::Sqs(cfg) = &spec.source else {
         // A file can be replayed at any time; its ledger entries protect against that only as
         // long as they are kept, which is the operator's call.
@@ -105,7 +132,10 @@ async fn check_against_queue_retention(spec: &Spec, hours: u64, hours_flag: &str
         queue.queue_attributes(vec!["MessageRetentionPeriod".into()]).await
     }
     .await;
-    let retention_secs = match attrs.map(|a| a.get("MessageRetentionPeriod").and_then(|v| v.parse::<u64>().ok())) {
+    let retention_secs = match attrs.map(|a| {
+        a.get("MessageRetentionPeriod")
+            .and_then(|v| v.parse::<u64>().ok())
+    }) {
         Ok(Some(s)) => s,
         Ok(None) | Err(_) if force => {
             tracing::warn!(queue = %cfg.queue, "Could not read the queue's MessageRetentionPeriod; pruning anyway (--force).");
@@ -130,7 +160,8 @@ async fn check_against_queue_retention(spec: &Spec, hours: u64, hours_flag: &str
         let needed = retention_secs.div_ceil(3600);
         if force {
             tracing::warn!(
-                hours, retention_secs,
+                hours,
+                retention_secs,
                 "Pruning entries younger than the queue's retention period (--force): a redelivered message could be written twice."
             );
             return Ok(());

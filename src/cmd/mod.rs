@@ -50,8 +50,15 @@ pub fn load_keyring(spec: &Spec) -> Result<Keyring> {
 }
 
 /// Connects to Postgres, retrying while it is unreachable (it may be restarting).
-pub async fn connect_db(url: &str, max_connections: u32, cancel: &CancellationToken) -> Result<sqlx::PgPool> {
-    let backoff = Backoff { max_elapsed: std::time::Duration::from_secs(60), ..Backoff::WRITE };
+pub async fn connect_db(
+    url: &str,
+    max_connections: u32,
+    cancel: &CancellationToken,
+) -> Result<sqlx::PgPool> {
+    let backoff = Backoff {
+        max_elapsed: std::time::Duration::from_secs(60),
+        ..Backoff::WRITE
+    };
     retry(
         backoff,
         cancel,
@@ -62,4 +69,3 @@ pub async fn connect_db(url: &str, max_connections: u32, cancel: &CancellationTo
     .await
     .map_err(|e| anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}"))
 }
-

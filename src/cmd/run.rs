@@ -47,10 +47,17 @@ pub enum ProgressFlag {
 /// `ETL_KEY_USAGE_FLUSH_SECS`, default 60.
 fn key_usage_flush_interval() -> std::time::Duration {
     let secs = match std::env::var("ETL_KEY_USAGE_FLUSH_SECS") {
-        Ok(v) => v.trim().parse::<u64>().ok().filter(|s| *s > 0).unwrap_or_else(|| {
-            tracing::warn!("ETL_KEY_USAGE_FLUSH_SECS must be a whole number of seconds above 0; using 60.");
-            60
-        }),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    "ETL_KEY_USAGE_FLUSH_SECS must be a whole number of seconds above 0; using 60."
+                );
+                60
+            }),
         Err(_) => 60,
     };
     std::time::Duration::from_secs(secs)
@@ -62,7 +69,10 @@ fn shutdown_on_signals(cancel: CancellationToken) {
             #[cfg(unix)]
             {
                 use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
                     return std::future::pending::<()>().await;
                 };
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -73,7 +83,9 @@ fn shutdown_on_signals(cancel: CancellationToken) {
             }
         };
         wait().await;
-        tracing::info!("Shutting down: no more receives; flushing, committing and deleting what is in flight. Signal again to exit at once.");
+        tracing::info!(
+            "Shutting down: no more receives; flushing, committing and deleting what is in flight. Signal again to exit at once."
+        );
         cancel.cancel();
         wait().await;
         // Nothing is lost: uncommitted messages become visible again and the ledger skips committed ones.
@@ -82,10 +94,19 @@ fn shutdown_on_signals(cancel: CancellationToken) {
     });
 }
 
-pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>, observe: ObserveArgs) -> Result<u8> {
+pub async fn cmd_run(
+    spec_path: &Path,
+    drain: bool,
+    summary_json: Option<&Path>,
+    observe: ObserveArgs,
+) -> Result<u8> {
     let spec = load(spec_path)?;
     let ring = load_keyring(&spec)?;
-    let tokenizer = if spec.uses_hash() { Some(Tokenizer::new(ring.active_hash_key().map_err(usage)?)) } else { None };
+    let tokenizer = if spec.uses_hash() {
+        Some(Tokenizer::new(ring.active_hash_key().map_err(usage)?))
+    } else {
+        None
+    };
     // Rejects are stored encrypted, so an encryption key is needed even without `encrypt` columns.
     ring.active_encryption_key().map_err(usage)?;
     let cipher = Arc::new(VaultCipher::new(&ring).map_err(usage)?);
@@ -95,7 +116,14 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>,
     let stats = Arc::new(Stats::default());
     let depth = Arc::new(QueueDepth::default());
     let metrics_server = match &observe.metrics_addr {
-        Some(addr) => Some(metrics::serve(addr, Metrics::new(spec.name.clone(), stats.clone(), depth.clone())).await.map_err(usage)?),
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                Metrics::new(spec.name.clone(), stats.clone(), depth.clone()),
+            )
+            .await
+            .map_err(usage)?,
+        ),
         None => None,
     };
 
@@ -103,8 +131,12 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>,
     shutdown_on_signals(cancel.clone());
 
     let pool = connect_db(&spec.target.url, spec.target.writers + 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec).await.context("creating the engine's tables")?;
-    Sink::check_target(&pool, &spec.target.table, &spec.columns).await.map_err(usage)?;
+    sink::schema::ensure(&pool, &spec)
+        .await
+        .context("creating the engine's tables")?;
+    Sink::check_target(&pool, &spec.target.table, &spec.columns)
+        .await
+        .map_err(usage)?;
 
     let queue: Option<Arc<dyn QueueClient>> = match &spec.source {
         SourceConfig::Sqs(cfg) => Some(
@@ -143,8 +175,22 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>,
         log_interval: std::time::Duration::from_secs(observe.progress_interval_secs),
     });
     let flush_stop = CancellationToken::new();
-    let flush = sink::spawn_key_usage_flush(pool.clone(), stats.clone(), key_usage_flush_interval(), flush_stop.clone());
-    let result = pipeline::run(&spec, processor, sink, queue, RunOptions { drain }, stats.clone(), cancel).await;
+    let flush = sink::spawn_key_usage_flush(
+        pool.clone(),
+        stats.clone(),
+        key_usage_flush_interval(),
+        flush_stop.clone(),
+    );
+    let result = pipeline::run(
+        &spec,
+        processor,
+        sink,
+        queue,
+        RunOptions { drain },
+        stats.clone(),
+        cancel,
+    )
+    .await;
     flush_stop.cancel();
     let _ = flush.await;
     // Also after a failed run: whatever was committed was encrypted.
@@ -161,4 +207,3 @@ pub async fn cmd_run(spec_path: &Path, drain: bool, summary_json: Option<&Path>,
     }
     Ok(0)
 }
-

@@ -12,10 +12,16 @@ use tokio_util::sync::CancellationToken;
 pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8> {
     let spec = load(spec_path)?;
     let SourceConfig::Sqs(cfg) = &spec.source else {
-        return Err(usage(format!("{}: source.type is not sqs; nothing to send to", spec_path.display())));
+        return Err(usage(format!(
+            "{}: source.type is not sqs; nothing to send to",
+            spec_path.display()
+        )));
     };
-    let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let setup = source::sqs::aws_setup(cfg.endpoint_url.as_deref(), &cfg.region, cfg.wait_time_secs).await?;
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let setup =
+        source::sqs::aws_setup(cfg.endpoint_url.as_deref(), &cfg.region, cfg.wait_time_secs)
+            .await?;
     if create && !cfg.queue.starts_with("http") {
         source::sqs::create_queue(&setup, &cfg.queue, &[]).await?;
     }
@@ -23,7 +29,15 @@ pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8
     let bodies: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let chunks: Vec<Vec<BatchEntry>> = bodies
         .chunks(10)
-        .map(|c| c.iter().enumerate().map(|(i, b)| BatchEntry { id: i.to_string(), value: (*b).to_string() }).collect())
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .map(|(i, b)| BatchEntry {
+                    id: i.to_string(),
+                    value: (*b).to_string(),
+                })
+                .collect()
+        })
         .collect();
     use futures::StreamExt;
     let cancel = CancellationToken::new();
@@ -32,9 +46,20 @@ pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8
             let (q, cancel) = (queue.clone(), cancel.clone());
             async move {
                 let n = entries.len();
-                let failed = retry(Backoff::SQS, &cancel, SqsError::is_retriable, |_, _, _| {}, || q.send_batch(entries.clone())).await?;
+                let failed = retry(
+                    Backoff::SQS,
+                    &cancel,
+                    SqsError::is_retriable,
+                    |_, _, _| {},
+                    || q.send_batch(entries.clone()),
+                )
+                .await?;
                 if let Some(f) = failed.first() {
-                    return Err(SqsError::new(source::ErrorKind::Permanent, "SendMessageBatch", format!("{} entries failed: {} {}", failed.len(), f.code, f.message)));
+                    return Err(SqsError::new(
+                        source::ErrorKind::Permanent,
+                        "SendMessageBatch",
+                        format!("{} entries failed: {} {}", failed.len(), f.code, f.message),
+                    ));
                 }
                 Ok(n)
             }
@@ -46,6 +71,10 @@ pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8
     for r in results {
         sent += r?;
     }
-    println!("Sent {sent} messages from {} to {}.", input.display(), cfg.queue);
+    println!(
+        "Sent {sent} messages from {} to {}.",
+        input.display(),
+        cfg.queue
+    );
     Ok(0)
 }

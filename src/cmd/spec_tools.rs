@@ -46,7 +46,13 @@ pub fn cmd_test(specs: &[PathBuf]) -> Result<u8> {
         }
         let reports = run_spec_tests(&spec);
         for r in &reports {
-            writeln!(out, "{}  {}: {}", if r.passed() { "PASS" } else { "FAIL" }, path.display(), r.name)?;
+            writeln!(
+                out,
+                "{}  {}: {}",
+                if r.passed() { "PASS" } else { "FAIL" },
+                path.display(),
+                r.name
+            )?;
             for f in &r.failures {
                 for line in f.to_string().lines() {
                     writeln!(out, "      {line}")?;
@@ -55,7 +61,13 @@ pub fn cmd_test(specs: &[PathBuf]) -> Result<u8> {
         }
         let bad = reports.iter().filter(|r| !r.passed()).count();
         failed += bad;
-        writeln!(out, "{}: {} passed, {} failed", path.display(), reports.len() - bad, bad)?;
+        writeln!(
+            out,
+            "{}: {} passed, {} failed",
+            path.display(),
+            reports.len() - bad,
+            bad
+        )?;
     }
     Ok(if invalid {
         2
@@ -99,17 +111,26 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
         (Some(p), _) => p.to_path_buf(),
         (None, SourceConfig::File(f)) => PathBuf::from(&f.path),
         (None, SourceConfig::Sqs(_)) => {
-            return Err(usage(format!("{}: the source is a queue; give a JSON Lines file with --input FILE", spec_path.display())));
+            return Err(usage(format!(
+                "{}: the source is a queue; give a JSON Lines file with --input FILE",
+                spec_path.display()
+            )));
         }
     };
-    let file = std::fs::File::open(&input).map_err(|e| usage(format!("cannot read --input {}: {e}", input.display())))?;
+    let file = std::fs::File::open(&input)
+        .map_err(|e| usage(format!("cannot read --input {}: {e}", input.display())))?;
     let tokenizer = preview_tokenizer(&spec)?;
     let sqs = matches!(spec.source, SourceConfig::Sqs(_));
     if sqs {
-        eprintln!("note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE.");
+        eprintln!(
+            "note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE."
+        );
     }
     let processor = Processor::new(spec.columns.clone(), tokenizer, None);
-    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| input.display().to_string());
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| input.display().to_string());
     let now = chrono::Utc::now().timestamp_millis().to_string();
 
     let mut results: Vec<(u64, Previewed)> = Vec::new();
@@ -123,7 +144,10 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             continue;
         }
         let attributes = if sqs {
-            HashMap::from([("SentTimestamp".to_string(), now.clone()), ("ApproximateReceiveCount".to_string(), "1".to_string())])
+            HashMap::from([
+                ("SentTimestamp".to_string(), now.clone()),
+                ("ApproximateReceiveCount".to_string(), "1".to_string()),
+            ])
         } else {
             HashMap::new()
         };
@@ -135,7 +159,9 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             message_attributes: HashMap::new(),
         };
         let p = match processor.process(msg).outcome {
-            Outcome::Row { values, .. } => Previewed::Row(values.iter().map(|v| v.to_json()).collect()),
+            Outcome::Row { values, .. } => {
+                Previewed::Row(values.iter().map(|v| v.to_json()).collect())
+            }
             Outcome::Reject { reason } => Previewed::Reject(reason),
         };
         results.push((line_no, p));
@@ -149,8 +175,11 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
         for (line, p) in &results {
             let v = match p {
                 Previewed::Row(values) => {
-                    let row: serde_json::Map<String, serde_json::Value> =
-                        columns.iter().map(|c| c.to_string()).zip(values.iter().cloned()).collect();
+                    let row: serde_json::Map<String, serde_json::Value> = columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .zip(values.iter().cloned())
+                        .collect();
                     serde_json::json!({"line": line, "row": row})
                 }
                 Previewed::Reject(reason) => serde_json::json!({"line": line, "reject": reason}),
@@ -158,7 +187,10 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             writeln!(out, "{v}")?;
         }
     }
-    let rows = results.iter().filter(|(_, p)| matches!(p, Previewed::Row(_))).count();
+    let rows = results
+        .iter()
+        .filter(|(_, p)| matches!(p, Previewed::Row(_)))
+        .count();
     eprintln!(
         "preview: {} messages from {}: {rows} rows, {} rejects (nothing written)",
         results.len(),
@@ -177,26 +209,57 @@ fn cell(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if s.chars().count() > MAX_CELL { s.chars().take(MAX_CELL - 1).chain(['…']).collect() } else { s }
+    if s.chars().count() > MAX_CELL {
+        s.chars().take(MAX_CELL - 1).chain(['…']).collect()
+    } else {
+        s
+    }
 }
 
 fn print_table(out: &mut impl Write, columns: &[&str], results: &[(u64, Previewed)]) -> Result<()> {
-    let header: Vec<String> = std::iter::once("line".to_string()).chain(columns.iter().map(|c| c.to_string())).collect();
+    let header: Vec<String> = std::iter::once("line".to_string())
+        .chain(columns.iter().map(|c| c.to_string()))
+        .collect();
     let rows: Vec<Vec<String>> = results
         .iter()
         .filter_map(|(line, p)| match p {
-            Previewed::Row(values) => Some(std::iter::once(line.to_string()).chain(values.iter().map(cell)).collect()),
+            Previewed::Row(values) => Some(
+                std::iter::once(line.to_string())
+                    .chain(values.iter().map(cell))
+                    .collect(),
+            ),
             Previewed::Reject(_) => None,
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String]| -> String {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join(" | ").trim_end().to_string()
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+            .trim_end()
+            .to_string()
     };
     writeln!(out, "{}", line(&header))?;
-    writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+    writeln!(
+        out,
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    )?;
     for r in &rows {
         writeln!(out, "{}", line(r))?;
     }

@@ -101,7 +101,11 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
             }
             Ok(0)
         }
-        KeyringAction::AddKey { file, purpose, force } => {
+        KeyringAction::AddKey {
+            file,
+            purpose,
+            force,
+        } => {
             if purpose == Purpose::Hash && !force {
                 return Err(usage(
                     "a new hash key changes the token of every value written from now on, so old and new rows of the same \
@@ -109,7 +113,11 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 ));
             }
             let mut ring = read_ring(&file)?;
-            let before = ring.keys(purpose).iter().find(|k| k.state == KeyState::Active).map(|k| k.id.clone());
+            let before = ring
+                .keys(purpose)
+                .iter()
+                .find(|k| k.state == KeyState::Active)
+                .map(|k| k.id.clone());
             let id = ring.add_key(purpose).map_err(usage)?;
             write_ring(&ring, &file)?;
             match (purpose, before) {
@@ -123,11 +131,19 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                      run `etl-engine vault-retokenize SPEC --column COLUMN` for encrypted columns.",
                     file.display()
                 ),
-                (_, None) => println!("Added {} key {id} (active) to {}.", purpose.name(), file.display()),
+                (_, None) => println!(
+                    "Added {} key {id} (active) to {}.",
+                    purpose.name(),
+                    file.display()
+                ),
             }
             Ok(0)
         }
-        KeyringAction::SetState { file, key_id, state } => {
+        KeyringAction::SetState {
+            file,
+            key_id,
+            state,
+        } => {
             let mut ring = read_ring(&file)?;
             let demoted = ring.set_state(&key_id, state).map_err(usage)?;
             write_ring(&ring, &file)?;
@@ -136,8 +152,13 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 print!("; {d} is now decrypt_only");
             }
             println!(".");
-            if state != KeyState::Active && ring.purpose_of(&key_id).ok() == Some(Purpose::Encryption) && ring.active_encryption_key().is_err() {
-                eprintln!("warning: the keyring has no active encryption key now; `run` and `vault-rotate` need one.");
+            if state != KeyState::Active
+                && ring.purpose_of(&key_id).ok() == Some(Purpose::Encryption)
+                && ring.active_encryption_key().is_err()
+            {
+                eprintln!(
+                    "warning: the keyring has no active encryption key now; `run` and `vault-rotate` need one."
+                );
             }
             Ok(0)
         }
@@ -152,17 +173,32 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                     let pool = pool.clone();
                     let key_id = key_id.clone();
                     async move {
-                        sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(scope).bind(key_id).fetch_one(&pool).await.map(|r| r.0)
+                        sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql))
+                            .bind(scope)
+                            .bind(key_id)
+                            .fetch_one(&pool)
+                            .await
+                            .map(|r| r.0)
                     }
                 };
                 let vault = sink::quote_ident(&spec.vault.table);
                 let rejects = sink::quote_ident(&spec.rejects.table);
-                let in_vault = count(format!("SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"), spec.target.table.clone())
-                    .await
-                    .with_context(|| format!("counting rows of {} under key {key_id}", spec.vault.table))?;
-                let in_rejects = count(format!("SELECT count(*) FROM {rejects} WHERE pipeline = $1 AND key_id = $2"), spec.name.clone())
-                    .await
-                    .with_context(|| format!("counting rows of {} under key {key_id}", spec.rejects.table))?;
+                let in_vault = count(
+                    format!("SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"),
+                    spec.target.table.clone(),
+                )
+                .await
+                .with_context(|| {
+                    format!("counting rows of {} under key {key_id}", spec.vault.table)
+                })?;
+                let in_rejects = count(
+                    format!("SELECT count(*) FROM {rejects} WHERE pipeline = $1 AND key_id = $2"),
+                    spec.name.clone(),
+                )
+                .await
+                .with_context(|| {
+                    format!("counting rows of {} under key {key_id}", spec.rejects.table)
+                })?;
                 if in_vault + in_rejects > 0 {
                     return Err(usage(format!(
                         "key {key_id} still encrypts {in_vault} vault value(s) and {in_rejects} reject bod(ies) of {}; \
@@ -174,18 +210,32 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
             }
             let purpose = ring.remove_key(&key_id).map_err(usage)?;
             write_ring(&ring, &file)?;
-            println!("Removed {} key {key_id} from {}.", purpose.name(), file.display());
+            println!(
+                "Removed {} key {key_id} from {}.",
+                purpose.name(),
+                file.display()
+            );
             Ok(0)
         }
     }
 }
 
 fn describe(t: &TableReport) -> String {
-    let mut s = format!("{}: {} re-encrypted, {} changed concurrently, {} failed, ", t.table, t.rotated, t.raced, t.failed_total());
+    let mut s = format!(
+        "{}: {} re-encrypted, {} changed concurrently, {} failed, ",
+        t.table,
+        t.rotated,
+        t.raced,
+        t.failed_total()
+    );
     if t.remaining.is_empty() {
         s.push_str("none left under other keys");
     } else {
-        let left: Vec<String> = t.remaining.iter().map(|(k, n)| format!("{n} under {k}")).collect();
+        let left: Vec<String> = t
+            .remaining
+            .iter()
+            .map(|(k, n)| format!("{n} under {k}"))
+            .collect();
         s.push_str(&format!("left: {}", left.join(", ")));
     }
     s
@@ -201,29 +251,46 @@ pub async fn cmd_rotate(args: RotateArgs) -> Result<u8> {
     drop(ring);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec).await.context("creating the engine's tables")?;
-    let opts = Options { batch_size: args.batch_size, max_rows: args.max_rows };
-    let report = rotate::rotate(&pool, &spec, &cipher, opts).await.map_err(|e| match e {
-        rotate::RotateError::BatchSize(_) | rotate::RotateError::NoActiveKey => usage(e),
-        other => anyhow::Error::from(other),
-    })?;
-    let failed = sink::record_key_counts(&pool, report.encryptions.clone().into_iter().collect()).await;
+    sink::schema::ensure(&pool, &spec)
+        .await
+        .context("creating the engine's tables")?;
+    let opts = Options {
+        batch_size: args.batch_size,
+        max_rows: args.max_rows,
+    };
+    let report = rotate::rotate(&pool, &spec, &cipher, opts)
+        .await
+        .map_err(|e| match e {
+            rotate::RotateError::BatchSize(_) | rotate::RotateError::NoActiveKey => usage(e),
+            other => anyhow::Error::from(other),
+        })?;
+    let failed =
+        sink::record_key_counts(&pool, report.encryptions.clone().into_iter().collect()).await;
     if !failed.is_empty() {
         tracing::warn!("Could not record the rotation's encryptions in the key-usage table.");
     }
-    println!("{}: re-encrypting under key {}", spec.name, report.active_key);
+    println!(
+        "{}: re-encrypting under key {}",
+        spec.name, report.active_key
+    );
     println!("  vault {}", describe(&report.vault));
     println!("  rejects {}", describe(&report.rejects));
     let mut code = 0;
     for t in [&report.vault, &report.rejects] {
         for (err, n) in &t.failed {
             let example = t.failed_examples.get(err).map(String::as_str).unwrap_or("");
-            eprintln!("error: {}: {n} value(s) could not be decrypted (e.g. {example}): {err}", t.table);
+            eprintln!(
+                "error: {}: {n} value(s) could not be decrypted (e.g. {example}): {err}",
+                t.table
+            );
             code = 1;
         }
     }
     if code == 0 && !report.complete() {
-        eprintln!("Some values are not under key {} yet; run vault-rotate again to continue.", report.active_key);
+        eprintln!(
+            "Some values are not under key {} yet; run vault-rotate again to continue.",
+            report.active_key
+        );
         code = 3;
     }
     if code == 0 {
@@ -250,14 +317,19 @@ pub async fn cmd_retokenize(args: RetokenizeArgs) -> Result<u8> {
     drop(ring);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec).await.context("creating the engine's tables")?;
+    sink::schema::ensure(&pool, &spec)
+        .await
+        .context("creating the engine's tables")?;
     let mut code = 0;
     for column in &args.columns {
-        let r = retokenize::retokenize(&pool, &spec, column, &cipher, &tokenizer, args.batch_size).await.map_err(|e| match e {
-            retokenize::RetokenizeError::Db(_) => anyhow::Error::from(e),
-            other => usage(other),
-        })?;
-        let failed = sink::record_key_counts(&pool, r.encryptions.clone().into_iter().collect()).await;
+        let r = retokenize::retokenize(&pool, &spec, column, &cipher, &tokenizer, args.batch_size)
+            .await
+            .map_err(|e| match e {
+                retokenize::RetokenizeError::Db(_) => anyhow::Error::from(e),
+                other => usage(other),
+            })?;
+        let failed =
+            sink::record_key_counts(&pool, r.encryptions.clone().into_iter().collect()).await;
         if !failed.is_empty() {
             tracing::warn!("Could not record the encryptions in the key-usage table.");
         }
@@ -273,11 +345,15 @@ pub async fn cmd_retokenize(args: RetokenizeArgs) -> Result<u8> {
         );
         for (err, n) in &r.failed {
             let example = r.failed_examples.get(err).map(String::as_str).unwrap_or("");
-            eprintln!("error: {column}: {n} value(s) could not be decrypted (e.g. token {example}): {err}");
+            eprintln!(
+                "error: {column}: {n} value(s) could not be decrypted (e.g. token {example}): {err}"
+            );
             code = 1;
         }
         if code == 0 && r.raced > 0 {
-            eprintln!("{column}: some values changed while re-tokenizing; run vault-retokenize again to finish.");
+            eprintln!(
+                "{column}: some values changed while re-tokenizing; run vault-retokenize again to finish."
+            );
             code = 3;
         }
     }

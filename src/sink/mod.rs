@@ -41,7 +41,9 @@ pub enum SinkError {
 /// other error is about the database or the statement, not one row.
 fn is_row_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
         _ => false,
     }
 }
@@ -51,7 +53,10 @@ fn is_row_error(e: &sqlx::Error) -> bool {
 /// and deadlock (40001, 40P01), unknown statement completion (40003), lock timeout (55P03),
 /// and writing to a read-only server (25006), which is what a primary demoted by a failover says.
 fn is_transient_sqlstate(c: &str) -> bool {
-    c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || matches!(c, "40001" | "40P01" | "40003" | "55P03" | "25006")
+    c.starts_with("08")
+        || c.starts_with("53")
+        || c.starts_with("57")
+        || matches!(c, "40001" | "40P01" | "40003" | "55P03" | "25006")
 }
 
 impl SinkError {
@@ -61,7 +66,10 @@ impl SinkError {
     pub fn is_retriable(&self) -> bool {
         match self {
             SinkError::Db(e) => match e {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_) => true,
                 sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(d) => d.code().is_some_and(|c| is_transient_sqlstate(&c)),
                 _ => false,
@@ -79,7 +87,10 @@ fn refusal_reason(e: &sqlx::Error) -> String {
         sqlx::Error::Database(d) => {
             let msg = d.message();
             let msg = msg.split_once(": \"").map_or(msg, |(head, _)| head);
-            format!("postgres refused the row: {msg} (SQLSTATE {})", d.code().unwrap_or_default())
+            format!(
+                "postgres refused the row: {msg} (SQLSTATE {})",
+                d.code().unwrap_or_default()
+            )
         }
         _ => "postgres refused the row".to_string(),
     }
@@ -87,7 +98,10 @@ fn refusal_reason(e: &sqlx::Error) -> String {
 
 /// Quotes a validated `name` or `schema.name` as a Postgres identifier.
 pub fn quote_ident(name: &str) -> String {
-    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// What one committed write did.
@@ -132,7 +146,10 @@ pub struct WriteProgress<'a> {
 impl<'a> WriteProgress<'a> {
     /// Nothing written yet.
     pub fn new(batch: &'a [Processed]) -> Self {
-        Self { pending: vec![batch], report: WriteReport::default() }
+        Self {
+            pending: vec![batch],
+            report: WriteReport::default(),
+        }
     }
 
     /// Whether every message has committed.
@@ -147,7 +164,11 @@ impl<'a> WriteProgress<'a> {
 
     /// (message id, receipt handle) of every message not yet committed.
     pub fn pending_receipts(&self) -> Vec<(String, String)> {
-        self.pending.iter().flat_map(|p| p.iter()).map(|p| (p.message_id.clone(), p.receipt_handle.clone())).collect()
+        self.pending
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|p| (p.message_id.clone(), p.receipt_handle.clone()))
+            .collect()
     }
 }
 
@@ -175,14 +196,22 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sql
 
 impl Sink {
     /// Builds the statements for `spec`. Call [`schema::ensure`] and [`Sink::check_target`] first.
-    pub fn new(pool: PgPool, spec: &Spec, columns: Arc<Vec<Column>>, cipher: Arc<VaultCipher>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        spec: &Spec,
+        columns: Arc<Vec<Column>>,
+        cipher: Arc<VaultCipher>,
+    ) -> Self {
         let ledger = quote_ident(&spec.ledger.table);
         let vault = quote_ident(&spec.vault.table);
         let rejects = quote_ident(&spec.rejects.table);
         let target = quote_ident(&spec.target.table);
         let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let arrays: Vec<String> =
-            columns.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type())).collect();
+        let arrays: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type()))
+            .collect();
         Sink {
             pool,
             pipeline: spec.name.clone(),
@@ -198,7 +227,11 @@ impl Sink {
                  SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
                  ON CONFLICT (target_table, column_name, token) DO NOTHING"
             ),
-            sql_target: format!("INSERT INTO {target} ({}) SELECT * FROM UNNEST({})", names.join(", "), arrays.join(", ")),
+            sql_target: format!(
+                "INSERT INTO {target} ({}) SELECT * FROM UNNEST({})",
+                names.join(", "),
+                arrays.join(", ")
+            ),
             sql_rejects: format!(
                 "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
                  SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
@@ -214,7 +247,11 @@ impl Sink {
 
     /// Checks that the target table exists and has every spec column with a type the column's
     /// value can be written to, naming every problem at once.
-    pub async fn check_target(pool: &PgPool, table: &str, columns: &[Column]) -> Result<(), SinkError> {
+    pub async fn check_target(
+        pool: &PgPool,
+        table: &str,
+        columns: &[Column],
+    ) -> Result<(), SinkError> {
         let (schema, name) = match table.split_once('.') {
             Some((s, n)) => (Some(s.to_string()), n.to_string()),
             None => (None, table.to_string()),
@@ -289,7 +326,10 @@ impl Sink {
                 Err(SinkError::Db(e)) if is_row_error(&e) => {
                     if part.len() == 1 {
                         let reason = refusal_reason(&e);
-                        let rejected = part.iter().map(|p| reject_of(p, reason.clone())).collect::<Vec<_>>();
+                        let rejected = part
+                            .iter()
+                            .map(|p| reject_of(p, reason.clone()))
+                            .collect::<Vec<_>>();
                         let r = self.write_once(&rejected).await?;
                         progress.pending.pop();
                         progress.report.merge(r);
@@ -318,8 +358,16 @@ impl Sink {
     async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|p| p.message_id.as_str()).collect();
-        let outcomes: Vec<&str> =
-            batch.iter().map(|p| if matches!(p.outcome, Outcome::Row { .. }) { "row" } else { "reject" }).collect();
+        let outcomes: Vec<&str> = batch
+            .iter()
+            .map(|p| {
+                if matches!(p.outcome, Outcome::Row { .. }) {
+                    "row"
+                } else {
+                    "reject"
+                }
+            })
+            .collect();
         let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql_ledger.clone()))
             .bind(&self.pipeline)
             .bind(&ids)
@@ -328,13 +376,18 @@ impl Sink {
             .await?;
         let fresh: HashSet<String> = fresh.into_iter().map(|r| r.0).collect();
         let mut report = WriteReport {
-            acked: batch.iter().map(|p| (p.message_id.clone(), p.receipt_handle.clone())).collect(),
+            acked: batch
+                .iter()
+                .map(|p| (p.message_id.clone(), p.receipt_handle.clone()))
+                .collect(),
             ..Default::default()
         };
         // A message id twice in one batch (possible with redelivery) is written once.
         let mut seen = HashSet::new();
-        let new: Vec<&Processed> =
-            batch.iter().filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str())).collect();
+        let new: Vec<&Processed> = batch
+            .iter()
+            .filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str()))
+            .collect();
         report.duplicates = (batch.len() - new.len()) as u64;
 
         // Vault: one encryption per distinct (column, token) in the batch, inserted in key order
@@ -349,9 +402,14 @@ impl Sink {
             .collect();
         pending.sort_unstable_by(|a, b| (&a.column, &a.token).cmp(&(&b.column, &b.token)));
         pending.dedup_by(|a, b| a.column == b.column && a.token == b.token);
-        let (mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for pv in pending {
-            let b = Binding { scope: &self.target_table, column: &pv.column, token: &pv.token };
+            let b = Binding {
+                scope: &self.target_table,
+                column: &pv.column,
+                token: &pv.token,
+            };
             let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
             v_col.push(pv.column.clone());
@@ -384,18 +442,27 @@ impl Sink {
         if !rows.is_empty() {
             let mut q = sqlx::query(AssertSqlSafe(self.sql_target.clone()));
             for (i, col) in self.columns.iter().enumerate() {
-                q = bind_column(q, col.out_type, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
+                q = bind_column(
+                    q,
+                    col.out_type,
+                    rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)),
+                );
             }
             q.execute(&mut *tx).await?;
             report.rows = rows.len() as u64;
         }
 
         // Rejects, bodies encrypted.
-        let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for p in &new {
             if let Outcome::Reject { reason } = &p.outcome {
                 let body = p.reject_body.as_deref().unwrap_or_default();
-                let b = Binding { scope: &self.pipeline, column: "rejects", token: &p.message_id };
+                let b = Binding {
+                    scope: &self.pipeline,
+                    column: "rejects",
+                    token: &p.message_id,
+                };
                 let sealed = self.cipher.encrypt(b, body.as_bytes())?;
                 *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
                 r_id.push(p.message_id.clone());
@@ -437,14 +504,20 @@ fn reject_of(p: &Processed, reason: String) -> Processed {
 /// (`information_schema.columns.data_type`) by an assignment cast.
 pub fn type_compatible(ty: ValType, pg_type: &str) -> bool {
     let textual = matches!(pg_type, "text" | "character varying" | "character");
-    let numeric = matches!(pg_type, "integer" | "bigint" | "numeric" | "real" | "double precision");
+    let numeric = matches!(
+        pg_type,
+        "integer" | "bigint" | "numeric" | "real" | "double precision"
+    );
     textual
         || match ty {
             ValType::Json | ValType::Text => false,
             ValType::Integer | ValType::BigInt => numeric,
             ValType::Boolean => pg_type == "boolean",
             ValType::Date | ValType::Timestamp => {
-                matches!(pg_type, "date" | "timestamp without time zone" | "timestamp with time zone")
+                matches!(
+                    pg_type,
+                    "date" | "timestamp without time zone" | "timestamp with time zone"
+                )
             }
         }
 }
@@ -452,9 +525,15 @@ pub fn type_compatible(ty: ValType, pg_type: &str) -> bool {
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds one column of a batch as a typed array.
-fn bind_column<'q, 'v>(q: PgQuery<'q>, ty: ValType, vals: impl Iterator<Item = &'v Val>) -> PgQuery<'q> {
+fn bind_column<'q, 'v>(
+    q: PgQuery<'q>,
+    ty: ValType,
+    vals: impl Iterator<Item = &'v Val>,
+) -> PgQuery<'q> {
     match ty {
-        ValType::Json | ValType::Text => q.bind(vals.map(|v| v.to_text()).collect::<Vec<Option<String>>>()),
+        ValType::Json | ValType::Text => {
+            q.bind(vals.map(|v| v.to_text()).collect::<Vec<Option<String>>>())
+        }
         ValType::Integer => q.bind(
             vals.map(|v| match v {
                 Val::Int(i) => Some(*i),

@@ -15,7 +15,10 @@ pub const AUDIT_TABLE: &str = "etl_vault_audit";
 /// The DDL for a spec's engine tables.
 pub fn ddl(spec: &Spec) -> Vec<String> {
     let ledger = quote_ident(&spec.ledger.table);
-    let ledger_idx = quote_ident(&format!("{}_processed_at", spec.ledger.table.replace('.', "_")));
+    let ledger_idx = quote_ident(&format!(
+        "{}_processed_at",
+        spec.ledger.table.replace('.', "_")
+    ));
     let vault = quote_ident(&spec.vault.table);
     let rejects = quote_ident(&spec.rejects.table);
     vec![
@@ -92,11 +95,17 @@ pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
             // 42501: insufficient privilege. Fine if the table is already there; the writes
             // that follow will say so clearly if it is not.
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {
-                tracing::debug!("Cannot create an engine table with this role; assuming it exists.");
+                tracing::debug!(
+                    "Cannot create an engine table with this role; assuming it exists."
+                );
             }
             // 23505 / 42P07 / 42723 / 42710 / 42701: a concurrent process created the same table,
             // type, function, trigger or column at the same moment.
-            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07" | "42723" | "42710" | "42701")) => {}
+            Err(sqlx::Error::Database(d))
+                if matches!(
+                    d.code().as_deref(),
+                    Some("23505" | "42P07" | "42723" | "42710" | "42701")
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -132,6 +141,9 @@ mod tests {
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(want.contains("CREATE TABLE IF NOT EXISTS \"etl_ledger\""));
-        assert_eq!(have, want, "schema/engine.sql is stale: run UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current");
+        assert_eq!(
+            have, want,
+            "schema/engine.sql is stale: run UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current"
+        );
     }
 }

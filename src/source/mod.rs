@@ -38,7 +38,10 @@ impl fmt::Debug for ReceivedMessage {
             .field("message_id", &self.message_id)
             .field("body_len", &self.body.len())
             .field("attributes", &self.attributes)
-            .field("message_attributes", &self.message_attributes.keys().collect::<Vec<_>>())
+            .field(
+                "message_attributes",
+                &self.message_attributes.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -65,7 +68,10 @@ pub struct BatchEntry {
 
 impl fmt::Debug for BatchEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BatchEntry").field("id", &self.id).field("value_len", &self.value.len()).finish()
+        f.debug_struct("BatchEntry")
+            .field("id", &self.id)
+            .field("value_len", &self.value.len())
+            .finish()
     }
 }
 
@@ -104,13 +110,31 @@ pub struct SqsError {
 
 impl SqsError {
     pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, operation, message: message.into() }
+        Self {
+            kind,
+            operation,
+            message: message.into(),
+        }
     }
     /// Whether retrying the same call later may succeed.
     pub fn is_retriable(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
 }
+
+/// SQS error codes that mean "try again later" whatever the HTTP status says; shared by both
+/// protocol clients so retries behave the same over either.
+pub const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "KmsThrottled",
+    "KMSThrottlingException",
+    "RequestTimeout",
+];
 
 /// Decides whether an error text from an endpoint means "you spoke the wrong protocol".
 ///
@@ -134,10 +158,14 @@ pub trait QueueClient: Send + Sync {
     fn protocol_name(&self) -> &'static str;
 
     /// Receives up to `max_messages`, with all system attributes and all message attributes.
-    fn receive(&self, req: ReceiveRequest) -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>>;
+    fn receive(&self, req: ReceiveRequest)
+    -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>>;
 
     /// Deletes messages by receipt handle (`BatchEntry::value`). Returns per-entry failures.
-    fn delete_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>>;
+    fn delete_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>>;
 
     /// Sets the visibility timeout of messages by receipt handle. Returns per-entry failures.
     fn change_visibility_batch(
@@ -147,9 +175,15 @@ pub trait QueueClient: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>>;
 
     /// Sends messages (`BatchEntry::value` is the body). Returns per-entry failures.
-    fn send_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>>;
+    fn send_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>>;
 
     /// Reads queue attributes by name (e.g. `ApproximateNumberOfMessages`, `RedrivePolicy`,
     /// `MessageRetentionPeriod`); `All` is allowed.
-    fn queue_attributes(&self, names: Vec<String>) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>>;
+    fn queue_attributes(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>>;
 }

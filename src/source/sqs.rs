@@ -25,7 +25,11 @@ pub struct AwsSetup {
 /// Builds the AWS configuration. With an endpoint override and no credentials in the
 /// environment, dummy credentials are used: local emulators accept any, and the default chain
 /// would otherwise wait for an instance-metadata service that does not exist here.
-pub async fn aws_setup(endpoint_url: Option<&str>, region: &str, wait_time_secs: u32) -> Result<AwsSetup, SqsError> {
+pub async fn aws_setup(
+    endpoint_url: Option<&str>,
+    region: &str,
+    wait_time_secs: u32,
+) -> Result<AwsSetup, SqsError> {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(u64::from(wait_time_secs) + 20))
@@ -35,17 +39,35 @@ pub async fn aws_setup(endpoint_url: Option<&str>, region: &str, wait_time_secs:
         .timeout_config(timeouts);
     if let Some(ep) = endpoint_url {
         loader = loader.endpoint_url(ep);
-        let has_env_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some();
+        let has_env_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+            || std::env::var_os("AWS_PROFILE").is_some();
         if !has_env_creds {
-            loader = loader.credentials_provider(Credentials::new("test", "test", None, None, "local-endpoint"));
+            loader = loader.credentials_provider(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "local-endpoint",
+            ));
         }
     }
     let conf = loader.load().await;
-    let credentials = conf
-        .credentials_provider()
-        .ok_or_else(|| SqsError::new(ErrorKind::Permanent, "configure", "no AWS credentials provider available"))?;
-    let endpoint = endpoint_url.map(str::to_string).unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
-    Ok(AwsSetup { sdk: aws_sdk_sqs::Client::new(&conf), credentials, region: region.to_string(), endpoint })
+    let credentials = conf.credentials_provider().ok_or_else(|| {
+        SqsError::new(
+            ErrorKind::Permanent,
+            "configure",
+            "no AWS credentials provider available",
+        )
+    })?;
+    let endpoint = endpoint_url
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+    Ok(AwsSetup {
+        sdk: aws_sdk_sqs::Client::new(&conf),
+        credentials,
+        region: region.to_string(),
+        endpoint,
+    })
 }
 
 fn is_url(queue: &str) -> bool {
@@ -59,11 +81,19 @@ pub async fn connect(cfg: &SqsSourceConfig) -> Result<Arc<dyn QueueClient>, SqsE
 }
 
 /// Like [`connect`], with an existing setup (the loader and tests reuse one).
-pub async fn connect_with(setup: &AwsSetup, queue: &str, protocol: SqsProtocol) -> Result<Arc<dyn QueueClient>, SqsError> {
+pub async fn connect_with(
+    setup: &AwsSetup,
+    queue: &str,
+    protocol: SqsProtocol,
+) -> Result<Arc<dyn QueueClient>, SqsError> {
     if protocol != SqsProtocol::Query {
         match probe_json(setup, queue).await {
             Ok(client) => {
-                tracing::info!(protocol = "json", queue_url = client.queue_url(), "Connected to the SQS queue.");
+                tracing::info!(
+                    protocol = "json",
+                    queue_url = client.queue_url(),
+                    "Connected to the SQS queue."
+                );
                 return Ok(Arc::new(client));
             }
             Err(e) if e.kind == ErrorKind::ProtocolMismatch && protocol == SqsProtocol::Auto => {
@@ -89,10 +119,20 @@ pub async fn connect_with(setup: &AwsSetup, queue: &str, protocol: SqsProtocol) 
     let url = if is_url(queue) {
         queue.to_string()
     } else {
-        QueryClient::get_queue_url(&setup.endpoint, &setup.region, &setup.credentials, queue).await?
+        QueryClient::get_queue_url(&setup.endpoint, &setup.region, &setup.credentials, queue)
+            .await?
     };
-    let client = QueryClient::new(&setup.endpoint, &setup.region, setup.credentials.clone(), url)?;
-    tracing::info!(protocol = "query", queue_url = client.queue_url(), "Connected to the SQS queue.");
+    let client = QueryClient::new(
+        &setup.endpoint,
+        &setup.region,
+        setup.credentials.clone(),
+        url,
+    )?;
+    tracing::info!(
+        protocol = "query",
+        queue_url = client.queue_url(),
+        "Connected to the SQS queue."
+    );
     Ok(Arc::new(client))
 }
 
@@ -110,10 +150,21 @@ async fn probe_json(setup: &AwsSetup, queue: &str) -> Result<JsonClient, SqsErro
 }
 
 /// Creates a queue over whichever protocol the endpoint speaks (used by the loader and tests).
-pub async fn create_queue(setup: &AwsSetup, name: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+pub async fn create_queue(
+    setup: &AwsSetup,
+    name: &str,
+    attributes: &[(&str, &str)],
+) -> Result<String, SqsError> {
     match JsonClient::create_queue(&setup.sdk, name, attributes).await {
         Err(e) if e.kind == ErrorKind::ProtocolMismatch => {
-            QueryClient::create_queue(&setup.endpoint, &setup.region, &setup.credentials, name, attributes).await
+            QueryClient::create_queue(
+                &setup.endpoint,
+                &setup.region,
+                &setup.credentials,
+                name,
+                attributes,
+            )
+            .await
         }
         other => other,
     }

@@ -1,27 +1,17 @@
 //! The SQS JSON protocol through aws-sdk-sqs: what current AWS, LocalStack ≥ 3 and moto speak.
 
-use super::{BatchEntry, BatchFailure, ErrorKind, QueueClient, ReceiveRequest, ReceivedMessage, SqsError, is_protocol_mismatch_text};
+use super::{
+    BatchEntry, BatchFailure, ErrorKind, QueueClient, ReceiveRequest, ReceivedMessage, SqsError,
+    TRANSIENT_CODES, is_protocol_mismatch_text,
+};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-
-/// Error codes that mean "try again later".
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "KmsThrottled",
-    "KMSThrottlingException",
-    "RequestTimeout",
-];
 
 /// Classifies an SDK error. The protocol-mismatch answer of old endpoints is an HTTP 500 whose
 /// body the SDK cannot parse, so the raw body is checked as well as the error chain.
@@ -31,12 +21,21 @@ where
     R: std::fmt::Debug + HasRawBody,
 {
     let text = DisplayErrorContext(&err).to_string();
-    let raw = err.raw_response().map(|r| r.raw_body_text()).unwrap_or_default();
+    let raw = err
+        .raw_response()
+        .map(|r| r.raw_body_text())
+        .unwrap_or_default();
     if is_protocol_mismatch_text(&text) || is_protocol_mismatch_text(&raw) {
-        return SqsError::new(ErrorKind::ProtocolMismatch, operation, "the endpoint does not speak the SQS JSON protocol (it answered: Missing Action in request for query-protocol service)");
+        return SqsError::new(
+            ErrorKind::ProtocolMismatch,
+            operation,
+            "the endpoint does not speak the SQS JSON protocol (it answered: Missing Action in request for query-protocol service)",
+        );
     }
     let kind = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ErrorKind::Transient
+        }
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or_default();
             let status = se.raw().raw_status();
@@ -59,7 +58,10 @@ pub trait HasRawBody {
 
 impl HasRawBody for aws_smithy_runtime_api::http::Response {
     fn raw_body_text(&self) -> String {
-        self.body().bytes().map(|b| String::from_utf8_lossy(&b[..b.len().min(2048)]).into_owned()).unwrap_or_default()
+        self.body()
+            .bytes()
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(2048)]).into_owned())
+            .unwrap_or_default()
     }
     fn raw_status(&self) -> u16 {
         self.status().as_u16()
@@ -85,19 +87,43 @@ impl JsonClient {
     }
 
     /// Resolves a queue name to its URL.
-    pub async fn get_queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Result<String, SqsError> {
-        let out = client.get_queue_url().queue_name(name).send().await.map_err(|e| classify("GetQueueUrl", e))?;
-        out.queue_url.ok_or_else(|| SqsError::new(ErrorKind::Permanent, "GetQueueUrl", "no QueueUrl in the answer"))
+    pub async fn get_queue_url(
+        client: &aws_sdk_sqs::Client,
+        name: &str,
+    ) -> Result<String, SqsError> {
+        let out = client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueUrl", e))?;
+        out.queue_url.ok_or_else(|| {
+            SqsError::new(
+                ErrorKind::Permanent,
+                "GetQueueUrl",
+                "no QueueUrl in the answer",
+            )
+        })
     }
 
     /// Creates a queue (idempotent) and returns its URL.
-    pub async fn create_queue(client: &aws_sdk_sqs::Client, name: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+    pub async fn create_queue(
+        client: &aws_sdk_sqs::Client,
+        name: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, SqsError> {
         let mut req = client.create_queue().queue_name(name);
         for (k, v) in attributes {
             req = req.attributes(QueueAttributeName::from(*k), *v);
         }
         let out = req.send().await.map_err(|e| classify("CreateQueue", e))?;
-        out.queue_url.ok_or_else(|| SqsError::new(ErrorKind::Permanent, "CreateQueue", "no QueueUrl in the answer"))
+        out.queue_url.ok_or_else(|| {
+            SqsError::new(
+                ErrorKind::Permanent,
+                "CreateQueue",
+                "no QueueUrl in the answer",
+            )
+        })
     }
 }
 
@@ -114,7 +140,11 @@ fn failures(failed: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<BatchFa
 }
 
 fn build_err(operation: &'static str, e: impl std::fmt::Display) -> SqsError {
-    SqsError::new(ErrorKind::Permanent, operation, format!("invalid request: {e}"))
+    SqsError::new(
+        ErrorKind::Permanent,
+        operation,
+        format!("invalid request: {e}"),
+    )
 }
 
 impl QueueClient for JsonClient {
@@ -122,7 +152,10 @@ impl QueueClient for JsonClient {
         "json"
     }
 
-    fn receive(&self, req: ReceiveRequest) -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>> {
+    fn receive(
+        &self,
+        req: ReceiveRequest,
+    ) -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>> {
         async move {
             let out = self
                 .client
@@ -164,11 +197,19 @@ impl QueueClient for JsonClient {
         .boxed()
     }
 
-    fn delete_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
+    fn delete_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
         async move {
             let entries = entries
                 .into_iter()
-                .map(|e| DeleteMessageBatchRequestEntry::builder().id(e.id).receipt_handle(e.value).build())
+                .map(|e| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(e.id)
+                        .receipt_handle(e.value)
+                        .build()
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| build_err("DeleteMessageBatch", e))?;
             let out = self
@@ -184,7 +225,11 @@ impl QueueClient for JsonClient {
         .boxed()
     }
 
-    fn change_visibility_batch(&self, entries: Vec<BatchEntry>, visibility_timeout_secs: i32) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
+    fn change_visibility_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+        visibility_timeout_secs: i32,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
         async move {
             let entries = entries
                 .into_iter()
@@ -210,11 +255,19 @@ impl QueueClient for JsonClient {
         .boxed()
     }
 
-    fn send_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
+    fn send_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
         async move {
             let entries = entries
                 .into_iter()
-                .map(|e| SendMessageBatchRequestEntry::builder().id(e.id).message_body(e.value).build())
+                .map(|e| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(e.id)
+                        .message_body(e.value)
+                        .build()
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| build_err("SendMessageBatch", e))?;
             let out = self
@@ -230,14 +283,28 @@ impl QueueClient for JsonClient {
         .boxed()
     }
 
-    fn queue_attributes(&self, names: Vec<String>) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>> {
+    fn queue_attributes(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>> {
         async move {
-            let mut req = self.client.get_queue_attributes().queue_url(&self.queue_url);
+            let mut req = self
+                .client
+                .get_queue_attributes()
+                .queue_url(&self.queue_url);
             for n in names {
                 req = req.attribute_names(QueueAttributeName::from(n.as_str()));
             }
-            let out = req.send().await.map_err(|e| classify("GetQueueAttributes", e))?;
-            Ok(out.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect())
+            let out = req
+                .send()
+                .await
+                .map_err(|e| classify("GetQueueAttributes", e))?;
+            Ok(out
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_string(), v))
+                .collect())
         }
         .boxed()
     }

@@ -9,7 +9,7 @@
 
 use super::{
     BatchEntry, BatchFailure, ErrorKind, QueueClient, ReceiveRequest, ReceivedMessage, SqsError,
-    is_protocol_mismatch_text,
+    TRANSIENT_CODES, is_protocol_mismatch_text,
 };
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -40,17 +40,6 @@ const MAX_XML_DEPTH: usize = 32;
 /// Error texts quoted from an endpoint are cut to this many characters, so a misbehaving
 /// endpoint cannot flood the logs.
 const MAX_QUOTED_ERROR_CHARS: usize = 300;
-
-/// Error codes that mean "try again later" whatever the HTTP status says.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "KMSThrottlingException",
-    "KmsThrottled",
-];
 
 /// Error codes that mean "this will never work", even if an endpoint reports them with a 5xx.
 const PERMANENT_CODES: &[&str] = &[
@@ -156,15 +145,25 @@ impl QueryClient {
     ///
     /// [`QueueClient::send_batch`] carries bodies only; this exists for loaders and tests that
     /// need attributes on a message.
-    pub async fn send_message(&self, body: &str, message_attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+    pub async fn send_message(
+        &self,
+        body: &str,
+        message_attributes: &[(&str, &str)],
+    ) -> Result<String, SqsError> {
         const OP: &str = "SendMessage";
         let mut params = self.queue_params();
         params.push(("MessageBody".to_owned(), body.to_owned()));
         for (i, (name, value)) in message_attributes.iter().enumerate() {
             let n = i + 1;
             params.push((format!("MessageAttribute.{n}.Name"), (*name).to_owned()));
-            params.push((format!("MessageAttribute.{n}.Value.StringValue"), (*value).to_owned()));
-            params.push((format!("MessageAttribute.{n}.Value.DataType"), "String".to_owned()));
+            params.push((
+                format!("MessageAttribute.{n}.Value.StringValue"),
+                (*value).to_owned(),
+            ));
+            params.push((
+                format!("MessageAttribute.{n}.Value.DataType"),
+                "String".to_owned(),
+            ));
         }
         let root = self.transport.call(OP, &self.queue_target, params).await?;
         let result = expect_result(OP, &root)?;
@@ -196,7 +195,10 @@ impl QueryClient {
         for (i, entry) in entries.iter().enumerate() {
             let n = i + 1;
             params.push((format!("{entry_prefix}.{n}.Id"), entry.id.clone()));
-            params.push((format!("{entry_prefix}.{n}.{value_field}"), entry.value.clone()));
+            params.push((
+                format!("{entry_prefix}.{n}.{value_field}"),
+                entry.value.clone(),
+            ));
             if let Some((name, value)) = &extra {
                 params.push((format!("{entry_prefix}.{n}.{name}"), value.clone()));
             }
@@ -204,7 +206,11 @@ impl QueryClient {
         let root = self.transport.call(op, &self.queue_target, params).await?;
         let result = expect_result(op, &root)?;
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        Ok(parse_batch_result(result, &format!("{op}ResultEntry"), &ids))
+        Ok(parse_batch_result(
+            result,
+            &format!("{op}ResultEntry"),
+            &ids,
+        ))
     }
 }
 
@@ -213,16 +219,25 @@ impl QueueClient for QueryClient {
         "query"
     }
 
-    fn receive(&self, req: ReceiveRequest) -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>> {
+    fn receive(
+        &self,
+        req: ReceiveRequest,
+    ) -> BoxFuture<'_, Result<Vec<ReceivedMessage>, SqsError>> {
         Box::pin(async move {
             const OP: &str = "ReceiveMessage";
             let mut params = self.queue_params();
             params.extend([
                 ("AttributeName.1".to_owned(), "All".to_owned()),
                 ("MessageAttributeName.1".to_owned(), "All".to_owned()),
-                ("MaxNumberOfMessages".to_owned(), req.max_messages.to_string()),
+                (
+                    "MaxNumberOfMessages".to_owned(),
+                    req.max_messages.to_string(),
+                ),
                 ("WaitTimeSeconds".to_owned(), req.wait_time_secs.to_string()),
-                ("VisibilityTimeout".to_owned(), req.visibility_timeout_secs.to_string()),
+                (
+                    "VisibilityTimeout".to_owned(),
+                    req.visibility_timeout_secs.to_string(),
+                ),
             ]);
             let wait = Duration::from_secs(u64::try_from(req.wait_time_secs).unwrap_or(0));
             let root = self
@@ -233,7 +248,10 @@ impl QueueClient for QueryClient {
         })
     }
 
-    fn delete_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
+    fn delete_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
         Box::pin(self.batch_call(
             "DeleteMessageBatch",
             "DeleteMessageBatchRequestEntry",
@@ -257,7 +275,10 @@ impl QueueClient for QueryClient {
         ))
     }
 
-    fn send_batch(&self, entries: Vec<BatchEntry>) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
+    fn send_batch(
+        &self,
+        entries: Vec<BatchEntry>,
+    ) -> BoxFuture<'_, Result<Vec<BatchFailure>, SqsError>> {
         Box::pin(self.batch_call(
             "SendMessageBatch",
             "SendMessageBatchRequestEntry",
@@ -267,7 +288,10 @@ impl QueueClient for QueryClient {
         ))
     }
 
-    fn queue_attributes(&self, names: Vec<String>) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>> {
+    fn queue_attributes(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<HashMap<String, String>, SqsError>> {
         Box::pin(async move {
             const OP: &str = "GetQueueAttributes";
             let mut params = self.queue_params();
@@ -296,8 +320,9 @@ impl Transport {
         region: &str,
         credentials: SharedCredentialsProvider,
     ) -> Result<Self, SqsError> {
-        let endpoint = parse_http_url(endpoint)
-            .map_err(|m| SqsError::new(ErrorKind::Permanent, op, format!("invalid endpoint: {m}")))?;
+        let endpoint = parse_http_url(endpoint).map_err(|m| {
+            SqsError::new(ErrorKind::Permanent, op, format!("invalid endpoint: {m}"))
+        })?;
         if region.is_empty() {
             return Err(SqsError::new(ErrorKind::Permanent, op, "region is empty"));
         }
@@ -328,7 +353,8 @@ impl Transport {
         url: &reqwest::Url,
         params: Vec<(K, String)>,
     ) -> Result<XmlNode, SqsError> {
-        self.call_with_timeout(op, url, params, REQUEST_TIMEOUT).await
+        self.call_with_timeout(op, url, params, REQUEST_TIMEOUT)
+            .await
     }
 
     /// Sends one signed action and returns the parsed XML document of a successful answer.
@@ -358,7 +384,11 @@ impl Transport {
 
         let status = response.status();
         let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(op, url, &e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| transport_error(op, url, &e))?
+        {
             if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(SqsError::new(
                     ErrorKind::Permanent,
@@ -376,8 +406,12 @@ impl Transport {
                 &String::from_utf8_lossy(&bytes),
             ));
         }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| malformed(op, format!("HTTP {} response from {url} is not UTF-8", status.as_u16())))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            malformed(
+                op,
+                format!("HTTP {} response from {url} is not UTF-8", status.as_u16()),
+            )
+        })?;
         parse_success_body(op, &text)
     }
 
@@ -402,7 +436,13 @@ impl Transport {
             .time(time)
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| SqsError::new(ErrorKind::Permanent, op, format!("cannot sign request: {e}")))?;
+            .map_err(|e| {
+                SqsError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    format!("cannot sign request: {e}"),
+                )
+            })?;
         let signing_params: aws_sigv4::http_request::SigningParams<'_> = signing_params.into();
         let signable = SignableRequest::new(
             "POST",
@@ -410,9 +450,21 @@ impl Transport {
             [("content-type", FORM_CONTENT_TYPE)].into_iter(),
             SignableBody::Bytes(body.as_bytes()),
         )
-        .map_err(|e| SqsError::new(ErrorKind::Permanent, op, format!("cannot sign request: {e}")))?;
+        .map_err(|e| {
+            SqsError::new(
+                ErrorKind::Permanent,
+                op,
+                format!("cannot sign request: {e}"),
+            )
+        })?;
         let (instructions, _signature) = sign(signable, &signing_params)
-            .map_err(|e| SqsError::new(ErrorKind::Permanent, op, format!("cannot sign request: {e}")))?
+            .map_err(|e| {
+                SqsError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    format!("cannot sign request: {e}"),
+                )
+            })?
             .into_parts();
         Ok(instructions
             .headers()
@@ -451,7 +503,9 @@ fn queue_target(endpoint: &reqwest::Url, queue_url: &str) -> Result<reqwest::Url
     let queue = parse_http_url(queue_url).map_err(|m| format!("invalid queue URL: {m}"))?;
     let path = queue.path();
     if path.trim_matches('/').is_empty() {
-        return Err(format!("invalid queue URL: {queue_url:?} has no queue path"));
+        return Err(format!(
+            "invalid queue URL: {queue_url:?} has no queue path"
+        ));
     }
     let mut target = endpoint.clone();
     target.set_path(path);
@@ -468,16 +522,26 @@ fn transport_error(op: &'static str, url: &reqwest::Url, err: &reqwest::Error) -
     } else {
         ErrorKind::Transient
     };
-    let what = if err.is_timeout() { "timed out" } else { "failed" };
+    let what = if err.is_timeout() {
+        "timed out"
+    } else {
+        "failed"
+    };
     SqsError::new(kind, op, format!("POST {url} {what}: {}", error_chain(err)))
 }
 
 fn credentials_error(op: &'static str, err: &CredentialsError) -> SqsError {
     let kind = match err {
-        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => ErrorKind::Permanent,
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+            ErrorKind::Permanent
+        }
         _ => ErrorKind::Transient,
     };
-    SqsError::new(kind, op, format!("cannot resolve credentials: {}", error_chain(err)))
+    SqsError::new(
+        kind,
+        op,
+        format!("cannot resolve credentials: {}", error_chain(err)),
+    )
 }
 
 /// Renders an error with its causes, since the top-level text of HTTP errors rarely says
@@ -517,9 +581,16 @@ fn classify_http_error(op: &'static str, status: u16, body: &str) -> SqsError {
     let parsed = parse_xml(body).ok().and_then(|root| {
         let error = root.find_descendant("Error")?;
         Some((
-            error.child_text_trimmed("Code").unwrap_or_default().to_owned(),
-            error.child_text_trimmed("Message").unwrap_or_default().to_owned(),
-            root.find_descendant("RequestId").map(|r| r.text.trim().to_owned()),
+            error
+                .child_text_trimmed("Code")
+                .unwrap_or_default()
+                .to_owned(),
+            error
+                .child_text_trimmed("Message")
+                .unwrap_or_default()
+                .to_owned(),
+            root.find_descendant("RequestId")
+                .map(|r| r.text.trim().to_owned()),
         ))
     });
 
@@ -612,7 +683,10 @@ fn parse_receive(root: &XmlNode) -> Result<Vec<ReceivedMessage>, SqsError> {
             .ok_or_else(|| malformed(OP, format!("message {message_id} has no ReceiptHandle")))?
             .to_owned();
         // The body is user data: taken exactly as decoded, never trimmed.
-        let body = message.child("Body").map(|b| b.text.clone()).unwrap_or_default();
+        let body = message
+            .child("Body")
+            .map(|b| b.text.clone())
+            .unwrap_or_default();
         let attributes = parse_name_value_list(message, "Attribute");
         let message_attributes = message
             .children_named("MessageAttribute")
@@ -649,13 +723,26 @@ fn parse_name_value_list(parent: &XmlNode, element: &str) -> HashMap<String, Str
 
 /// Collects the failures of a batch call. An entry the endpoint reported neither as success nor
 /// as failure is returned as a retriable failure, so it is never silently taken as done.
-fn parse_batch_result(result: &XmlNode, success_element: &str, sent_ids: &[&str]) -> Vec<BatchFailure> {
+fn parse_batch_result(
+    result: &XmlNode,
+    success_element: &str,
+    sent_ids: &[&str],
+) -> Vec<BatchFailure> {
     let mut failures: Vec<BatchFailure> = result
         .children_named("BatchResultErrorEntry")
         .map(|entry| BatchFailure {
-            id: entry.child_text_trimmed("Id").unwrap_or_default().to_owned(),
-            code: entry.child_text_trimmed("Code").unwrap_or_default().to_owned(),
-            message: entry.child_text_trimmed("Message").unwrap_or_default().to_owned(),
+            id: entry
+                .child_text_trimmed("Id")
+                .unwrap_or_default()
+                .to_owned(),
+            code: entry
+                .child_text_trimmed("Code")
+                .unwrap_or_default()
+                .to_owned(),
+            message: entry
+                .child_text_trimmed("Message")
+                .unwrap_or_default()
+                .to_owned(),
             sender_fault: entry
                 .child_text_trimmed("SenderFault")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
@@ -670,7 +757,8 @@ fn parse_batch_result(result: &XmlNode, success_element: &str, sent_ids: &[&str]
             failures.push(BatchFailure {
                 id: (*id).to_owned(),
                 code: "MissingBatchResult".to_owned(),
-                message: "the endpoint reported neither success nor failure for this entry".to_owned(),
+                message: "the endpoint reported neither success nor failure for this entry"
+                    .to_owned(),
                 sender_fault: false,
             });
         }
@@ -775,7 +863,9 @@ fn parse_xml(text: &str) -> Result<XmlNode, String> {
 fn top(stack: &mut [XmlNode]) -> Result<&mut XmlNode, String> {
     // The document node is never popped while events arrive, so this only fails on
     // an end tag at the top level, which the reader already rejects.
-    stack.last_mut().ok_or_else(|| "end tag without start tag".to_owned())
+    stack
+        .last_mut()
+        .ok_or_else(|| "end tag without start tag".to_owned())
 }
 
 fn local_name(start: &quick_xml::events::BytesStart<'_>) -> String {
@@ -883,7 +973,8 @@ line2	&#233;&#x1F600; </Body></Message>
 
     #[test]
     fn wrong_response_element_is_rejected() {
-        let root = parse_xml("<SendMessageResponse><SendMessageResult/></SendMessageResponse>").unwrap();
+        let root =
+            parse_xml("<SendMessageResponse><SendMessageResult/></SendMessageResponse>").unwrap();
         assert_eq!(parse_receive(&root).unwrap_err().kind, ErrorKind::Permanent);
     }
 
@@ -948,7 +1039,10 @@ line2	&#233;&#x1F600; </Body></Message>
                      <Attribute><Name>RedrivePolicy</Name><Value>{&quot;maxReceiveCount&quot;:&quot;5&quot;}</Value></Attribute>\
                      </GetQueueAttributesResult></GetQueueAttributesResponse>";
         let root = parse_xml(attrs).unwrap();
-        let map = parse_name_value_list(expect_result("GetQueueAttributes", &root).unwrap(), "Attribute");
+        let map = parse_name_value_list(
+            expect_result("GetQueueAttributes", &root).unwrap(),
+            "Attribute",
+        );
         assert_eq!(map["ApproximateNumberOfMessages"], "0");
         assert_eq!(map["RedrivePolicy"], r#"{"maxReceiveCount":"5"}"#);
     }
@@ -974,7 +1068,11 @@ line2	&#233;&#x1F600; </Body></Message>
     #[test]
     fn classifies_error_responses() {
         let cases = [
-            (400, "AWS.SimpleQueueService.NonExistentQueue", ErrorKind::Permanent),
+            (
+                400,
+                "AWS.SimpleQueueService.NonExistentQueue",
+                ErrorKind::Permanent,
+            ),
             (400, "QueueDoesNotExist", ErrorKind::Permanent),
             (403, "AccessDenied", ErrorKind::Permanent),
             (400, "InvalidParameterValue", ErrorKind::Permanent),
@@ -994,7 +1092,8 @@ line2	&#233;&#x1F600; </Body></Message>
             (400, "InvalidAction", ErrorKind::ProtocolMismatch),
         ];
         for (status, code, kind) in cases {
-            let err = classify_http_error("ReceiveMessage", status, &error_doc(code, "details here"));
+            let err =
+                classify_http_error("ReceiveMessage", status, &error_doc(code, "details here"));
             assert_eq!(err.kind, kind, "{status} {code}");
             assert_eq!(err.operation, "ReceiveMessage");
             assert!(err.message.contains(code), "{}", err.message);
@@ -1045,7 +1144,9 @@ line2	&#233;&#x1F600; </Body></Message>
             ErrorKind::Permanent
         );
         assert_eq!(
-            parse_success_body("ReceiveMessage", "<a><b></a>").unwrap_err().kind,
+            parse_success_body("ReceiveMessage", "<a><b></a>")
+                .unwrap_err()
+                .kind,
             ErrorKind::Permanent
         );
     }
@@ -1065,18 +1166,26 @@ line2	&#233;&#x1F600; </Body></Message>
         let body = "{\"k\": \"a+b & c=d\"}\r\n\u{e9}\u{1F600}%20";
         let form = encode_form(
             "SendMessageBatch",
-            &[("SendMessageBatchRequestEntry.1.MessageBody", body.to_owned())],
+            &[(
+                "SendMessageBatchRequestEntry.1.MessageBody",
+                body.to_owned(),
+            )],
         );
-        assert!(
-            form.starts_with("Action=SendMessageBatch&Version=2012-11-05&SendMessageBatchRequestEntry.1.MessageBody=")
-        );
+        assert!(form.starts_with(
+            "Action=SendMessageBatch&Version=2012-11-05&SendMessageBatchRequestEntry.1.MessageBody="
+        ));
         assert!(form.contains("%2B"), "{form}");
         assert!(!form.contains('"') && !form.contains('\n') && !form.contains(' '));
         assert_eq!(form.matches('&').count(), 2, "{form}");
-        let decoded: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes()).into_owned().collect();
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes())
+            .into_owned()
+            .collect();
         assert_eq!(
             decoded[2],
-            ("SendMessageBatchRequestEntry.1.MessageBody".to_owned(), body.to_owned())
+            (
+                "SendMessageBatchRequestEntry.1.MessageBody".to_owned(),
+                body.to_owned()
+            )
         );
     }
 
@@ -1089,8 +1198,15 @@ line2	&#233;&#x1F600; </Body></Message>
         )
         .unwrap();
         assert_eq!(target.as_str(), "http://127.0.0.1:4566/000000000000/q");
-        let target = queue_target(&endpoint, "http://localhost:4566/queue/us-east-1/000000000000/q").unwrap();
-        assert_eq!(target.as_str(), "http://127.0.0.1:4566/queue/us-east-1/000000000000/q");
+        let target = queue_target(
+            &endpoint,
+            "http://localhost:4566/queue/us-east-1/000000000000/q",
+        )
+        .unwrap();
+        assert_eq!(
+            target.as_str(),
+            "http://127.0.0.1:4566/queue/us-east-1/000000000000/q"
+        );
         assert!(queue_target(&endpoint, "http://127.0.0.1:4566/").is_err());
         assert!(queue_target(&endpoint, "not a url").is_err());
         assert!(parse_http_url("ftp://x/").is_err());
@@ -1098,8 +1214,9 @@ line2	&#233;&#x1F600; </Body></Message>
 
     #[test]
     fn new_validates_inputs() {
-        let creds =
-            SharedCredentialsProvider::new(aws_credential_types::Credentials::new("a", "b", None, None, "test"));
+        let creds = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "a", "b", None, None, "test",
+        ));
         let client = QueryClient::new(
             "http://127.0.0.1:1",
             "us-east-1",
@@ -1109,15 +1226,24 @@ line2	&#233;&#x1F600; </Body></Message>
         .unwrap();
         assert_eq!(client.queue_url(), "http://127.0.0.1:1/0/q");
         assert_eq!(client.protocol_name(), "query");
-        assert!(QueryClient::new("127.0.0.1:1", "us-east-1", creds.clone(), "http://x/0/q".into()).is_err());
+        assert!(
+            QueryClient::new(
+                "127.0.0.1:1",
+                "us-east-1",
+                creds.clone(),
+                "http://x/0/q".into()
+            )
+            .is_err()
+        );
         assert!(QueryClient::new("http://127.0.0.1:1", "", creds, "http://x/0/q".into()).is_err());
     }
 
     #[tokio::test]
     async fn connection_refused_is_transient() {
         // Port 1 on loopback is essentially never listening.
-        let creds =
-            SharedCredentialsProvider::new(aws_credential_types::Credentials::new("a", "b", None, None, "test"));
+        let creds = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "a", "b", None, None, "test",
+        ));
         let client = QueryClient::new(
             "http://127.0.0.1:1",
             "us-east-1",
@@ -1125,7 +1251,10 @@ line2	&#233;&#x1F600; </Body></Message>
             "http://127.0.0.1:1/0/q".into(),
         )
         .unwrap();
-        let err = client.queue_attributes(vec!["All".into()]).await.unwrap_err();
+        let err = client
+            .queue_attributes(vec!["All".into()])
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Transient, "{err}");
         assert_eq!(err.operation, "GetQueueAttributes");
     }
@@ -1141,7 +1270,13 @@ line2	&#233;&#x1F600; </Body></Message>
             None,
             "test",
         ));
-        let transport = Transport::new("Test", "https://sqs.us-east-1.amazonaws.com", "us-east-1", creds).unwrap();
+        let transport = Transport::new(
+            "Test",
+            "https://sqs.us-east-1.amazonaws.com",
+            "us-east-1",
+            creds,
+        )
+        .unwrap();
         let url = queue_target(
             &transport.endpoint,
             "https://sqs.us-east-1.amazonaws.com/123456789012/q",
@@ -1173,7 +1308,8 @@ line2	&#233;&#x1F600; </Body></Message>
             None,
             "test",
         ));
-        let transport = Transport::new("Test", "http://127.0.0.1:4566", "eu-west-1", creds).unwrap();
+        let transport =
+            Transport::new("Test", "http://127.0.0.1:4566", "eu-west-1", creds).unwrap();
         let url = transport.endpoint.clone();
         let headers: HashMap<String, String> = transport
             .sign("Test", &url, "Action=ListQueues", SystemTime::now())

@@ -16,7 +16,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The keys of a spec test's `meta:`.
-pub const TEST_META_KEYS: &[&str] = &["message_id", "sent_timestamp", "receive_count", "attributes", "message_attributes"];
+pub const TEST_META_KEYS: &[&str] = &[
+    "message_id",
+    "sent_timestamp",
+    "receive_count",
+    "attributes",
+    "message_attributes",
+];
 
 /// Prefix of environment variables that override spec keys.
 pub const ENV_PREFIX: &str = "ETL_SPEC_";
@@ -35,11 +41,21 @@ pub struct SpecIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("cannot read spec {file}: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}{}: invalid YAML: {message}", position_suffix(*position))]
-    Syntax { file: PathBuf, message: String, position: Option<(usize, usize)> },
+    Syntax {
+        file: PathBuf,
+        message: String,
+        position: Option<(usize, usize)>,
+    },
     #[error("{}", render_issues(file, issues))]
-    Invalid { file: PathBuf, issues: Vec<SpecIssue> },
+    Invalid {
+        file: PathBuf,
+        issues: Vec<SpecIssue>,
+    },
 }
 
 fn position_suffix(p: Option<(usize, usize)>) -> String {
@@ -54,7 +70,13 @@ fn render_issues(file: &Path, issues: &[SpecIssue]) -> String {
         if issues.len() == 1 { "" } else { "s" }
     );
     for i in issues {
-        out.push_str(&format!("\n  {}{}: {}: {}", file.display(), position_suffix(i.position), i.path, i.message));
+        out.push_str(&format!(
+            "\n  {}{}: {}: {}",
+            file.display(),
+            position_suffix(i.position),
+            i.path,
+            i.message
+        ));
     }
     out
 }
@@ -67,7 +89,10 @@ impl fmt::Display for SpecIssue {
 
 /// Loads and validates a spec file, applying environment overrides.
 pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { file: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
     parse_spec_str(&text, path, true)
 }
 
@@ -76,20 +101,39 @@ pub fn parse_spec_str(text: &str, file: &Path, with_env: bool) -> Result<Spec, S
     // serde_yaml reports syntax errors with a position; figment's message would not.
     if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
         let position = e.location().map(|l| (l.line(), l.column()));
-        return Err(SpecError::Syntax { file: file.to_path_buf(), message: strip_location(&e.to_string()), position });
+        return Err(SpecError::Syntax {
+            file: file.to_path_buf(),
+            message: strip_location(&e.to_string()),
+            position,
+        });
     }
     let mut fig = Figment::from(Yaml::string(text));
     if with_env {
         fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
     }
-    let root: J = fig.extract().map_err(|e| SpecError::Syntax { file: file.to_path_buf(), message: e.to_string(), position: None })?;
+    let root: J = fig.extract().map_err(|e| SpecError::Syntax {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+        position: None,
+    })?;
     let positions = Positions::index(text);
-    let env = if with_env { env_overrides(std::env::vars()) } else { Vec::new() };
-    let mut v = Validator { issues: Vec::new(), positions: &positions, env };
+    let env = if with_env {
+        env_overrides(std::env::vars())
+    } else {
+        Vec::new()
+    };
+    let mut v = Validator {
+        issues: Vec::new(),
+        positions: &positions,
+        env,
+    };
     let spec = v.spec(&root, file);
     match spec {
         Some(s) if v.issues.is_empty() => Ok(s),
-        _ => Err(SpecError::Invalid { file: file.to_path_buf(), issues: v.issues }),
+        _ => Err(SpecError::Invalid {
+            file: file.to_path_buf(),
+            issues: v.issues,
+        }),
     }
 }
 
@@ -147,7 +191,12 @@ fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(Strin
     vars.into_iter()
         .filter_map(|(name, _)| {
             let key = name.strip_prefix(ENV_PREFIX)?;
-            (!key.is_empty()).then(|| (key.to_lowercase().split("__").collect::<Vec<_>>().join("."), name.clone()))
+            (!key.is_empty()).then(|| {
+                (
+                    key.to_lowercase().split("__").collect::<Vec<_>>().join("."),
+                    name.clone(),
+                )
+            })
         })
         .collect()
 }
@@ -177,7 +226,11 @@ impl Validator<'_> {
             }
             None => self.positions.find(&path),
         };
-        self.issues.push(SpecIssue { path, message, position });
+        self.issues.push(SpecIssue {
+            path,
+            message,
+            position,
+        });
     }
 
     /// Deserializes `value` as `T`, reporting every unknown key (with a suggestion) and the
@@ -194,7 +247,11 @@ impl Validator<'_> {
             };
             let inner = err.inner().to_string();
             let sub = err.path().to_string();
-            let mut full = if sub == "." || sub.is_empty() { path.to_string() } else { format!("{path}.{sub}") };
+            let mut full = if sub == "." || sub.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}.{sub}")
+            };
             full = full.trim_start_matches('.').replace(".[", "[");
             // Internally tagged enums (`type: ...`) buffer their content before deserializing it,
             // so the path stops at the enum; the offending key inside it is found by looking.
@@ -207,11 +264,18 @@ impl Validator<'_> {
                 Some(("field", wrong, expected)) => {
                     let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
                     let ends_at_key = matches!(err.path().iter().next_back(), Some(serde_path_to_error::Segment::Map { key }) if *key == wrong);
-                    let key_path = if ends_at_key { full.clone() } else { join_key(&full, &wrong) };
+                    let key_path = if ends_at_key {
+                        full.clone()
+                    } else {
+                        join_key(&full, &wrong)
+                    };
                     if let Some(s) = suggest(&wrong, cands.iter().copied()) {
                         suggested.push(s.to_string());
                     }
-                    self.issue(key_path, with_suggestion(format!("unknown key `{wrong}`"), &wrong, &cands));
+                    self.issue(
+                        key_path,
+                        with_suggestion(format!("unknown key `{wrong}`"), &wrong, &cands),
+                    );
                     // Drop the unknown key and try again, to find the next problem too.
                     let removed = if ends_at_key {
                         remove_at(&mut value, err.path(), &wrong)
@@ -228,20 +292,33 @@ impl Validator<'_> {
                 Some((_, wrong, expected)) => {
                     let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
                     let key = match &node {
-                        Some(J::Object(m)) => m.iter().find(|(_, v)| v.as_str() == Some(wrong.as_str())).map(|(k, _)| k.clone()),
+                        Some(J::Object(m)) => m
+                            .iter()
+                            .find(|(_, v)| v.as_str() == Some(wrong.as_str()))
+                            .map(|(k, _)| k.clone()),
                         _ => None,
                     };
                     let key_path = inside_enum(key, &full);
                     let what = if key_path.ends_with(".type") || key_path == "type" {
-                        if cands.iter().all(|c| TransformConfig::NAMES.contains(c)) { "transform" } else { "type" }
+                        if cands.iter().all(|c| TransformConfig::NAMES.contains(c)) {
+                            "transform"
+                        } else {
+                            "type"
+                        }
                     } else {
                         "value"
                     };
-                    self.issue(key_path, with_suggestion(format!("unknown {what} \"{wrong}\""), &wrong, &cands));
+                    self.issue(
+                        key_path,
+                        with_suggestion(format!("unknown {what} \"{wrong}\""), &wrong, &cands),
+                    );
                     return None;
                 }
                 None => {
-                    if let Some(missing) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                    if let Some(missing) = inner
+                        .strip_prefix("missing field `")
+                        .and_then(|r| r.split('`').next())
+                    {
                         if !suggested.iter().any(|s| s == missing) {
                             self.issue(full, format!("missing key `{missing}`"));
                         }
@@ -260,16 +337,24 @@ impl Validator<'_> {
 
     fn spec(&mut self, root: &J, file: &Path) -> Option<Spec> {
         let Some(map) = root.as_object() else {
-            self.issue("", "a spec must be a YAML mapping with keys source, target, columns");
+            self.issue(
+                "",
+                "a spec must be a YAML mapping with keys source, target, columns",
+            );
             return None;
         };
-        const TOP: &[&str] = &["name", "source", "target", "vault", "rejects", "ledger", "columns", "tests"];
+        const TOP: &[&str] = &[
+            "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
+        ];
         // A misspelled required key is reported once, as the misspelling.
         let mut suggested = Vec::new();
         for k in map.keys() {
             if !TOP.contains(&k.as_str()) {
                 suggested.extend(suggest(k, TOP.iter().copied()));
-                self.issue(k.clone(), with_suggestion(format!("unknown key `{k}`"), k, TOP));
+                self.issue(
+                    k.clone(),
+                    with_suggestion(format!("unknown key `{k}`"), k, TOP),
+                );
             }
         }
         let missing = |v: &mut Self, key: &str| {
@@ -278,21 +363,32 @@ impl Validator<'_> {
             }
         };
         let get = |k: &str| map.get(k).cloned().unwrap_or(J::Null);
-        let opt = |k: &str| map.get(k).cloned().unwrap_or_else(|| J::Object(Default::default()));
+        let opt = |k: &str| {
+            map.get(k)
+                .cloned()
+                .unwrap_or_else(|| J::Object(Default::default()))
+        };
 
         let name = match map.get("name") {
-            None | Some(J::Null) => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into()),
+            None | Some(J::Null) => file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into()),
             Some(J::String(s)) if !s.is_empty() => s.clone(),
             Some(_) => {
                 self.issue("name", "must be a non-empty string");
                 String::new()
             }
         };
-        let source = if map.contains_key("source") { self.section::<SourceConfig>(&get("source"), "source") } else {
+        let source = if map.contains_key("source") {
+            self.section::<SourceConfig>(&get("source"), "source")
+        } else {
             missing(self, "source");
             None
         };
-        let target = if map.contains_key("target") { self.section::<TargetConfig>(&get("target"), "target") } else {
+        let target = if map.contains_key("target") {
+            self.section::<TargetConfig>(&get("target"), "target")
+        } else {
             missing(self, "target");
             None
         };
@@ -317,7 +413,10 @@ impl Validator<'_> {
         ] {
             if let Some(t) = table {
                 if !is_identifier(t) {
-                    self.issue(path, "must be a table name (letters, digits, _; optionally schema.table)");
+                    self.issue(
+                        path,
+                        "must be a table name (letters, digits, _; optionally schema.table)",
+                    );
                 }
             }
         }
@@ -329,7 +428,10 @@ impl Validator<'_> {
                 Vec::new()
             }
             Some(_) => {
-                self.issue("columns", "must be a mapping of column name to column settings");
+                self.issue(
+                    "columns",
+                    "must be a mapping of column name to column settings",
+                );
                 Vec::new()
             }
             None => {
@@ -341,22 +443,33 @@ impl Validator<'_> {
             for (i, t) in tests.iter().enumerate() {
                 let p = format!("tests[{i}]");
                 if t.expect_row.is_some() == t.expect_reject.is_some() {
-                    self.issue(p.clone(), "needs exactly one of `expect_row` and `expect_reject`");
+                    self.issue(
+                        p.clone(),
+                        "needs exactly one of `expect_row` and `expect_reject`",
+                    );
                 }
                 if t.raw && !t.body.is_string() {
-                    self.issue(format!("{p}.body"), "with `raw: true` the body must be a string (the exact message text)");
+                    self.issue(
+                        format!("{p}.body"),
+                        "with `raw: true` the body must be a string (the exact message text)",
+                    );
                 }
                 for (k, v) in &t.meta {
                     let ok = match k.as_str() {
                         "message_id" => v.is_string(),
                         "sent_timestamp" | "receive_count" => {
-                            v.as_u64().is_some() || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
+                            v.as_u64().is_some()
+                                || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
                         }
-                        "attributes" | "message_attributes" => {
-                            v.as_object().is_some_and(|m| m.values().all(|x| !x.is_object() && !x.is_array() && !x.is_null()))
-                        }
+                        "attributes" | "message_attributes" => v.as_object().is_some_and(|m| {
+                            m.values()
+                                .all(|x| !x.is_object() && !x.is_array() && !x.is_null())
+                        }),
                         _ => {
-                            self.issue(format!("{p}.meta.{k}"), with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS));
+                            self.issue(
+                                format!("{p}.meta.{k}"),
+                                with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS),
+                            );
                             continue;
                         }
                     };
@@ -373,8 +486,12 @@ impl Validator<'_> {
                 if let Some(row) = &t.expect_row {
                     for k in row.keys() {
                         if !columns.iter().any(|c| &c.name == k) {
-                            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-                            self.issue(format!("{p}.expect_row.{k}"), with_suggestion(format!("no column `{k}`"), k, &names));
+                            let names: Vec<&str> =
+                                columns.iter().map(|c| c.name.as_str()).collect();
+                            self.issue(
+                                format!("{p}.expect_row.{k}"),
+                                with_suggestion(format!("no column `{k}`"), k, &names),
+                            );
                         }
                     }
                 }
@@ -398,13 +515,22 @@ impl Validator<'_> {
             self.issue("source.queue", "must name a queue or give its URL");
         }
         if !(1..=10).contains(&s.max_messages) {
-            self.issue("source.max_messages", "must be between 1 and 10 (an SQS limit)");
+            self.issue(
+                "source.max_messages",
+                "must be between 1 and 10 (an SQS limit)",
+            );
         }
         if s.wait_time_secs > 20 {
-            self.issue("source.wait_time_secs", "must be between 0 and 20 (an SQS limit)");
+            self.issue(
+                "source.wait_time_secs",
+                "must be between 0 and 20 (an SQS limit)",
+            );
         }
         if !(1..=43_200).contains(&s.visibility_timeout_secs) {
-            self.issue("source.visibility_timeout_secs", "must be between 1 and 43200 (12 hours, an SQS limit)");
+            self.issue(
+                "source.visibility_timeout_secs",
+                "must be between 1 and 43200 (12 hours, an SQS limit)",
+            );
         }
         if !(1..=64).contains(&s.pollers) {
             self.issue("source.pollers", "must be between 1 and 64");
@@ -424,7 +550,10 @@ impl Validator<'_> {
             self.issue("target.url", "must be a postgres:// URL");
         }
         if !is_identifier(&t.table) {
-            self.issue("target.table", "must be a table name (letters, digits, _; optionally schema.table)");
+            self.issue(
+                "target.table",
+                "must be a table name (letters, digits, _; optionally schema.table)",
+            );
         }
         if !(1..=50_000).contains(&t.batch_size) {
             self.issue("target.batch_size", "must be between 1 and 50000");
@@ -456,14 +585,31 @@ impl Validator<'_> {
         for (name, value) in cols {
             let base = format!("columns.{name}");
             if !is_identifier(name) || name.contains('.') {
-                self.issue(base.clone(), "column name must be letters, digits and _ (a Postgres column)");
+                self.issue(
+                    base.clone(),
+                    "column name must be letters, digits and _ (a Postgres column)",
+                );
             }
-            let Some(col) = self.section::<LooseColumn>(value, &base) else { continue };
+            let Some(col) = self.section::<LooseColumn>(value, &base) else {
+                continue;
+            };
             let (source, mut ty) = match (&col.path, &col.meta) {
                 (Some(p), None) => match jsonpath_rust::parser::parse_json_path(p) {
-                    Ok(query) => (Some(ColumnSource::Path { text: p.clone(), query }), ValType::Json),
+                    Ok(query) => (
+                        Some(ColumnSource::Path {
+                            text: p.clone(),
+                            query,
+                        }),
+                        ValType::Json,
+                    ),
                     Err(e) => {
-                        self.issue(format!("{base}.path"), format!("invalid JSONPath `{p}`: {}", one_line_parse_error(&e.to_string())));
+                        self.issue(
+                            format!("{base}.path"),
+                            format!(
+                                "invalid JSONPath `{p}`: {}",
+                                one_line_parse_error(&e.to_string())
+                            ),
+                        );
                         (None, ValType::Json)
                     }
                 },
@@ -475,7 +621,8 @@ impl Validator<'_> {
                     None => {
                         // `atributes.Foo`: suggest on the part before the dot, keep the name.
                         let hint = m.split_once('.').and_then(|(pre, name)| {
-                            suggest(pre, ["attributes", "message_attributes"]).map(|s| format!("{s}.{name}"))
+                            suggest(pre, ["attributes", "message_attributes"])
+                                .map(|s| format!("{s}.{name}"))
                         });
                         let msg = format!("unknown metadata field \"{m}\"");
                         let msg = match hint {
@@ -491,7 +638,10 @@ impl Validator<'_> {
                     (None, ValType::Json)
                 }
                 (None, None) => {
-                    self.issue(base.clone(), "needs `path` (JSONPath into the body) or `meta` (message metadata)");
+                    self.issue(
+                        base.clone(),
+                        "needs `path` (JSONPath into the body) or `meta` (message metadata)",
+                    );
                     (None, ValType::Json)
                 }
             };
@@ -503,13 +653,20 @@ impl Validator<'_> {
                     if !TransformConfig::NAMES.contains(&tname) {
                         self.issue(
                             format!("{tp}.type"),
-                            with_suggestion(format!("unknown transform \"{tname}\""), tname, TransformConfig::NAMES),
+                            with_suggestion(
+                                format!("unknown transform \"{tname}\""),
+                                tname,
+                                TransformConfig::NAMES,
+                            ),
                         );
                         chain_ok = false;
                         continue;
                     }
                 } else {
-                    self.issue(tp.clone(), "a transform needs `type:` (e.g. `- type: hash`)");
+                    self.issue(
+                        tp.clone(),
+                        "a transform needs `type:` (e.g. `- type: hash`)",
+                    );
                     chain_ok = false;
                     continue;
                 }
@@ -532,7 +689,13 @@ impl Validator<'_> {
                 }
             }
             if let Some(source) = source {
-                out.push(Column { name: name.clone(), source, required: col.required, transforms, out_type: ty });
+                out.push(Column {
+                    name: name.clone(),
+                    source,
+                    required: col.required,
+                    transforms,
+                    out_type: ty,
+                });
             }
         }
         out
@@ -582,7 +745,11 @@ fn node_at<'v>(value: &'v mut J, at: &serde_path_to_error::Path) -> Option<&'v m
 
 /// `base.key`, or `key` at the top.
 fn join_key(base: &str, key: &str) -> String {
-    if base.is_empty() { key.to_string() } else { format!("{base}.{key}") }
+    if base.is_empty() {
+        key.to_string()
+    } else {
+        format!("{base}.{key}")
+    }
 }
 
 fn name_is_empty(meta: &str) -> bool {
@@ -591,7 +758,9 @@ fn name_is_empty(meta: &str) -> bool {
 
 /// serde names Rust types ("expected u32"); a spec author thinks in YAML values.
 fn friendly_type_error(msg: &str) -> String {
-    let Some((head, expected)) = msg.split_once(", expected ") else { return msg.to_string() };
+    let Some((head, expected)) = msg.split_once(", expected ") else {
+        return msg.to_string();
+    };
     let want = match expected {
         "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)",
         "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
@@ -604,7 +773,11 @@ fn friendly_type_error(msg: &str) -> String {
 
 /// The JSONPath parser's multi-line error as one line: "expected selector at character 3".
 fn one_line_parse_error(msg: &str) -> String {
-    let at = msg.split("-->").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|lc| lc.split(':').nth(1));
+    let at = msg
+        .split("-->")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|lc| lc.split(':').nth(1));
     let what = msg.lines().rev().find_map(|l| l.trim().strip_prefix("= "));
     match (what, at) {
         (Some(w), Some(c)) => format!("{w} at character {c}"),
@@ -629,11 +802,20 @@ fn describe_unexpected(v: &J) -> String {
 /// For an "invalid type/value" error inside a tagged enum: the one key whose value serde
 /// complained about (none when it is ambiguous).
 fn offending_key(msg: &str, obj: &serde_json::Map<String, J>) -> Option<String> {
-    let what = msg.strip_prefix("invalid type: ").or_else(|| msg.strip_prefix("invalid value: "))?;
+    let what = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))?;
     let what = what.split(", expected").next()?;
-    let mut hits = obj.iter().filter(|(k, v)| *k != "type" && describe_unexpected(v) == what).map(|(k, _)| k.clone());
+    let mut hits = obj
+        .iter()
+        .filter(|(k, v)| *k != "type" && describe_unexpected(v) == what)
+        .map(|(k, _)| k.clone());
     let first = hits.next()?;
-    if hits.next().is_some() { None } else { Some(first) }
+    if hits.next().is_some() {
+        None
+    } else {
+        Some(first)
+    }
 }
 
 #[cfg(test)]
@@ -684,37 +866,69 @@ columns:
             .replace("  table: user_logins", "  tabel: user_logins")
             .replace("required: true", "requird: true");
         let err = parse(&bad).unwrap_err();
-        let SpecError::Invalid { issues, .. } = &err else { panic!("{err}") };
+        let SpecError::Invalid { issues, .. } = &err else {
+            panic!("{err}")
+        };
         let text = err.to_string();
         assert!(text.contains("columns.app_version.transforms[0].type: unknown transform \"versoin_to_int\" (did you mean `version_to_int`?)"), "{text}");
-        assert!(text.contains("target.tabel: unknown key `tabel` (did you mean `table`?)"), "{text}");
-        assert!(text.contains("columns.user_id.requird: unknown key `requird` (did you mean `required`?)"), "{text}");
+        assert!(
+            text.contains("target.tabel: unknown key `tabel` (did you mean `table`?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "columns.user_id.requird: unknown key `requird` (did you mean `required`?)"
+            ),
+            "{text}"
+        );
         // Positions point at the offending line.
-        let t = issues.iter().find(|i| i.path.ends_with("transforms[0].type")).unwrap();
+        let t = issues
+            .iter()
+            .find(|i| i.path.ends_with("transforms[0].type"))
+            .unwrap();
         assert_eq!(t.position, Some((16, 9)));
         assert!(text.contains("specs/t.yaml:16:9"), "{text}");
     }
 
     #[test]
     fn wrong_type_transforms_are_spec_errors() {
-        let bad = GOOD.replace("- type: version_to_int", "- type: version_to_int\n      - type: trim");
+        let bad = GOOD.replace(
+            "- type: version_to_int",
+            "- type: version_to_int\n      - type: trim",
+        );
         let text = parse(&bad).unwrap_err().to_string();
         assert!(text.contains("columns.app_version.transforms[1]: `trim` needs a text value, but the value is integer"), "{text}");
     }
 
     #[test]
     fn limits_and_sources_are_checked() {
-        let bad = GOOD.replace("endpoint_url: http://127.0.0.1:4566", "endpoint_url: http://127.0.0.1:4566\n  max_messages: 11")
+        let bad = GOOD
+            .replace(
+                "endpoint_url: http://127.0.0.1:4566",
+                "endpoint_url: http://127.0.0.1:4566\n  max_messages: 11",
+            )
             .replace("meta: sent_timestamp", "meta: sent_timestmp");
         let text = parse(&bad).unwrap_err().to_string();
-        assert!(text.contains("source.max_messages: must be between 1 and 10"), "{text}");
+        assert!(
+            text.contains("source.max_messages: must be between 1 and 10"),
+            "{text}"
+        );
         assert!(text.contains("did you mean `sent_timestamp`"), "{text}");
     }
 
     #[test]
     fn syntax_errors_have_positions() {
         let err = parse("source: [unclosed\n").unwrap_err();
-        assert!(matches!(err, SpecError::Syntax { position: Some(_), .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SpecError::Syntax {
+                    position: Some(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     /// Tests that set `ETL_SPEC_*` variables hold this lock: every `with_env` parse sees them.
@@ -744,7 +958,9 @@ columns:
         match res.unwrap_err() {
             e @ SpecError::Invalid { .. } => {
                 let text = e.to_string();
-                let SpecError::Invalid { issues, .. } = e else { unreachable!() };
+                let SpecError::Invalid { issues, .. } = e else {
+                    unreachable!()
+                };
                 (text, issues)
             }
             other => panic!("{other}"),
@@ -758,7 +974,10 @@ columns:
             text.contains("source.pollers: invalid type: string \"lots\", expected a whole number (0 or more) (set by environment variable ETL_SPEC_SOURCE__POLLERS)"),
             "{text}"
         );
-        assert_eq!(issues[0].position, None, "the YAML line would point at the wrong value");
+        assert_eq!(
+            issues[0].position, None,
+            "the YAML line would point at the wrong value"
+        );
 
         let (text, _) = env_error(GOOD, &[("ETL_SPEC_SOURCE__POLLERS", "100")]);
         assert!(text.contains("source.pollers: must be between 1 and 64 (set by environment variable ETL_SPEC_SOURCE__POLLERS)"), "{text}");
@@ -784,7 +1003,12 @@ columns:
         let (text, issues) = issues_of(&GOOD.replace("        to: date", "        too: date"));
         assert_eq!(issues.len(), 1, "no follow-up 'missing key `to`': {text}");
         assert_eq!(issues[0].path, "columns.create_date.transforms[0].too");
-        assert!(issues[0].message.contains("unknown key `too` (did you mean `to`?)"), "{text}");
+        assert!(
+            issues[0]
+                .message
+                .contains("unknown key `too` (did you mean `to`?)"),
+            "{text}"
+        );
         assert_eq!(issues[0].position, Some((21, 9)), "{text}");
     }
 
@@ -792,21 +1016,45 @@ columns:
     fn misspelled_values_name_their_key_and_the_closest_value() {
         let (text, issues) = issues_of(&GOOD.replace("  type: sqs", "  type: sqss"));
         assert_eq!(issues.len(), 1, "{text}");
-        assert!(text.contains("specs/t.yaml:3:3: source.type: unknown type \"sqss\" (did you mean `sqs`?)"), "{text}");
+        assert!(
+            text.contains(
+                "specs/t.yaml:3:3: source.type: unknown type \"sqss\" (did you mean `sqs`?)"
+            ),
+            "{text}"
+        );
 
-        let cast = GOOD.replace("      - type: version_to_int", "      - type: cast\n        to: interger");
+        let cast = GOOD.replace(
+            "      - type: version_to_int",
+            "      - type: cast\n        to: interger",
+        );
         let (text, issues) = issues_of(&cast);
-        assert_eq!(issues[0].path, "columns.app_version.transforms[0].to", "{text}");
-        assert!(text.contains("unknown value \"interger\" (did you mean `integer`?)"), "{text}");
+        assert_eq!(
+            issues[0].path, "columns.app_version.transforms[0].to",
+            "{text}"
+        );
+        assert!(
+            text.contains("unknown value \"interger\" (did you mean `integer`?)"),
+            "{text}"
+        );
         assert_eq!(issues[0].position, Some((17, 9)));
 
-        let (text, _) = issues_of(&GOOD.replace("        to: date", "        to: date\n        unit: milis"));
+        let (text, _) =
+            issues_of(&GOOD.replace("        to: date", "        to: date\n        unit: milis"));
         assert!(text.contains("columns.create_date.transforms[0].unit: unknown value \"milis\" (did you mean `millis`?)"), "{text}");
 
-        let (text, _) = issues_of(&GOOD.replace("  queue: login-queue", "  queue: login-queue\n  protocol: jsn"));
-        assert!(text.contains("source.protocol: unknown value \"jsn\" (did you mean `json`?)"), "{text}");
+        let (text, _) = issues_of(&GOOD.replace(
+            "  queue: login-queue",
+            "  queue: login-queue\n  protocol: jsn",
+        ));
+        assert!(
+            text.contains("source.protocol: unknown value \"jsn\" (did you mean `json`?)"),
+            "{text}"
+        );
 
-        let (text, _) = issues_of(&GOOD.replace("  queue: login-queue", "  queue: login-queue\n  pollers: many"));
+        let (text, _) = issues_of(&GOOD.replace(
+            "  queue: login-queue",
+            "  queue: login-queue\n  pollers: many",
+        ));
         assert!(text.contains("specs/t.yaml:5:3: source.pollers: invalid type: string \"many\", expected a whole number"), "{text}");
     }
 
@@ -814,17 +1062,24 @@ columns:
     fn misspelled_required_top_key_is_one_problem() {
         let (text, issues) = issues_of(&GOOD.replace("columns:", "colums:"));
         assert_eq!(issues.len(), 1, "{text}");
-        assert!(text.contains("colums: unknown key `colums` (did you mean `columns`?)"), "{text}");
+        assert!(
+            text.contains("colums: unknown key `colums` (did you mean `columns`?)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn unknown_metadata_fields_get_suggestions() {
-        let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: atributes.SenderId"));
+        let (text, _) =
+            issues_of(&GOOD.replace("meta: sent_timestamp", "meta: atributes.SenderId"));
         assert!(text.contains("columns.create_date.meta: unknown metadata field \"atributes.SenderId\" (did you mean `attributes.SenderId`?)"), "{text}");
         let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: receive_cnt"));
         assert!(text.contains("(did you mean `receive_count`?)"), "{text}");
         let (text, _) = issues_of(&GOOD.replace("meta: sent_timestamp", "meta: attributes."));
-        assert!(text.contains("unknown metadata field \"attributes.\" (expected one of: message_id"), "{text}");
+        assert!(
+            text.contains("unknown metadata field \"attributes.\" (expected one of: message_id"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -833,10 +1088,18 @@ columns:
             "{GOOD}tests:\n  - name: t\n    body: {{}}\n    meta: {{sent_timestmp: 1}}\n    expect_rwo: {{}}\n  - name: u\n    body: {{}}\n    raw: true\n    expect_reject: x\n"
         );
         let (text, _) = issues_of(&with_tests);
-        assert!(text.contains("tests[0].expect_rwo: unknown key `expect_rwo` (did you mean `expect_row`?)"), "{text}");
+        assert!(
+            text.contains(
+                "tests[0].expect_rwo: unknown key `expect_rwo` (did you mean `expect_row`?)"
+            ),
+            "{text}"
+        );
         // The first test's other problems are still found after the unknown key is dropped.
         assert!(text.contains("tests[0].meta.sent_timestmp: unknown key `sent_timestmp` (did you mean `sent_timestamp`?)"), "{text}");
-        assert!(text.contains("tests[1].body: with `raw: true` the body must be a string"), "{text}");
+        assert!(
+            text.contains("tests[1].body: with `raw: true` the body must be a string"),
+            "{text}"
+        );
     }
 
     #[test]

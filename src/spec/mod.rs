@@ -40,13 +40,17 @@ pub struct Spec {
 impl Spec {
     /// Whether any column writes to the vault (and so needs an encryption key).
     pub fn uses_vault(&self) -> bool {
-        self.columns.iter().any(|c| c.transforms.iter().any(|t| matches!(t, Transform::Encrypt)))
+        self.columns
+            .iter()
+            .any(|c| c.transforms.iter().any(|t| matches!(t, Transform::Encrypt)))
     }
     /// Whether any column needs the hashing key.
     pub fn uses_hash(&self) -> bool {
-        self.columns
-            .iter()
-            .any(|c| c.transforms.iter().any(|t| matches!(t, Transform::Hash | Transform::Encrypt)))
+        self.columns.iter().any(|c| {
+            c.transforms
+                .iter()
+                .any(|t| matches!(t, Transform::Hash | Transform::Encrypt))
+        })
     }
 }
 
@@ -86,8 +90,13 @@ pub enum MetaField {
 
 impl MetaField {
     /// The names accepted in `meta:` (for errors and suggestions).
-    pub const NAMES: &'static [&'static str] =
-        &["message_id", "sent_timestamp", "receive_count", "attributes.<Name>", "message_attributes.<Name>"];
+    pub const NAMES: &'static [&'static str] = &[
+        "message_id",
+        "sent_timestamp",
+        "receive_count",
+        "attributes.<Name>",
+        "message_attributes.<Name>",
+    ];
 
     /// Parses a `meta:` value.
     pub fn parse(s: &str) -> Option<Self> {

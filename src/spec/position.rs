@@ -14,12 +14,23 @@ pub struct Positions {
 }
 
 enum Frame {
-    Map { path: String, expecting_key: bool, current_key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        expecting_key: bool,
+        current_key: Option<String>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl Positions {
@@ -30,11 +41,17 @@ impl Positions {
         let mut parser = Parser::new_from_str(text);
         let mut stack: Vec<Frame> = Vec::new();
         loop {
-            let Ok((event, mark)) = parser.next_token() else { break };
+            let Ok((event, mark)) = parser.next_token() else {
+                break;
+            };
             let pos = (mark.line(), mark.col() + 1);
             // The path of the node this event starts, if it is a value inside a container.
             let node_path = match stack.last_mut() {
-                Some(Frame::Map { path, expecting_key, current_key }) => {
+                Some(Frame::Map {
+                    path,
+                    expecting_key,
+                    current_key,
+                }) => {
                     if *expecting_key {
                         None
                     } else {
@@ -48,7 +65,11 @@ impl Positions {
                 Event::StreamEnd => break,
                 Event::Scalar(value, ..) => {
                     match stack.last_mut() {
-                        Some(Frame::Map { path, expecting_key, current_key }) => {
+                        Some(Frame::Map {
+                            path,
+                            expecting_key,
+                            current_key,
+                        }) => {
                             if *expecting_key {
                                 // A mapping's own position is that of its first key (the
                                 // parser's marker for a mapping start is past it).
@@ -70,7 +91,11 @@ impl Positions {
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
                     let p = node_path.unwrap_or_default();
                     if matches!(event, Event::MappingStart(..)) {
-                        stack.push(Frame::Map { path: p, expecting_key: true, current_key: None });
+                        stack.push(Frame::Map {
+                            path: p,
+                            expecting_key: true,
+                            current_key: None,
+                        });
                     } else {
                         stack.push(Frame::Seq { path: p, index: 0 });
                     }
@@ -122,7 +147,10 @@ mod tests {
         let p = Positions::index(text);
         assert_eq!(p.find("source.type"), Some((2, 3)));
         assert_eq!(p.find("columns.app_version.path"), Some((5, 5)));
-        assert_eq!(p.find("columns.app_version.transforms[1].type"), Some((8, 9)));
+        assert_eq!(
+            p.find("columns.app_version.transforms[1].type"),
+            Some((8, 9))
+        );
         assert_eq!(p.find("columns.app_version.transforms[1]"), Some((8, 9)));
         // Unknown deeper paths fall back to the closest ancestor.
         assert_eq!(p.find("columns.app_version.path.more"), Some((5, 5)));

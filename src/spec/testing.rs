@@ -9,7 +9,7 @@
 //! `expect_row` is the whole row: every column is compared, and a column left out of it fails
 //! the test, so adding a column to a spec makes its tests say what the column should hold.
 
-use super::{Spec, SourceConfig, SpecTestConfig};
+use super::{SourceConfig, Spec, SpecTestConfig};
 use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
 use crate::transform::Tokenizer;
@@ -43,7 +43,11 @@ impl TestReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
     /// A column holds something other than expected.
-    Column { column: String, expected: J, actual: J },
+    Column {
+        column: String,
+        expected: J,
+        actual: J,
+    },
     /// `expect_row` does not list a column the spec writes.
     Unlisted { column: String, actual: J },
     /// A row was expected, the message was rejected.
@@ -64,13 +68,29 @@ fn show(v: &J) -> String {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Column { column, expected, actual } => {
-                write!(f, "column {column}:\n  - expected: {}\n  + actual:   {}", show(expected), show(actual))
+            Failure::Column {
+                column,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "column {column}:\n  - expected: {}\n  + actual:   {}",
+                    show(expected),
+                    show(actual)
+                )
             }
             Failure::Unlisted { column, actual } => {
-                write!(f, "column {column}: not in expect_row (every column is checked)\n  + actual:   {}", show(actual))
+                write!(
+                    f,
+                    "column {column}: not in expect_row (every column is checked)\n  + actual:   {}",
+                    show(actual)
+                )
             }
-            Failure::Rejected { reason } => write!(f, "expected a row, but the message was rejected:\n  + reason:   {reason}"),
+            Failure::Rejected { reason } => write!(
+                f,
+                "expected a row, but the message was rejected:\n  + reason:   {reason}"
+            ),
             Failure::Accepted { row } => {
                 write!(f, "expected a reject, but the message became a row:")?;
                 for (k, v) in row {
@@ -79,7 +99,10 @@ impl fmt::Display for Failure {
                 Ok(())
             }
             Failure::Reason { expected, actual } => {
-                write!(f, "reject reason does not contain the expected text:\n  - expected: …{expected}…\n  + actual:   {actual}")
+                write!(
+                    f,
+                    "reject reason does not contain the expected text:\n  - expected: …{expected}…\n  + actual:   {actual}"
+                )
             }
         }
     }
@@ -97,7 +120,9 @@ pub fn test_message(test: &SpecTestConfig, index: usize) -> ReceivedMessage {
         other => other.to_string(),
     };
     let map = |v: Option<&J>| -> HashMap<String, String> {
-        v.and_then(J::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect()).unwrap_or_default()
+        v.and_then(J::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default()
     };
     let mut attributes = map(test.meta.get("attributes"));
     if let Some(v) = test.meta.get("sent_timestamp") {
@@ -107,7 +132,11 @@ pub fn test_message(test: &SpecTestConfig, index: usize) -> ReceivedMessage {
         attributes.insert("ApproximateReceiveCount".into(), text(v));
     }
     ReceivedMessage {
-        message_id: test.meta.get("message_id").map(text).unwrap_or_else(|| format!("test-{}", index + 1)),
+        message_id: test
+            .meta
+            .get("message_id")
+            .map(text)
+            .unwrap_or_else(|| format!("test-{}", index + 1)),
         receipt_handle: String::new(),
         body,
         attributes,
@@ -124,7 +153,10 @@ pub fn test_processor(spec: &Spec) -> (Processor, Tokenizer) {
         SourceConfig::Sqs(s) => Some(s.max_receive_count),
         SourceConfig::File(_) => None,
     };
-    (Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive), tokenizer)
+    (
+        Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive),
+        tokenizer,
+    )
 }
 
 /// Runs every test of `spec`, in order.
@@ -133,14 +165,27 @@ pub fn run_spec_tests(spec: &Spec) -> Vec<TestReport> {
     spec.tests
         .iter()
         .enumerate()
-        .map(|(i, t)| TestReport { name: t.name.clone(), failures: check(&processor, &tokenizer, t, i) })
+        .map(|(i, t)| TestReport {
+            name: t.name.clone(),
+            failures: check(&processor, &tokenizer, t, i),
+        })
         .collect()
 }
 
-fn check(processor: &Processor, tokenizer: &Tokenizer, test: &SpecTestConfig, index: usize) -> Vec<Failure> {
+fn check(
+    processor: &Processor,
+    tokenizer: &Tokenizer,
+    test: &SpecTestConfig,
+    index: usize,
+) -> Vec<Failure> {
     let processed = processor.process(test_message(test, index));
     let row = |values: &[Val]| -> BTreeMap<String, J> {
-        processor.columns().iter().zip(values).map(|(c, v)| (c.name.clone(), v.to_json())).collect()
+        processor
+            .columns()
+            .iter()
+            .zip(values)
+            .map(|(c, v)| (c.name.clone(), v.to_json()))
+            .collect()
     };
     match (&processed.outcome, &test.expect_row, &test.expect_reject) {
         (Outcome::Row { values, .. }, Some(expected), _) => {
@@ -148,9 +193,11 @@ fn check(processor: &Processor, tokenizer: &Tokenizer, test: &SpecTestConfig, in
             for (column, actual) in row(values) {
                 match expected.get(&column) {
                     None => failures.push(Failure::Unlisted { column, actual }),
-                    Some(e) if !matches(e, &actual, tokenizer) => {
-                        failures.push(Failure::Column { column, expected: e.clone(), actual })
-                    }
+                    Some(e) if !matches(e, &actual, tokenizer) => failures.push(Failure::Column {
+                        column,
+                        expected: e.clone(),
+                        actual,
+                    }),
                     Some(_) => {}
                 }
             }
@@ -158,8 +205,13 @@ fn check(processor: &Processor, tokenizer: &Tokenizer, test: &SpecTestConfig, in
         }
         (Outcome::Row { values, .. }, None, _) => vec![Failure::Accepted { row: row(values) }],
         (Outcome::Reject { reason }, _, Some(want)) if reason.contains(want.as_str()) => Vec::new(),
-        (Outcome::Reject { reason }, _, Some(want)) => vec![Failure::Reason { expected: want.clone(), actual: reason.clone() }],
-        (Outcome::Reject { reason }, _, None) => vec![Failure::Rejected { reason: reason.clone() }],
+        (Outcome::Reject { reason }, _, Some(want)) => vec![Failure::Reason {
+            expected: want.clone(),
+            actual: reason.clone(),
+        }],
+        (Outcome::Reject { reason }, _, None) => vec![Failure::Rejected {
+            reason: reason.clone(),
+        }],
     }
 }
 
@@ -175,7 +227,10 @@ fn matches(expected: &J, actual: &J, tokenizer: &Tokenizer) -> bool {
         return actual.as_str() == Some(tokenizer.token(raw.as_bytes()).as_str());
     }
     match (expected, actual) {
-        (J::String(e), J::String(a)) => match (chrono::DateTime::parse_from_rfc3339(e), chrono::DateTime::parse_from_rfc3339(a)) {
+        (J::String(e), J::String(a)) => match (
+            chrono::DateTime::parse_from_rfc3339(e),
+            chrono::DateTime::parse_from_rfc3339(a),
+        ) {
             (Ok(e), Ok(a)) => e == a,
             _ => false,
         },
@@ -230,24 +285,51 @@ tests:
     #[test]
     fn every_kind_of_mismatch_is_reported() {
         let changed = SPEC
-            .replace("masked_ip: {hash_of: 10.0.0.1}", "masked_ip: {hash_of: 10.0.0.2}")
+            .replace(
+                "masked_ip: {hash_of: 10.0.0.1}",
+                "masked_ip: {hash_of: 10.0.0.2}",
+            )
             .replace("day: \"2023-11-14\", ", "")
-            .replace("expect_reject: \"decode: body is not valid JSON\"", "expect_reject: \"required value\"");
+            .replace(
+                "expect_reject: \"decode: body is not valid JSON\"",
+                "expect_reject: \"required value\"",
+            );
         let reports = run_spec_tests(&spec(&changed));
         let f = &reports[0].failures;
         assert_eq!(f.len(), 2, "{f:?}");
-        assert!(matches!(&f[0], Failure::Unlisted { column, actual } if column == "day" && actual == "2023-11-14"));
-        let Failure::Column { column, actual, .. } = &f[1] else { panic!("{f:?}") };
+        assert!(
+            matches!(&f[0], Failure::Unlisted { column, actual } if column == "day" && actual == "2023-11-14")
+        );
+        let Failure::Column { column, actual, .. } = &f[1] else {
+            panic!("{f:?}")
+        };
         assert_eq!(column, "masked_ip");
         let ring = Keyring::fixed_test_keyring();
-        assert_eq!(actual.as_str(), Some(Tokenizer::new(&ring.hash_keys[0]).token(b"10.0.0.1").as_str()));
-        assert!(f[1].to_string().contains("- expected: {\"hash_of\":\"10.0.0.2\"}"), "{}", f[1]);
+        assert_eq!(
+            actual.as_str(),
+            Some(
+                Tokenizer::new(&ring.hash_keys[0])
+                    .token(b"10.0.0.1")
+                    .as_str()
+            )
+        );
+        assert!(
+            f[1].to_string()
+                .contains("- expected: {\"hash_of\":\"10.0.0.2\"}"),
+            "{}",
+            f[1]
+        );
         assert!(matches!(&reports[1].failures[..], [Failure::Reason { .. }]));
 
         let flipped = SPEC.replace("body: {user_id: u1, ip: 10.0.0.1}", "body: {ip: 10.0.0.1}");
         let reports = run_spec_tests(&spec(&flipped));
-        let [Failure::Rejected { reason }] = &reports[0].failures[..] else { panic!("{reports:?}") };
-        assert!(reason.contains("column user_id: required value"), "{reason}");
+        let [Failure::Rejected { reason }] = &reports[0].failures[..] else {
+            panic!("{reports:?}")
+        };
+        assert!(
+            reason.contains("column user_id: required value"),
+            "{reason}"
+        );
     }
 
     #[test]

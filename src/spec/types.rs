@@ -131,7 +131,10 @@ pub struct VaultConfig {
 
 impl Default for VaultConfig {
     fn default() -> Self {
-        Self { table: default_vault_table(), keyring: None }
+        Self {
+            table: default_vault_table(),
+            keyring: None,
+        }
     }
 }
 
@@ -146,7 +149,9 @@ pub struct RejectsConfig {
 
 impl Default for RejectsConfig {
     fn default() -> Self {
-        Self { table: default_rejects_table() }
+        Self {
+            table: default_rejects_table(),
+        }
     }
 }
 
@@ -165,7 +170,10 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { table: default_ledger_table(), retention_hours: default_ledger_retention_hours() }
+        Self {
+            table: default_ledger_table(),
+            retention_hours: default_ledger_retention_hours(),
+        }
     }
 }
 

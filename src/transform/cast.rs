@@ -22,9 +22,17 @@ pub fn check(from: ValType, to: CastType) -> Result<(), String> {
     use ValType as T;
     let ok = match to {
         CastType::Text => true,
-        CastType::Integer | CastType::Bigint => matches!(from, T::Json | T::Text | T::Integer | T::BigInt | T::Boolean),
-        CastType::Boolean => matches!(from, T::Json | T::Text | T::Integer | T::BigInt | T::Boolean),
-        CastType::Date | CastType::Timestamp => matches!(from, T::Json | T::Text | T::Date | T::Timestamp),
+        CastType::Integer | CastType::Bigint => matches!(
+            from,
+            T::Json | T::Text | T::Integer | T::BigInt | T::Boolean
+        ),
+        CastType::Boolean => matches!(
+            from,
+            T::Json | T::Text | T::Integer | T::BigInt | T::Boolean
+        ),
+        CastType::Date | CastType::Timestamp => {
+            matches!(from, T::Json | T::Text | T::Date | T::Timestamp)
+        }
     };
     if ok {
         Ok(())
@@ -34,7 +42,11 @@ pub fn check(from: ValType, to: CastType) -> Result<(), String> {
         } else {
             ""
         };
-        Err(format!("cannot cast a {} value to {}{hint}", from.name(), out_type(to).name()))
+        Err(format!(
+            "cannot cast a {} value to {}{hint}",
+            from.name(),
+            out_type(to).name()
+        ))
     }
 }
 
@@ -42,7 +54,10 @@ fn parse_i64(s: &str) -> Option<i64> {
     let s = s.trim();
     s.parse::<i64>().ok().or_else(|| {
         // "42.0" is an integer written as a float; "42.5" is not.
-        s.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
     })
 }
 
@@ -53,10 +68,16 @@ fn to_i64(v: &Val) -> Result<i64, String> {
         Val::Bool(b) => Ok(i64::from(*b)),
         Val::Json(J::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
             .ok_or_else(|| "number is not an integer".to_string()),
         Val::Json(J::Bool(b)) => Ok(i64::from(*b)),
-        Val::Json(J::String(s)) | Val::Text(s) => parse_i64(s).ok_or_else(|| "text is not an integer".to_string()),
+        Val::Json(J::String(s)) | Val::Text(s) => {
+            parse_i64(s).ok_or_else(|| "text is not an integer".to_string())
+        }
         _ => Err("value is not an integer".into()),
     }
 }
@@ -89,7 +110,10 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
             return Some(t.and_utc());
         }
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc())
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 /// Applies a cast.
@@ -98,7 +122,9 @@ pub fn apply(v: Val, to: CastType) -> Result<Val, String> {
         CastType::Text => Ok(v.to_text().map(Val::Text).unwrap_or(Val::Null)),
         CastType::Integer => {
             let i = to_i64(&v)?;
-            i32::try_from(i).map(Val::Int).map_err(|_| "integer out of range for integer (32-bit)".into())
+            i32::try_from(i)
+                .map(Val::Int)
+                .map_err(|_| "integer out of range for integer (32-bit)".into())
         }
         CastType::Bigint => to_i64(&v).map(Val::BigInt),
         CastType::Boolean => to_bool(&v).map(Val::Bool),
@@ -113,7 +139,10 @@ pub fn apply(v: Val, to: CastType) -> Result<Val, String> {
         },
         CastType::Timestamp => match v {
             Val::Timestamp(t) => Ok(Val::Timestamp(t)),
-            Val::Date(d) => Ok(d.and_hms_opt(0, 0, 0).map(|t| Val::Timestamp(t.and_utc())).unwrap_or(Val::Null)),
+            Val::Date(d) => Ok(d
+                .and_hms_opt(0, 0, 0)
+                .map(|t| Val::Timestamp(t.and_utc()))
+                .unwrap_or(Val::Null)),
             other => other
                 .to_text()
                 .and_then(|s| parse_timestamp(&s))
@@ -141,7 +170,12 @@ pub fn default_value(value: &J, ty: ValType) -> Result<Val, String> {
         ValType::Date => apply(v, CastType::Date),
         ValType::Timestamp => apply(v, CastType::Timestamp),
     };
-    res.map_err(|_| format!("default value does not fit the {} value at this point", ty.name()))
+    res.map_err(|_| {
+        format!(
+            "default value does not fit the {} value at this point",
+            ty.name()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -151,21 +185,45 @@ mod tests {
 
     #[test]
     fn casts() {
-        assert_eq!(apply(Val::Json(json!("42")), CastType::Integer), Ok(Val::Int(42)));
-        assert_eq!(apply(Val::Json(json!(42.0)), CastType::Integer), Ok(Val::Int(42)));
+        assert_eq!(
+            apply(Val::Json(json!("42")), CastType::Integer),
+            Ok(Val::Int(42))
+        );
+        assert_eq!(
+            apply(Val::Json(json!(42.0)), CastType::Integer),
+            Ok(Val::Int(42))
+        );
         assert!(apply(Val::Json(json!(42.5)), CastType::Integer).is_err());
         assert!(apply(Val::Json(json!("3000000000")), CastType::Integer).is_err());
-        assert_eq!(apply(Val::Json(json!("3000000000")), CastType::Bigint), Ok(Val::BigInt(3_000_000_000)));
-        assert_eq!(apply(Val::Json(json!("yes")), CastType::Boolean), Ok(Val::Bool(true)));
-        assert!(apply(Val::Json(json!("maybe")), CastType::Boolean).is_err());
-        assert_eq!(apply(Val::Int(7), CastType::Text), Ok(Val::Text("7".into())));
-        assert_eq!(apply(Val::Json(json!({"a": 1})), CastType::Text), Ok(Val::Text("{\"a\":1}".into())));
         assert_eq!(
-            apply(Val::Json(json!("2024-02-29T23:00:00-02:00")), CastType::Date),
+            apply(Val::Json(json!("3000000000")), CastType::Bigint),
+            Ok(Val::BigInt(3_000_000_000))
+        );
+        assert_eq!(
+            apply(Val::Json(json!("yes")), CastType::Boolean),
+            Ok(Val::Bool(true))
+        );
+        assert!(apply(Val::Json(json!("maybe")), CastType::Boolean).is_err());
+        assert_eq!(
+            apply(Val::Int(7), CastType::Text),
+            Ok(Val::Text("7".into()))
+        );
+        assert_eq!(
+            apply(Val::Json(json!({"a": 1})), CastType::Text),
+            Ok(Val::Text("{\"a\":1}".into()))
+        );
+        assert_eq!(
+            apply(
+                Val::Json(json!("2024-02-29T23:00:00-02:00")),
+                CastType::Date
+            ),
             Ok(Val::Date(NaiveDate::from_ymd_opt(2024, 3, 1).unwrap()))
         );
         assert!(apply(Val::Json(json!("2024-13-01")), CastType::Date).is_err());
-        assert!(matches!(apply(Val::Json(json!("2024-01-01 10:00:00")), CastType::Timestamp), Ok(Val::Timestamp(_))));
+        assert!(matches!(
+            apply(Val::Json(json!("2024-01-01 10:00:00")), CastType::Timestamp),
+            Ok(Val::Timestamp(_))
+        ));
     }
 
     #[test]
@@ -177,13 +235,20 @@ mod tests {
     #[test]
     fn type_checks() {
         assert!(check(ValType::Date, CastType::Integer).is_err());
-        assert!(check(ValType::BigInt, CastType::Date).unwrap_err().contains("from_epoch"));
+        assert!(
+            check(ValType::BigInt, CastType::Date)
+                .unwrap_err()
+                .contains("from_epoch")
+        );
         assert!(check(ValType::Json, CastType::Integer).is_ok());
     }
 
     #[test]
     fn defaults_are_typed() {
-        assert_eq!(default_value(&json!("xx"), ValType::Text), Ok(Val::Text("xx".into())));
+        assert_eq!(
+            default_value(&json!("xx"), ValType::Text),
+            Ok(Val::Text("xx".into()))
+        );
         assert_eq!(default_value(&json!(5), ValType::Integer), Ok(Val::Int(5)));
         assert!(default_value(&json!("abc"), ValType::Integer).is_err());
         assert!(default_value(&json!(5), ValType::Text).is_err());

@@ -10,10 +10,16 @@ pub fn check(from: ValType, to: CastType) -> Result<(), String> {
     if !matches!(to, CastType::Date | CastType::Timestamp) {
         return Err("`from_epoch` converts to `date` or `timestamp` only".into());
     }
-    if matches!(from, ValType::Json | ValType::Text | ValType::Integer | ValType::BigInt) {
+    if matches!(
+        from,
+        ValType::Json | ValType::Text | ValType::Integer | ValType::BigInt
+    ) {
         Ok(())
     } else {
-        Err(format!("`from_epoch` needs a number, but the value is {} here", from.name()))
+        Err(format!(
+            "`from_epoch` needs a number, but the value is {} here",
+            from.name()
+        ))
     }
 }
 
@@ -28,7 +34,11 @@ pub fn from_epoch(v: &Val, unit: EpochUnit, to: CastType) -> Result<Val, String>
         EpochUnit::Seconds => DateTime::from_timestamp(n, 0),
     }
     .ok_or("epoch value out of range")?;
-    Ok(if to == CastType::Date { Val::Date(t.date_naive()) } else { Val::Timestamp(t) })
+    Ok(if to == CastType::Date {
+        Val::Date(t.date_naive())
+    } else {
+        Val::Timestamp(t)
+    })
 }
 
 #[cfg(test)]
@@ -38,9 +48,19 @@ mod tests {
 
     #[test]
     fn millis_and_seconds() {
-        let d = from_epoch(&Val::BigInt(1_700_000_000_000), EpochUnit::Millis, CastType::Date).unwrap();
+        let d = from_epoch(
+            &Val::BigInt(1_700_000_000_000),
+            EpochUnit::Millis,
+            CastType::Date,
+        )
+        .unwrap();
         assert_eq!(d, Val::Date(NaiveDate::from_ymd_opt(2023, 11, 14).unwrap()));
-        let t = from_epoch(&Val::Text("1700000000".into()), EpochUnit::Seconds, CastType::Timestamp).unwrap();
+        let t = from_epoch(
+            &Val::Text("1700000000".into()),
+            EpochUnit::Seconds,
+            CastType::Timestamp,
+        )
+        .unwrap();
         assert_eq!(t.to_text().unwrap(), "2023-11-14T22:13:20.000Z");
         assert!(from_epoch(&Val::Text("soon".into()), EpochUnit::Millis, CastType::Date).is_err());
         assert!(check(ValType::Boolean, CastType::Date).is_err());

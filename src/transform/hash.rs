@@ -18,7 +18,9 @@ pub struct Tokenizer {
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokenizer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Tokenizer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -26,8 +28,12 @@ impl Tokenizer {
     /// Builds the keyed MAC state for `key`.
     pub fn new(key: &Key) -> Self {
         // A 32-byte key is valid for HMAC, which accepts keys of any length.
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.material()).unwrap_or_else(|_| unreachable!());
-        Self { key_id: key.id.clone(), mac }
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.material())
+            .unwrap_or_else(|_| unreachable!());
+        Self {
+            key_id: key.id.clone(),
+            mac,
+        }
     }
 
     /// The id of the key tokens are made with.
@@ -59,7 +65,10 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_ne!(a, hex::encode(Sha256::digest(b"199.172.111.135")));
         let other = Keyring::generate().unwrap();
-        assert_ne!(a, Tokenizer::new(&other.hash_keys[0]).token(b"199.172.111.135"));
+        assert_ne!(
+            a,
+            Tokenizer::new(&other.hash_keys[0]).token(b"199.172.111.135")
+        );
     }
 
     #[test]

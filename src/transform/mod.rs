@@ -39,7 +39,10 @@ pub struct PendingVault {
 
 impl std::fmt::Debug for PendingVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingVault").field("column", &self.column).field("token", &self.token).finish_non_exhaustive()
+        f.debug_struct("PendingVault")
+            .field("column", &self.column)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +76,10 @@ impl Transform {
             if input.is_textual() {
                 Ok(())
             } else {
-                Err(format!("`{name}` needs a text value, but the value is {} here; cast it to text first", input.name()))
+                Err(format!(
+                    "`{name}` needs a text value, but the value is {} here; cast it to text first",
+                    input.name()
+                ))
             }
         };
         Ok(match cfg {
@@ -89,7 +95,13 @@ impl Transform {
             }
             TransformConfig::FromEpoch { unit, to } => {
                 date::check(input, *to)?;
-                (Transform::FromEpoch { unit: *unit, to: *to }, cast::out_type(*to))
+                (
+                    Transform::FromEpoch {
+                        unit: *unit,
+                        to: *to,
+                    },
+                    cast::out_type(*to),
+                )
             }
             TransformConfig::Default { value } => {
                 let v = cast::default_value(value, input)?;
@@ -124,7 +136,11 @@ impl Transform {
                 let text = Zeroizing::new(v.to_text().unwrap_or_default());
                 let token = tok.token(text.as_bytes());
                 if *self == Transform::Encrypt {
-                    ctx.vault.push(PendingVault { column: ctx.column.to_string(), token: token.clone(), plaintext: text });
+                    ctx.vault.push(PendingVault {
+                        column: ctx.column.to_string(),
+                        token: token.clone(),
+                        plaintext: text,
+                    });
                 }
                 Ok(Val::Text(token))
             }

@@ -17,15 +17,28 @@ mod tests {
 
     fn run(t: Transform, v: Val) -> Val {
         let mut vault = Vec::new();
-        let mut ctx = Context { tokenizer: None, column: "c", vault: &mut vault };
+        let mut ctx = Context {
+            tokenizer: None,
+            column: "c",
+            vault: &mut vault,
+        };
         t.apply(v, &mut ctx).unwrap()
     }
 
     #[test]
     fn trims_and_cases() {
-        assert_eq!(run(Transform::Trim, Val::Json(" RU ".into())), Val::Text("RU".into()));
-        assert_eq!(run(Transform::Lowercase, Val::Text("Android".into())), Val::Text("android".into()));
-        assert_eq!(run(Transform::Uppercase, Val::Text("ru".into())), Val::Text("RU".into()));
+        assert_eq!(
+            run(Transform::Trim, Val::Json(" RU ".into())),
+            Val::Text("RU".into())
+        );
+        assert_eq!(
+            run(Transform::Lowercase, Val::Text("Android".into())),
+            Val::Text("android".into())
+        );
+        assert_eq!(
+            run(Transform::Uppercase, Val::Text("ru".into())),
+            Val::Text("RU".into())
+        );
         assert_eq!(run(Transform::Trim, Val::Null), Val::Null);
     }
 }

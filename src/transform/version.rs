@@ -23,12 +23,17 @@ pub fn encode(s: &str) -> Result<i32, String> {
         if p.is_empty() || p.len() > 6 || !p.bytes().all(|b| b.is_ascii_digit()) {
             return Err("not a version: expected 1 to 3 dot-separated numbers".into());
         }
-        nums[i] = p.parse::<u64>().map_err(|_| "not a version: part too large".to_string())?;
+        nums[i] = p
+            .parse::<u64>()
+            .map_err(|_| "not a version: part too large".to_string())?;
     }
     if nums[1] > 999 || nums[2] > 999 || nums[0] > MAX_MAJOR {
-        return Err(format!("version out of range: major at most {MAX_MAJOR}, minor and patch at most 999"));
+        return Err(format!(
+            "version out of range: major at most {MAX_MAJOR}, minor and patch at most 999"
+        ));
     }
-    i32::try_from(nums[0] * 1_000_000 + nums[1] * 1_000 + nums[2]).map_err(|_| "version out of range".into())
+    i32::try_from(nums[0] * 1_000_000 + nums[1] * 1_000 + nums[2])
+        .map_err(|_| "version out of range".into())
 }
 
 /// Applies the transform to a value (strings, or JSON numbers such as `3` or `2.5`).
@@ -56,7 +61,9 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_encode() {
-        for bad in ["", "1.2.3.4", "1..2", "a.b", "1.1000", "2147.0.0", "-1", "1.2-beta"] {
+        for bad in [
+            "", "1.2.3.4", "1..2", "a.b", "1.1000", "2147.0.0", "-1", "1.2-beta",
+        ] {
             assert!(encode(bad).is_err(), "{bad}");
         }
         assert_eq!(encode("2146.999.999"), Ok(2_146_999_999));
@@ -64,7 +71,13 @@ mod tests {
 
     #[test]
     fn accepts_json_numbers() {
-        assert_eq!(apply(&Val::Json(serde_json::json!(3))), Ok(Val::Int(3_000_000)));
-        assert_eq!(apply(&Val::Json(serde_json::json!(0.96))), Ok(Val::Int(96_000)));
+        assert_eq!(
+            apply(&Val::Json(serde_json::json!(3))),
+            Ok(Val::Int(3_000_000))
+        );
+        assert_eq!(
+            apply(&Val::Json(serde_json::json!(0.96))),
+            Ok(Val::Int(96_000))
+        );
     }
 }

@@ -17,13 +17,19 @@ const AAD_VERSION: &[u8] = b"etl-engine/v1";
 /// Errors from encryption and decryption. Never contain plaintext or key material.
 #[derive(Debug, thiserror::Error)]
 pub enum CipherError {
-    #[error("key {0} is not in the keyring; add it back (as decrypt_only) to decrypt values written with it")]
+    #[error(
+        "key {0} is not in the keyring; add it back (as decrypt_only) to decrypt values written with it"
+    )]
     UnknownKey(String),
-    #[error("key {0} is retired in the keyring and cannot decrypt; set its state to decrypt_only to use it")]
+    #[error(
+        "key {0} is retired in the keyring and cannot decrypt; set its state to decrypt_only to use it"
+    )]
     RetiredKey(String),
     #[error("no active encryption key in the keyring")]
     NoActiveKey,
-    #[error("decryption with key {0} failed: the ciphertext, nonce or its binding (table, column, token) does not match, or the key is wrong")]
+    #[error(
+        "decryption with key {0} failed: the ciphertext, nonce or its binding (table, column, token) does not match, or the key is wrong"
+    )]
     Authentication(String),
     #[error("stored nonce has {0} bytes, expected 12")]
     BadNonce(usize),
@@ -57,14 +63,23 @@ pub struct Sealed {
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealed").field("key_id", &self.key_id).field("len", &self.ciphertext.len()).finish()
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .field("len", &self.ciphertext.len())
+            .finish()
     }
 }
 
 /// Length-prefixed fields, so ("ab","c") and ("a","bc") differ.
 fn aad(binding: Binding<'_>, key_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + binding.token.len());
-    for part in [AAD_VERSION, binding.scope.as_bytes(), binding.column.as_bytes(), binding.token.as_bytes(), key_id.as_bytes()] {
+    for part in [
+        AAD_VERSION,
+        binding.scope.as_bytes(),
+        binding.column.as_bytes(),
+        binding.token.as_bytes(),
+        key_id.as_bytes(),
+    ] {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
     }
@@ -79,7 +94,10 @@ pub struct VaultCipher {
 
 impl fmt::Debug for VaultCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VaultCipher").field("keys", &self.ciphers.keys().collect::<Vec<_>>()).field("active", &self.active).finish()
+        f.debug_struct("VaultCipher")
+            .field("keys", &self.ciphers.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .finish()
     }
 }
 
@@ -111,21 +129,48 @@ impl VaultCipher {
         getrandom::fill(&mut nonce).map_err(|_| CipherError::Encrypt)?;
         let aad = aad(binding, key_id);
         let ciphertext = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CipherError::Encrypt)?;
-        Ok(Sealed { key_id: key_id.to_string(), nonce, ciphertext })
+        Ok(Sealed {
+            key_id: key_id.to_string(),
+            nonce,
+            ciphertext,
+        })
     }
 
     /// Decrypts a stored value; fails if any byte or any part of the binding differs.
-    pub fn decrypt(&self, binding: Binding<'_>, key_id: &str, nonce: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CipherError> {
-        let (state, cipher) = self.ciphers.get(key_id).ok_or_else(|| CipherError::UnknownKey(key_id.to_string()))?;
+    pub fn decrypt(
+        &self,
+        binding: Binding<'_>,
+        key_id: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CipherError> {
+        let (state, cipher) = self
+            .ciphers
+            .get(key_id)
+            .ok_or_else(|| CipherError::UnknownKey(key_id.to_string()))?;
         if *state == KeyState::Retired {
             return Err(CipherError::RetiredKey(key_id.to_string()));
         }
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| CipherError::BadNonce(nonce.len()))?;
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| CipherError::BadNonce(nonce.len()))?;
         let aad = aad(binding, key_id);
         cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: &aad })
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| CipherError::Authentication(key_id.to_string()))
     }
@@ -133,7 +178,13 @@ impl VaultCipher {
     /// Re-encrypts a stored value under the active key, for rotation. The plaintext exists
     /// only in a zeroizing buffer inside this call. Returns `None` when the value is already
     /// under the active key.
-    pub fn reencrypt(&self, binding: Binding<'_>, key_id: &str, nonce: &[u8], ciphertext: &[u8]) -> Result<Option<Sealed>, CipherError> {
+    pub fn reencrypt(
+        &self,
+        binding: Binding<'_>,
+        key_id: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Option<Sealed>, CipherError> {
         let active = self.active.as_deref().ok_or(CipherError::NoActiveKey)?;
         if key_id == active {
             return Ok(None);
@@ -148,7 +199,11 @@ mod tests {
     use super::*;
 
     fn binding(token: &str) -> Binding<'_> {
-        Binding { scope: "user_logins", column: "masked_ip", token }
+        Binding {
+            scope: "user_logins",
+            column: "masked_ip",
+            token,
+        }
     }
 
     #[test]
@@ -157,18 +212,35 @@ mod tests {
         let c = VaultCipher::new(&ring).unwrap();
         let s = c.encrypt(binding("t1"), b"10.0.0.1").unwrap();
         assert_ne!(&s.ciphertext[..8], b"10.0.0.1");
-        assert_eq!(&*c.decrypt(binding("t1"), &s.key_id, &s.nonce, &s.ciphertext).unwrap(), b"10.0.0.1");
+        assert_eq!(
+            &*c.decrypt(binding("t1"), &s.key_id, &s.nonce, &s.ciphertext)
+                .unwrap(),
+            b"10.0.0.1"
+        );
         // Copied to another token's row: fails.
-        assert!(matches!(c.decrypt(binding("t2"), &s.key_id, &s.nonce, &s.ciphertext), Err(CipherError::Authentication(_))));
+        assert!(matches!(
+            c.decrypt(binding("t2"), &s.key_id, &s.nonce, &s.ciphertext),
+            Err(CipherError::Authentication(_))
+        ));
         // Another column: fails.
-        let other = Binding { scope: "user_logins", column: "masked_device_id", token: "t1" };
-        assert!(c.decrypt(other, &s.key_id, &s.nonce, &s.ciphertext).is_err());
+        let other = Binding {
+            scope: "user_logins",
+            column: "masked_device_id",
+            token: "t1",
+        };
+        assert!(
+            c.decrypt(other, &s.key_id, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
         // Flipped byte: fails.
         let mut bad = s.ciphertext.clone();
         bad[0] ^= 1;
         assert!(c.decrypt(binding("t1"), &s.key_id, &s.nonce, &bad).is_err());
         // Unknown key id: names it.
-        let err = c.decrypt(binding("t1"), "nope", &s.nonce, &s.ciphertext).unwrap_err().to_string();
+        let err = c
+            .decrypt(binding("t1"), "nope", &s.nonce, &s.ciphertext)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"));
         // Two encryptions of the same value differ (random nonce).
         let s2 = c.encrypt(binding("t1"), b"10.0.0.1").unwrap();
@@ -182,16 +254,33 @@ mod tests {
         let s = old.encrypt(binding("t1"), b"10.0.0.1").unwrap();
         let new_id = ring.add_encryption_key().unwrap();
         let c = VaultCipher::new(&ring).unwrap();
-        let r = c.reencrypt(binding("t1"), &s.key_id, &s.nonce, &s.ciphertext).unwrap().unwrap();
+        let r = c
+            .reencrypt(binding("t1"), &s.key_id, &s.nonce, &s.ciphertext)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.key_id, new_id);
-        assert_eq!(&*c.decrypt(binding("t1"), &r.key_id, &r.nonce, &r.ciphertext).unwrap(), b"10.0.0.1");
+        assert_eq!(
+            &*c.decrypt(binding("t1"), &r.key_id, &r.nonce, &r.ciphertext)
+                .unwrap(),
+            b"10.0.0.1"
+        );
         // Already under the active key: nothing to do.
-        assert!(c.reencrypt(binding("t1"), &r.key_id, &r.nonce, &r.ciphertext).unwrap().is_none());
+        assert!(
+            c.reencrypt(binding("t1"), &r.key_id, &r.nonce, &r.ciphertext)
+                .unwrap()
+                .is_none()
+        );
         // A value bound elsewhere is not laundered by rotation.
-        assert!(c.reencrypt(binding("t2"), &s.key_id, &s.nonce, &s.ciphertext).is_err());
+        assert!(
+            c.reencrypt(binding("t2"), &s.key_id, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
         // Debug never shows ciphertext or nonce bytes.
         let dbg = format!("{r:?} {c:?}");
-        assert!(dbg.contains(&new_id) && !dbg.contains(&format!("{:?}", r.nonce)), "{dbg}");
+        assert!(
+            dbg.contains(&new_id) && !dbg.contains(&format!("{:?}", r.nonce)),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -202,6 +291,9 @@ mod tests {
         // Same id, different material.
         ring_b.encryption_keys[0].id = s.key_id.clone();
         let b = VaultCipher::new(&ring_b).unwrap();
-        assert!(matches!(b.decrypt(binding("t"), &s.key_id, &s.nonce, &s.ciphertext), Err(CipherError::Authentication(_))));
+        assert!(matches!(
+            b.decrypt(binding("t"), &s.key_id, &s.nonce, &s.ciphertext),
+            Err(CipherError::Authentication(_))
+        ));
     }
 }

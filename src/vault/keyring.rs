@@ -24,17 +24,35 @@ pub enum KeyringError {
     )]
     Missing,
     #[error("cannot read keyring {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("keyring {origin} is not valid keyring JSON (line {line}, column {column}); the content is not shown because it is secret")]
-    Parse { origin: String, line: usize, column: usize },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "keyring {origin} is not valid keyring JSON (line {line}, column {column}); the content is not shown because it is secret"
+    )]
+    Parse {
+        origin: String,
+        line: usize,
+        column: usize,
+    },
     #[error("keyring {origin}: key {id}: {problem}")]
-    BadKey { origin: String, id: String, problem: String },
+    BadKey {
+        origin: String,
+        id: String,
+        problem: String,
+    },
     #[error("keyring {origin}: {problem}")]
     Invalid { origin: String, problem: String },
-    #[error("keyring {origin} already exists; refusing to overwrite it (keys in it may still be needed to decrypt)")]
+    #[error(
+        "keyring {origin} already exists; refusing to overwrite it (keys in it may still be needed to decrypt)"
+    )]
     Exists { origin: String },
     #[error("cannot write keyring {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What a key may be used for now.
@@ -67,7 +85,9 @@ impl std::str::FromStr for KeyState {
             "active" => Ok(KeyState::Active),
             "decrypt_only" => Ok(KeyState::DecryptOnly),
             "retired" => Ok(KeyState::Retired),
-            _ => Err(format!("unknown key state {s:?}; expected active, decrypt_only or retired")),
+            _ => Err(format!(
+                "unknown key state {s:?}; expected active, decrypt_only or retired"
+            )),
         }
     }
 }
@@ -110,7 +130,9 @@ impl std::str::FromStr for Purpose {
         match s {
             "hash" | "hashing" | "hmac" => Ok(Purpose::Hash),
             "encryption" | "encrypt" | "aes" => Ok(Purpose::Encryption),
-            _ => Err(format!("unknown key purpose {s:?}; expected hash or encryption")),
+            _ => Err(format!(
+                "unknown key purpose {s:?}; expected hash or encryption"
+            )),
         }
     }
 }
@@ -160,13 +182,21 @@ impl Key {
         })?;
         let material = SecretBox::new(Box::new(bytes));
         zeroize::Zeroize::zeroize(&mut bytes);
-        Ok(Key { id, state: KeyState::Active, material })
+        Ok(Key {
+            id,
+            state: KeyState::Active,
+            material,
+        })
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("id", &self.id).field("state", &self.state).field("material", &"<redacted>").finish()
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("material", &"<redacted>")
+            .finish()
     }
 }
 
@@ -200,9 +230,12 @@ impl Keyring {
 
     /// Reads a keyring file.
     pub fn from_file(path: &Path) -> Result<Self, KeyringError> {
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| KeyringError::Read { path: path.to_path_buf(), source })?,
-        );
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            KeyringError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?);
         Self::from_json(&text, &path.display().to_string())
     }
 
@@ -221,7 +254,10 @@ impl Keyring {
                         id: k.id.clone(),
                         problem: problem.to_string(),
                     };
-                    let mut raw = zeroize::Zeroizing::new(B64.decode(k.key.trim()).map_err(|_| bad("key is not valid base64"))?);
+                    let mut raw = zeroize::Zeroizing::new(
+                        B64.decode(k.key.trim())
+                            .map_err(|_| bad("key is not valid base64"))?,
+                    );
                     if raw.len() != 32 {
                         return Err(bad("key must be 32 bytes (256 bits) of base64"));
                     }
@@ -232,7 +268,11 @@ impl Keyring {
                     zeroize::Zeroize::zeroize(&mut bytes);
                     let mut key_text = k.key;
                     zeroize::Zeroize::zeroize(&mut key_text);
-                    Ok(Key { id: k.id, state: k.state, material })
+                    Ok(Key {
+                        id: k.id,
+                        state: k.state,
+                        material,
+                    })
                 })
                 .collect()
         };
@@ -246,20 +286,36 @@ impl Keyring {
     }
 
     fn check(&self) -> Result<(), KeyringError> {
-        let invalid = |problem: String| KeyringError::Invalid { origin: self.origin.clone(), problem };
+        let invalid = |problem: String| KeyringError::Invalid {
+            origin: self.origin.clone(),
+            problem,
+        };
         let mut ids = std::collections::HashSet::new();
         for k in self.hash_keys.iter().chain(&self.encryption_keys) {
-            if k.id.is_empty() || !k.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(invalid(format!("key id {:?} must be non-empty letters, digits, '-', '_' or '.'", k.id)));
+            if k.id.is_empty()
+                || !k
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(format!(
+                    "key id {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                    k.id
+                )));
             }
             if !ids.insert(k.id.as_str()) {
                 return Err(invalid(format!("key id {} appears twice", k.id)));
             }
         }
-        for (name, keys) in [("hash_keys", &self.hash_keys), ("encryption_keys", &self.encryption_keys)] {
+        for (name, keys) in [
+            ("hash_keys", &self.hash_keys),
+            ("encryption_keys", &self.encryption_keys),
+        ] {
             let active = keys.iter().filter(|k| k.state == KeyState::Active).count();
             if active > 1 {
-                return Err(invalid(format!("{name} has {active} active keys; exactly one may be active")));
+                return Err(invalid(format!(
+                    "{name} has {active} active keys; exactly one may be active"
+                )));
             }
             if !keys.is_empty() && active == 0 && name == "hash_keys" {
                 return Err(invalid("hash_keys has no active key".into()));
@@ -270,18 +326,24 @@ impl Keyring {
 
     /// The active hashing key.
     pub fn active_hash_key(&self) -> Result<&Key, KeyringError> {
-        self.hash_keys.iter().find(|k| k.state == KeyState::Active).ok_or_else(|| KeyringError::Invalid {
-            origin: self.origin.clone(),
-            problem: "no active hash key (hash_keys)".into(),
-        })
+        self.hash_keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .ok_or_else(|| KeyringError::Invalid {
+                origin: self.origin.clone(),
+                problem: "no active hash key (hash_keys)".into(),
+            })
     }
 
     /// The active encryption key.
     pub fn active_encryption_key(&self) -> Result<&Key, KeyringError> {
-        self.encryption_keys.iter().find(|k| k.state == KeyState::Active).ok_or_else(|| KeyringError::Invalid {
-            origin: self.origin.clone(),
-            problem: "no active encryption key (encryption_keys)".into(),
-        })
+        self.encryption_keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .ok_or_else(|| KeyringError::Invalid {
+                origin: self.origin.clone(),
+                problem: "no active encryption key (encryption_keys)".into(),
+            })
     }
 
     /// A new keyring with one active key per purpose.
@@ -328,8 +390,16 @@ impl Keyring {
                 return Ok(purpose);
             }
         }
-        let ids: Vec<&str> = self.hash_keys.iter().chain(&self.encryption_keys).map(|k| k.id.as_str()).collect();
-        Err(KeyringError::Invalid { origin: self.origin.clone(), problem: format!("no key {id} (keys: {})", ids.join(", ")) })
+        let ids: Vec<&str> = self
+            .hash_keys
+            .iter()
+            .chain(&self.encryption_keys)
+            .map(|k| k.id.as_str())
+            .collect();
+        Err(KeyringError::Invalid {
+            origin: self.origin.clone(),
+            problem: format!("no key {id} (keys: {})", ids.join(", ")),
+        })
     }
 
     /// Adds a new active key for `purpose`, demoting the current active one to decrypt-only
@@ -362,14 +432,23 @@ impl Keyring {
         let keys = self.keys_mut(purpose);
         let mut demoted = None;
         if state == KeyState::Active {
-            for k in keys.iter_mut().filter(|k| k.id != id && k.state == KeyState::Active) {
+            for k in keys
+                .iter_mut()
+                .filter(|k| k.id != id && k.state == KeyState::Active)
+            {
                 k.state = KeyState::DecryptOnly;
                 demoted = Some(k.id.clone());
             }
-        } else if purpose == Purpose::Hash && keys.iter().any(|k| k.id == id && k.state == KeyState::Active) {
+        } else if purpose == Purpose::Hash
+            && keys
+                .iter()
+                .any(|k| k.id == id && k.state == KeyState::Active)
+        {
             return Err(KeyringError::Invalid {
                 origin,
-                problem: format!("key {id} is the active hash key; make another hash key active first (tokens are made with it)"),
+                problem: format!(
+                    "key {id} is the active hash key; make another hash key active first (tokens are made with it)"
+                ),
             });
         }
         for k in keys.iter_mut().filter(|k| k.id == id) {
@@ -384,10 +463,16 @@ impl Keyring {
         let purpose = self.purpose_of(id)?;
         let origin = self.origin.clone();
         let keys = self.keys_mut(purpose);
-        if keys.iter().any(|k| k.id == id && k.state == KeyState::Active) {
+        if keys
+            .iter()
+            .any(|k| k.id == id && k.state == KeyState::Active)
+        {
             return Err(KeyringError::Invalid {
                 origin,
-                problem: format!("key {id} is active; add or activate another {} key first", purpose.name()),
+                problem: format!(
+                    "key {id} is active; add or activate another {} key first",
+                    purpose.name()
+                ),
             });
         }
         keys.retain(|k| k.id != id);
@@ -398,7 +483,11 @@ impl Keyring {
     pub fn summary(&self) -> Vec<(Purpose, &str, KeyState)> {
         let mut out = Vec::new();
         for purpose in [Purpose::Hash, Purpose::Encryption] {
-            out.extend(self.keys(purpose).iter().map(|k| (purpose, k.id.as_str(), k.state)));
+            out.extend(
+                self.keys(purpose)
+                    .iter()
+                    .map(|k| (purpose, k.id.as_str(), k.state)),
+            );
         }
         out
     }
@@ -412,7 +501,10 @@ impl Keyring {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "keyring".into());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "keyring".into());
         let mut suffix = [0u8; 6];
         getrandom::fill(&mut suffix).map_err(|e| KeyringError::Invalid {
             origin: self.origin.clone(),
@@ -422,7 +514,10 @@ impl Keyring {
         self.write(&tmp, false)?;
         std::fs::rename(&tmp, path).map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            KeyringError::Write { path: path.to_path_buf(), source }
+            KeyringError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         // Make the rename itself durable.
         if let Ok(d) = std::fs::File::open(&dir) {
@@ -435,12 +530,23 @@ impl Keyring {
     pub fn to_json(&self) -> zeroize::Zeroizing<String> {
         let conv = |keys: &[Key]| -> Vec<KeyFile> {
             keys.iter()
-                .map(|k| KeyFile { id: k.id.clone(), state: k.state, key: B64.encode(k.material()) })
+                .map(|k| KeyFile {
+                    id: k.id.clone(),
+                    state: k.state,
+                    key: B64.encode(k.material()),
+                })
                 .collect()
         };
-        let mut file = KeyringFile { hash_keys: conv(&self.hash_keys), encryption_keys: conv(&self.encryption_keys) };
+        let mut file = KeyringFile {
+            hash_keys: conv(&self.hash_keys),
+            encryption_keys: conv(&self.encryption_keys),
+        };
         let out = serde_json::to_string_pretty(&file).unwrap_or_default();
-        for k in file.hash_keys.iter_mut().chain(file.encryption_keys.iter_mut()) {
+        for k in file
+            .hash_keys
+            .iter_mut()
+            .chain(file.encryption_keys.iter_mut())
+        {
             zeroize::Zeroize::zeroize(&mut k.key);
         }
         zeroize::Zeroizing::new(out + "\n")
@@ -464,14 +570,22 @@ impl Keyring {
         }
         let mut f = opts.open(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyringError::Exists { origin: path.display().to_string() }
+                KeyringError::Exists {
+                    origin: path.display().to_string(),
+                }
             } else {
-                KeyringError::Write { path: path.to_path_buf(), source }
+                KeyringError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         f.write_all(self.to_json().as_bytes())
             .and_then(|_| f.sync_all())
-            .map_err(|source| KeyringError::Write { path: path.to_path_buf(), source })
+            .map_err(|source| KeyringError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     /// A fixed, public keyring for spec unit tests and previews, so expected hashes are stable.
@@ -509,7 +623,9 @@ mod tests {
     #[test]
     fn parse_errors_do_not_echo_content() {
         let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=";
-        let text = format!("{{\"hash_keys\": [{{\"id\": \"a\", \"state\": \"active\", \"key\": \"{secret}\", }}]}}");
+        let text = format!(
+            "{{\"hash_keys\": [{{\"id\": \"a\", \"state\": \"active\", \"key\": \"{secret}\", }}]}}"
+        );
         let err = Keyring::from_json(&text, "f.json").unwrap_err().to_string();
         assert!(!err.contains(secret), "{err}");
         assert!(err.contains("f.json"));
@@ -517,14 +633,20 @@ mod tests {
 
     #[test]
     fn rejects_short_keys_and_two_active() {
-        let short = r#"{"hash_keys":[{"id":"h","state":"active","key":"AAAA"}],"encryption_keys":[]}"#;
+        let short =
+            r#"{"hash_keys":[{"id":"h","state":"active","key":"AAAA"}],"encryption_keys":[]}"#;
         let err = Keyring::from_json(short, "f").unwrap_err().to_string();
         assert!(err.contains("key h") && err.contains("32 bytes"), "{err}");
         let k = B64.encode([1u8; 32]);
         let two = format!(
             r#"{{"hash_keys":[{{"id":"a","state":"active","key":"{k}"}},{{"id":"b","state":"active","key":"{k}"}}],"encryption_keys":[]}}"#
         );
-        assert!(Keyring::from_json(&two, "f").unwrap_err().to_string().contains("exactly one"));
+        assert!(
+            Keyring::from_json(&two, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
     }
 
     #[test]
@@ -536,15 +658,24 @@ mod tests {
         assert_eq!(ring.active_encryption_key().unwrap().id, second);
         assert_eq!(ring.encryption_keys[0].state, KeyState::DecryptOnly);
         // Re-activating the first demotes the second.
-        assert_eq!(ring.set_state(&first, KeyState::Active).unwrap(), Some(second.clone()));
+        assert_eq!(
+            ring.set_state(&first, KeyState::Active).unwrap(),
+            Some(second.clone())
+        );
         assert_eq!(ring.active_encryption_key().unwrap().id, first);
         ring.check().unwrap();
         // The only active hash key cannot be demoted.
         let h = ring.hash_keys[0].id.clone();
-        let err = ring.set_state(&h, KeyState::Retired).unwrap_err().to_string();
+        let err = ring
+            .set_state(&h, KeyState::Retired)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&h) && err.contains("active hash key"), "{err}");
         // Unknown ids are named, with the ids there are.
-        let err = ring.set_state("nope", KeyState::Retired).unwrap_err().to_string();
+        let err = ring
+            .set_state("nope", KeyState::Retired)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope") && err.contains(&first), "{err}");
     }
 
@@ -553,7 +684,12 @@ mod tests {
         let mut ring = Keyring::generate().unwrap();
         let old = ring.encryption_keys[0].id.clone();
         let new = ring.add_key(Purpose::Encryption).unwrap();
-        assert!(ring.remove_key(&new).unwrap_err().to_string().contains("is active"));
+        assert!(
+            ring.remove_key(&new)
+                .unwrap_err()
+                .to_string()
+                .contains("is active")
+        );
         assert_eq!(ring.remove_key(&old).unwrap(), Purpose::Encryption);
         assert_eq!(ring.summary().len(), 2);
         assert!(ring.summary().iter().all(|(_, id, _)| *id != old));
@@ -573,7 +709,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -581,10 +720,21 @@ mod tests {
 
     #[test]
     fn states_and_purposes_parse() {
-        assert_eq!("decrypt-only".parse::<KeyState>().unwrap(), KeyState::DecryptOnly);
+        assert_eq!(
+            "decrypt-only".parse::<KeyState>().unwrap(),
+            KeyState::DecryptOnly
+        );
         assert_eq!("retired".parse::<KeyState>().unwrap(), KeyState::Retired);
-        assert!("gone".parse::<KeyState>().unwrap_err().contains("decrypt_only"));
-        assert_eq!("encryption".parse::<Purpose>().unwrap(), Purpose::Encryption);
+        assert!(
+            "gone"
+                .parse::<KeyState>()
+                .unwrap_err()
+                .contains("decrypt_only")
+        );
+        assert_eq!(
+            "encryption".parse::<Purpose>().unwrap(),
+            Purpose::Encryption
+        );
         assert_eq!("hash".parse::<Purpose>().unwrap(), Purpose::Hash);
     }
 

@@ -19,16 +19,29 @@ use zeroize::Zeroizing;
 /// Errors of a recovery. None of them carries a recovered value.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("column {column} is not encrypted by spec {spec} (columns with `- type: encrypt`: {encrypted})")]
-    NotEncrypted { column: String, spec: String, encrypted: String },
+    #[error(
+        "column {column} is not encrypted by spec {spec} (columns with `- type: encrypt`: {encrypted})"
+    )]
+    NotEncrypted {
+        column: String,
+        spec: String,
+        encrypted: String,
+    },
     #[error("--where: {0}")]
     Selector(String),
     #[error("the audit record could not be written, so nothing was decrypted: {0}")]
     Audit(sqlx::Error),
-    #[error("the recovery function {function} does not exist; create the engine's tables and functions as their owner (schema/engine.sql, or any etl-engine command run as the owner)")]
+    #[error(
+        "the recovery function {function} does not exist; create the engine's tables and functions as their owner (schema/engine.sql, or any etl-engine command run as the owner)"
+    )]
     MissingFunction { function: String },
-    #[error("this database role may not call the recovery function {function}; grant it etl_recovery (schema/roles.sql): {source}")]
-    NotAllowed { function: String, source: sqlx::Error },
+    #[error(
+        "this database role may not call the recovery function {function}; grant it etl_recovery (schema/roles.sql): {source}"
+    )]
+    NotAllowed {
+        function: String,
+        source: sqlx::Error,
+    },
     #[error("a reason is required (--reason): it is recorded in the audit table")]
     NoReason,
     #[error("postgres: {0}")]
@@ -52,7 +65,11 @@ impl std::fmt::Debug for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Selector::Tokens(t) => write!(f, "Tokens({} tokens)", t.len()),
-            Selector::Where(c) => write!(f, "Where({:?} = <redacted>)", c.iter().map(|(col, _)| col.as_str()).collect::<Vec<_>>()),
+            Selector::Where(c) => write!(
+                f,
+                "Where({:?} = <redacted>)",
+                c.iter().map(|(col, _)| col.as_str()).collect::<Vec<_>>()
+            ),
         }
     }
 }
@@ -74,7 +91,10 @@ pub struct Recovered {
 
 impl std::fmt::Debug for Recovered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recovered").field("token", &self.token).field("value", &"<redacted>").finish()
+        f.debug_struct("Recovered")
+            .field("token", &self.token)
+            .field("value", &"<redacted>")
+            .finish()
     }
 }
 
@@ -87,14 +107,25 @@ pub struct Outcome {
 
 /// Parses `COLUMN=VALUE`.
 pub fn parse_where(s: &str) -> Result<(String, String), RecoverError> {
-    let (c, v) = s
-        .split_once('=')
-        .ok_or_else(|| RecoverError::Selector(format!("expected COLUMN=VALUE, got {:?}", s.chars().take(40).collect::<String>())))?;
-    Ok((c.trim().to_string(), v.trim().trim_matches('\'').to_string()))
+    let (c, v) = s.split_once('=').ok_or_else(|| {
+        RecoverError::Selector(format!(
+            "expected COLUMN=VALUE, got {:?}",
+            s.chars().take(40).collect::<String>()
+        ))
+    })?;
+    Ok((
+        c.trim().to_string(),
+        v.trim().trim_matches('\'').to_string(),
+    ))
 }
 
 /// Recovers values, auditing first.
-pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Request) -> Result<Outcome, RecoverError> {
+pub async fn recover(
+    pool: &PgPool,
+    spec: &Spec,
+    cipher: &VaultCipher,
+    req: &Request,
+) -> Result<Outcome, RecoverError> {
     let encrypted: Vec<&str> = spec
         .columns
         .iter()
@@ -115,12 +146,19 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
     let tokens: Vec<String> = match &req.selector {
         Selector::Tokens(t) => t.clone(),
         Selector::Where(conds) => {
-            let mut sql = format!("SELECT DISTINCT {}::text FROM {} WHERE ", quote_ident(&req.column), quote_ident(&spec.target.table));
+            let mut sql = format!(
+                "SELECT DISTINCT {}::text FROM {} WHERE ",
+                quote_ident(&req.column),
+                quote_ident(&spec.target.table)
+            );
             for (i, (col, _)) in conds.iter().enumerate() {
                 // Column names are checked against the spec; values are bind parameters.
                 if !spec.columns.iter().any(|c| &c.name == col) {
                     let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
-                    return Err(RecoverError::Selector(format!("no column {col} in the spec (columns: {})", names.join(", "))));
+                    return Err(RecoverError::Selector(format!(
+                        "no column {col} in the spec (columns: {})",
+                        names.join(", ")
+                    )));
                 }
                 if i > 0 {
                     sql.push_str(" AND ");
@@ -131,7 +169,11 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
             for (_, v) in conds {
                 q = q.bind(v);
             }
-            q.fetch_all(&mut *tx).await?.into_iter().filter_map(|r| r.0).collect()
+            q.fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .filter_map(|r| r.0)
+                .collect()
         }
     };
     let mut tokens = tokens;
@@ -158,9 +200,20 @@ pub async fn recover(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, req: &Req
 
     let mut found: HashMap<String, Recovered> = HashMap::new();
     for (token, key_id, nonce, ct) in rows {
-        let b = Binding { scope: &spec.target.table, column: &req.column, token: &token };
-        let plain = cipher.decrypt(b, &key_id, &nonce, &ct).map_err(|source| RecoverError::Cipher { token: token.clone(), source })?;
-        let value = Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?);
+        let b = Binding {
+            scope: &spec.target.table,
+            column: &req.column,
+            token: &token,
+        };
+        let plain =
+            cipher
+                .decrypt(b, &key_id, &nonce, &ct)
+                .map_err(|source| RecoverError::Cipher {
+                    token: token.clone(),
+                    source,
+                })?;
+        let value =
+            Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?);
         found.insert(token.clone(), Recovered { token, value });
     }
     let mut recovered = Vec::new();
@@ -182,9 +235,16 @@ pub fn recover_function_name(vault_table: &str) -> String {
 fn classify_call_error(e: sqlx::Error, vault_table: &str) -> RecoverError {
     let function = recover_function_name(vault_table);
     match &e {
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("42883") => RecoverError::MissingFunction { function },
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("42501") && d.message().contains("function") => {
-            RecoverError::NotAllowed { function, source: e }
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42883") => {
+            RecoverError::MissingFunction { function }
+        }
+        sqlx::Error::Database(d)
+            if d.code().as_deref() == Some("42501") && d.message().contains("function") =>
+        {
+            RecoverError::NotAllowed {
+                function,
+                source: e,
+            }
         }
         _ => RecoverError::Audit(e),
     }
@@ -200,7 +260,9 @@ fn literal(s: &str) -> String {
 /// depends on the caller's `search_path`.
 fn qualified_expr(name: &str) -> String {
     match name.split_once('.') {
-        Some((schema, table)) => format!("format('%I.%I', {}, {})", literal(schema), literal(table)),
+        Some((schema, table)) => {
+            format!("format('%I.%I', {}, {})", literal(schema), literal(table))
+        }
         None => format!("format('%I.%I', current_schema(), {})", literal(name)),
     }
 }

@@ -24,10 +24,16 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, thiserror::Error)]
 pub enum RetokenizeError {
     #[error("column {column} of spec {spec} cannot be re-tokenized: {problem}")]
-    Column { column: String, spec: String, problem: String },
+    Column {
+        column: String,
+        spec: String,
+        problem: String,
+    },
     #[error("--batch-size must be between 1 and 100000, got {0}")]
     BatchSize(u32),
-    #[error("no active encryption key in the keyring; add one with `etl-engine keyring add-key FILE --purpose encryption`")]
+    #[error(
+        "no active encryption key in the keyring; add one with `etl-engine keyring add-key FILE --purpose encryption`"
+    )]
     NoActiveKey,
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
@@ -80,10 +86,17 @@ struct Change {
 /// token itself (`encrypt` is its last transform), so the new token can be computed from the
 /// original exactly as the pipeline would.
 pub fn check_column(spec: &Spec, column: &str) -> Result<(), RetokenizeError> {
-    let err = |problem: String| RetokenizeError::Column { column: column.to_string(), spec: spec.file.display().to_string(), problem };
+    let err = |problem: String| RetokenizeError::Column {
+        column: column.to_string(),
+        spec: spec.file.display().to_string(),
+        problem,
+    };
     let Some(col) = spec.columns.iter().find(|c| c.name == column) else {
         let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
-        return Err(err(format!("no such column (columns: {})", names.join(", "))));
+        return Err(err(format!(
+            "no such column (columns: {})",
+            names.join(", ")
+        )));
     };
     match col.transforms.iter().position(|t| *t == Transform::Encrypt) {
         None if col.transforms.contains(&Transform::Hash) => {
@@ -133,16 +146,29 @@ pub async fn retokenize(
          SELECT $1, $2, t, k, n, c, now() FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[]) AS u(t, k, n, c) \
          ORDER BY t ON CONFLICT (target_table, column_name, token) DO NOTHING RETURNING token"
     );
-    let update = format!("UPDATE {target} AS t SET {col} = m.new FROM UNNEST($1::text[], $2::text[]) AS m(old, new) WHERE t.{col} = m.old");
+    let update = format!(
+        "UPDATE {target} AS t SET {col} = m.new FROM UNNEST($1::text[], $2::text[]) AS m(old, new) WHERE t.{col} = m.old"
+    );
 
-    let mut report = Report { column: column.to_string(), hash_key: tokenizer.key_id().to_string(), ..Default::default() };
+    let mut report = Report {
+        column: column.to_string(),
+        hash_key: tokenizer.key_id().to_string(),
+        ..Default::default()
+    };
     let mut cursor: Option<String> = None;
     // New tokens this run wrote ahead of the cursor: the walk meets them again and must not
     // count them as already current. Entries go as the cursor passes them.
     let mut written_ahead: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = match &cursor {
-            None => sqlx::query_as(AssertSqlSafe(select_first.clone())).bind(table).bind(column).bind(i64::from(batch_size)).fetch_all(pool).await?,
+            None => {
+                sqlx::query_as(AssertSqlSafe(select_first.clone()))
+                    .bind(table)
+                    .bind(column)
+                    .bind(i64::from(batch_size))
+                    .fetch_all(pool)
+                    .await?
+            }
             Some(after) => {
                 sqlx::query_as(AssertSqlSafe(select_after.clone()))
                     .bind(table)
@@ -164,11 +190,23 @@ pub async fn retokenize(
                 report.examined -= 1;
                 continue;
             }
-            let plain = match cipher.decrypt(Binding { scope: table, column, token: &token }, &key_id, &nonce, &ct) {
+            let plain = match cipher.decrypt(
+                Binding {
+                    scope: table,
+                    column,
+                    token: &token,
+                },
+                &key_id,
+                &nonce,
+                &ct,
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     let msg = e.to_string();
-                    report.failed_examples.entry(msg.clone()).or_insert_with(|| token.clone());
+                    report
+                        .failed_examples
+                        .entry(msg.clone())
+                        .or_insert_with(|| token.clone());
                     *report.failed.entry(msg).or_default() += 1;
                     continue;
                 }
@@ -178,20 +216,47 @@ pub async fn retokenize(
                 report.current += 1;
                 continue;
             }
-            let sealed = cipher.encrypt(Binding { scope: table, column, token: &new }, &plain).map_err(|e: CipherError| {
-                RetokenizeError::Column { column: column.to_string(), spec: spec.file.display().to_string(), problem: e.to_string() }
-            })?;
+            let sealed = cipher
+                .encrypt(
+                    Binding {
+                        scope: table,
+                        column,
+                        token: &new,
+                    },
+                    &plain,
+                )
+                .map_err(|e: CipherError| RetokenizeError::Column {
+                    column: column.to_string(),
+                    spec: spec.file.display().to_string(),
+                    problem: e.to_string(),
+                })?;
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            changes.push(Change { old: token, old_nonce: nonce, new, key_id: sealed.key_id, nonce: sealed.nonce.to_vec(), ciphertext: sealed.ciphertext });
+            changes.push(Change {
+                old: token,
+                old_nonce: nonce,
+                new,
+                key_id: sealed.key_id,
+                nonce: sealed.nonce.to_vec(),
+                ciphertext: sealed.ciphertext,
+            });
         }
         if !changes.is_empty() {
             let mut tx = pool.begin().await?;
             let old: Vec<&str> = changes.iter().map(|c| c.old.as_str()).collect();
             let old_nonces: Vec<&[u8]> = changes.iter().map(|c| c.old_nonce.as_slice()).collect();
-            let claimed: Vec<(String,)> =
-                sqlx::query_as(AssertSqlSafe(claim.clone())).bind(table).bind(column).bind(&old).bind(&old_nonces).fetch_all(&mut *tx).await?;
-            let claimed: std::collections::HashSet<String> = claimed.into_iter().map(|r| r.0).collect();
-            let mine: Vec<&Change> = changes.iter().filter(|c| claimed.contains(&c.old)).collect();
+            let claimed: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(claim.clone()))
+                .bind(table)
+                .bind(column)
+                .bind(&old)
+                .bind(&old_nonces)
+                .fetch_all(&mut *tx)
+                .await?;
+            let claimed: std::collections::HashSet<String> =
+                claimed.into_iter().map(|r| r.0).collect();
+            let mine: Vec<&Change> = changes
+                .iter()
+                .filter(|c| claimed.contains(&c.old))
+                .collect();
             report.raced += (changes.len() - mine.len()) as u64;
             if !mine.is_empty() {
                 let new: Vec<&str> = mine.iter().map(|c| c.new.as_str()).collect();
@@ -208,16 +273,31 @@ pub async fn retokenize(
                     .fetch_all(&mut *tx)
                     .await?;
                 let old: Vec<&str> = mine.iter().map(|c| c.old.as_str()).collect();
-                let updated = sqlx::query(AssertSqlSafe(update.clone())).bind(&old).bind(&new).execute(&mut *tx).await?.rows_affected();
+                let updated = sqlx::query(AssertSqlSafe(update.clone()))
+                    .bind(&old)
+                    .bind(&new)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 report.target_rows += updated;
                 report.retokenized += mine.len() as u64;
                 if let Some(c) = &cursor {
-                    written_ahead.extend(inserted.into_iter().map(|r| r.0).filter(|t| t.as_str() > c.as_str()));
+                    written_ahead.extend(
+                        inserted
+                            .into_iter()
+                            .map(|r| r.0)
+                            .filter(|t| t.as_str() > c.as_str()),
+                    );
                 }
             }
             tx.commit().await?;
         }
-        tracing::debug!(column, examined = report.examined, retokenized = report.retokenized, "Re-tokenized a batch.");
+        tracing::debug!(
+            column,
+            examined = report.examined,
+            retokenized = report.retokenized,
+            "Re-tokenized a batch."
+        );
         if fetched < batch_size as usize {
             break;
         }

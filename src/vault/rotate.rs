@@ -27,7 +27,9 @@ pub const REJECTS_BINDING_COLUMN: &str = "rejects";
 /// report and the rotation goes on.
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
-    #[error("no active encryption key in the keyring; add one with `etl-engine keyring add-key FILE --purpose encryption`")]
+    #[error(
+        "no active encryption key in the keyring; add one with `etl-engine keyring add-key FILE --purpose encryption`"
+    )]
     NoActiveKey,
     #[error("--batch-size must be between 1 and 100000, got {0}")]
     BatchSize(u32),
@@ -163,15 +165,48 @@ type Row = (String, String, String, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Re-encrypts every vault value of `spec`'s target table and every encrypted reject body of
 /// its pipeline that is not under the active key. Rows of other specs sharing the tables are
 /// left alone: they may belong to another keyring.
-pub async fn rotate(pool: &PgPool, spec: &Spec, cipher: &VaultCipher, opts: Options) -> Result<Report, RotateError> {
+pub async fn rotate(
+    pool: &PgPool,
+    spec: &Spec,
+    cipher: &VaultCipher,
+    opts: Options,
+) -> Result<Report, RotateError> {
     if opts.batch_size == 0 || opts.batch_size > 100_000 {
         return Err(RotateError::BatchSize(opts.batch_size));
     }
-    let active = cipher.active_key_id().ok_or(RotateError::NoActiveKey)?.to_string();
-    let mut report = Report { active_key: active.clone(), ..Default::default() };
+    let active = cipher
+        .active_key_id()
+        .ok_or(RotateError::NoActiveKey)?
+        .to_string();
+    let mut report = Report {
+        active_key: active.clone(),
+        ..Default::default()
+    };
     let mut budget = opts.max_rows;
-    report.vault = rotate_table(pool, Kind::Vault, &spec.vault.table, &spec.target.table, cipher, &active, opts.batch_size, &mut budget, &mut report.encryptions).await?;
-    report.rejects = rotate_table(pool, Kind::Rejects, &spec.rejects.table, &spec.name, cipher, &active, opts.batch_size, &mut budget, &mut report.encryptions).await?;
+    report.vault = rotate_table(
+        pool,
+        Kind::Vault,
+        &spec.vault.table,
+        &spec.target.table,
+        cipher,
+        &active,
+        opts.batch_size,
+        &mut budget,
+        &mut report.encryptions,
+    )
+    .await?;
+    report.rejects = rotate_table(
+        pool,
+        Kind::Rejects,
+        &spec.rejects.table,
+        &spec.name,
+        cipher,
+        &active,
+        opts.batch_size,
+        &mut budget,
+        &mut report.encryptions,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -187,9 +222,15 @@ async fn rotate_table(
     budget: &mut Option<u64>,
     encryptions: &mut HashMap<String, u64>,
 ) -> Result<TableReport, RotateError> {
-    let db = |source: sqlx::Error| RotateError::Db { table: table.to_string(), source };
+    let db = |source: sqlx::Error| RotateError::Db {
+        table: table.to_string(),
+        source,
+    };
     let sql = statements(kind, table);
-    let mut rep = TableReport { table: table.to_string(), ..Default::default() };
+    let mut rep = TableReport {
+        table: table.to_string(),
+        ..Default::default()
+    };
     let mut cursor: Option<(String, String)> = None;
     loop {
         let limit = match budget {
@@ -199,9 +240,19 @@ async fn rotate_table(
         };
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<Row> = match &cursor {
-            None => sqlx::query_as(AssertSqlSafe(sql.first.clone())).bind(scope).bind(active).bind(limit_i64).fetch_all(pool).await,
+            None => {
+                sqlx::query_as(AssertSqlSafe(sql.first.clone()))
+                    .bind(scope)
+                    .bind(active)
+                    .bind(limit_i64)
+                    .fetch_all(pool)
+                    .await
+            }
             Some((col, tok)) => {
-                let q = sqlx::query_as(AssertSqlSafe(sql.after.clone())).bind(scope).bind(active).bind(limit_i64);
+                let q = sqlx::query_as(AssertSqlSafe(sql.after.clone()))
+                    .bind(scope)
+                    .bind(active)
+                    .bind(limit_i64);
                 match kind {
                     Kind::Vault => q.bind(col).bind(tok),
                     Kind::Rejects => q.bind(tok),
@@ -219,9 +270,14 @@ async fn rotate_table(
             *b -= fetched.min(*b);
         }
 
-        let (mut cols, mut toks, mut old_kids, mut old_nonces, mut new_nonces, mut new_cts) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut cols, mut toks, mut old_kids, mut old_nonces, mut new_nonces, mut new_cts) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (col, tok, key_id, nonce, ct) in rows {
-            let binding = Binding { scope, column: &col, token: &tok };
+            let binding = Binding {
+                scope,
+                column: &col,
+                token: &tok,
+            };
             let result = match (&nonce, &ct) {
                 (Some(n), Some(c)) => cipher.reencrypt(binding, &key_id, n, c),
                 _ => Err(CipherError::BadNonce(0)),
@@ -240,32 +296,56 @@ async fn rotate_table(
                 Ok(None) => {}
                 Err(e) => {
                     let msg = e.to_string();
-                    rep.failed_examples.entry(msg.clone()).or_insert_with(|| match kind {
-                        Kind::Vault => format!("{col}/{tok}"),
-                        Kind::Rejects => format!("message {tok}"),
-                    });
+                    rep.failed_examples
+                        .entry(msg.clone())
+                        .or_insert_with(|| match kind {
+                            Kind::Vault => format!("{col}/{tok}"),
+                            Kind::Rejects => format!("message {tok}"),
+                        });
                     *rep.failed.entry(msg).or_default() += 1;
                 }
             }
         }
         if !toks.is_empty() {
             let attempted = toks.len() as u64;
-            let q = sqlx::query(AssertSqlSafe(sql.update.clone())).bind(scope).bind(active);
+            let q = sqlx::query(AssertSqlSafe(sql.update.clone()))
+                .bind(scope)
+                .bind(active);
             let q = match kind {
                 Kind::Vault => q.bind(&cols).bind(&toks),
                 Kind::Rejects => q.bind(&toks),
             };
-            let done = q.bind(&old_kids).bind(&old_nonces).bind(&new_nonces).bind(&new_cts).execute(pool).await.map_err(db)?.rows_affected();
+            let done = q
+                .bind(&old_kids)
+                .bind(&old_nonces)
+                .bind(&new_nonces)
+                .bind(&new_cts)
+                .execute(pool)
+                .await
+                .map_err(db)?
+                .rows_affected();
             rep.rotated += done;
             rep.raced += attempted.saturating_sub(done);
         }
-        tracing::debug!(table, examined = rep.examined, rotated = rep.rotated, "Rotated a batch.");
+        tracing::debug!(
+            table,
+            examined = rep.examined,
+            rotated = rep.rotated,
+            "Rotated a batch."
+        );
         if fetched < limit {
             break;
         }
     }
-    let remaining: Vec<(String, i64)> =
-        sqlx::query_as(AssertSqlSafe(sql.remaining.clone())).bind(scope).bind(active).fetch_all(pool).await.map_err(db)?;
-    rep.remaining = remaining.into_iter().map(|(k, n)| (k, u64::try_from(n).unwrap_or(0))).collect();
+    let remaining: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.remaining.clone()))
+        .bind(scope)
+        .bind(active)
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    rep.remaining = remaining
+        .into_iter()
+        .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
+        .collect();
     Ok(rep)
 }

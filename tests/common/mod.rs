@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 
 /// The admin database URL of the test Postgres.
 pub fn db_url() -> String {
-    std::env::var("ETL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("ETL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 /// The current (JSON + query protocol) SQS endpoint.
 pub fn sqs_endpoint() -> String {
@@ -21,14 +22,22 @@ pub fn legacy_sqs_endpoint() -> String {
 
 /// A short random suffix for names.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Creates a fresh database and returns its URL. Tests never share tables.
 pub async fn fresh_db() -> String {
-    let admin = sqlx::PgPool::connect(&db_url()).await.expect("test Postgres must be running (scripts/test.sh starts it)");
+    let admin = sqlx::PgPool::connect(&db_url())
+        .await
+        .expect("test Postgres must be running (scripts/test.sh starts it)");
     let name = unique("t");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
     admin.close().await;
     let base = db_url();
     let cut = base.rfind('/').expect("db url has a path");
@@ -42,7 +51,10 @@ pub const USER_LOGINS_DDL: &str = "CREATE TABLE IF NOT EXISTS user_logins(user_i
 /// Runs SQL on a database.
 pub async fn exec(url: &str, sql: &str) {
     let pool = sqlx::PgPool::connect(url).await.expect("connect");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await.expect("exec");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .expect("exec");
     pool.close().await;
 }
 
@@ -51,7 +63,9 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::Config::builder()
         .endpoint_url(endpoint)
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "test"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .build();
     aws_sdk_sqs::Client::from_conf(conf)
@@ -61,7 +75,12 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 pub async fn fresh_queue(endpoint: &str) -> (String, String) {
     let name = unique("q").replace('_', "-");
     let c = sqs_client(endpoint).await;
-    let out = c.create_queue().queue_name(&name).send().await.expect("test SQS must be running (scripts/test.sh starts it)");
+    let out = c
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .expect("test SQS must be running (scripts/test.sh starts it)");
     (name, out.queue_url.expect("queue url"))
 }
 
@@ -78,14 +97,25 @@ pub async fn queue_depth(endpoint: &str, url: &str) -> (u64, u64) {
         .await
         .expect("queue attributes");
     let attrs = out.attributes.unwrap_or_default();
-    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-    (get(A::ApproximateNumberOfMessages), get(A::ApproximateNumberOfMessagesNotVisible))
+    let get = |a: A| {
+        attrs
+            .get(&a)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    )
 }
 
 /// The engine binary.
 pub fn engine() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_etl-engine"));
-    c.env_remove("ETL_KEYRING").env_remove("ETL_KEYRING_JSON").env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test");
+    c.env_remove("ETL_KEYRING")
+        .env_remove("ETL_KEYRING_JSON")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test");
     c
 }
 
@@ -117,12 +147,20 @@ pub fn keygen(dir: &Path, name: &str) -> PathBuf {
 
 /// A logins spec (same columns as specs/logins.yaml) for a queue (name or URL) and database.
 pub fn logins_spec(dir: &Path, endpoint: &str, queue: &str, db: &str, protocol: &str) -> PathBuf {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/logins.yaml")).expect("read specs/logins.yaml");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/logins.yaml"))
+            .expect("read specs/logins.yaml");
     let text = text
         .replace("queue: login-queue", &format!("queue: {queue}"))
-        .replace("endpoint_url: http://127.0.0.1:4566", &format!("endpoint_url: {endpoint}"))
+        .replace(
+            "endpoint_url: http://127.0.0.1:4566",
+            &format!("endpoint_url: {endpoint}"),
+        )
         .replace("protocol: auto", &format!("protocol: {protocol}"))
-        .replace("url: postgres://postgres:postgres@127.0.0.1:5432/postgres", &format!("url: {db}"))
+        .replace(
+            "url: postgres://postgres:postgres@127.0.0.1:5432/postgres",
+            &format!("url: {db}"),
+        )
         .replace("wait_time_secs: 5 ", "wait_time_secs: 1 ");
     let p = dir.join("logins.yaml");
     std::fs::write(&p, text).expect("write spec");

@@ -27,7 +27,14 @@ impl Fixture {
         let (name, queue_url) = fresh_queue(&endpoint).await;
         let keyring = keygen(dir.path(), "keyring.json");
         let spec = logins_spec(dir.path(), &endpoint, &name, &db, "auto");
-        Fixture { dir, db, endpoint, queue_url, spec, keyring }
+        Fixture {
+            dir,
+            db,
+            endpoint,
+            queue_url,
+            spec,
+            keyring,
+        }
     }
 
     pub fn spec_s(&self) -> &str {
@@ -45,7 +52,11 @@ impl Fixture {
             let mut req = c.send_message_batch().queue_url(&self.queue_url);
             for (i, b) in chunk.iter().enumerate() {
                 req = req.entries(
-                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).build().unwrap(),
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(b)
+                        .build()
+                        .unwrap(),
                 );
             }
             let out = req.send().await.unwrap();
@@ -57,7 +68,11 @@ impl Fixture {
     pub fn run_drain(&self, keyring: &Path, envs: &[(&str, &str)]) -> Output {
         let mut all = vec![("ETL_KEYRING", keyring.to_str().unwrap())];
         all.extend_from_slice(envs);
-        run_engine(&["run", self.spec_s(), "--drain", "--progress", "off"], &all, true)
+        run_engine(
+            &["run", self.spec_s(), "--drain", "--progress", "off"],
+            &all,
+            true,
+        )
     }
 
     /// Runs the engine with this fixture's keyring (or another) and returns its output, whatever it is.
@@ -153,13 +168,21 @@ pub fn psql(url: &str, args: &[&str]) -> Output {
         .env("PGOPTIONS", "-c client_min_messages=warning")
         .output()
         .unwrap();
-    assert!(out.status.success(), "psql {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 /// A file of the project.
 pub fn project_file(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).to_str().unwrap().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `url` with another user (the test cluster trusts loopback connections).
@@ -173,7 +196,12 @@ pub fn url_as(url: &str, user: &str) -> String {
 pub async fn login_role(group: &str) -> String {
     let name = unique(&format!("u_{group}"));
     let admin = sqlx::PgPool::connect(&db_url()).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"))).execute(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
     admin.close().await;
     name
 }
@@ -182,12 +210,15 @@ pub async fn login_role(group: &str) -> String {
 /// not, standard and URL-safe) and hex (lower and upper case).
 pub fn key_spellings(keyring: &Path) -> Vec<String> {
     use base64::Engine;
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(keyring).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(keyring).unwrap()).unwrap();
     let mut out = Vec::new();
     for purpose in ["hash_keys", "encryption_keys"] {
         for k in json[purpose].as_array().unwrap() {
             let b64 = k["key"].as_str().unwrap().to_string();
-            let raw = base64::engine::general_purpose::STANDARD.decode(&b64).unwrap();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&b64)
+                .unwrap();
             out.push(b64.trim_end_matches('=').to_string());
             out.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw));
             out.push(hex::encode(&raw));
