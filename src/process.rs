@@ -91,13 +91,12 @@ impl Processor {
             msg.attributes
                 .get("ApproximateReceiveCount")
                 .and_then(|c| c.parse::<u32>().ok()),
-        ) {
-            if count > limit {
+        )
+            && count > limit {
                 return reject(format!(
                     "received {count} times, more than source.max_receive_count ({limit})"
                 ));
             }
-        }
         let body = match decode(&msg.body) {
             Ok(b) => b,
             Err(e) => return reject(format!("decode: {e}")),

@@ -411,14 +411,13 @@ impl Validator<'_> {
             ("rejects.table", rejects.as_ref().map(|r| &r.table)),
             ("ledger.table", ledger.as_ref().map(|l| &l.table)),
         ] {
-            if let Some(t) = table {
-                if !is_identifier(t) {
+            if let Some(t) = table
+                && !is_identifier(t) {
                     self.issue(
                         path,
                         "must be a table name (letters, digits, _; optionally schema.table)",
                     );
                 }
-            }
         }
 
         let columns = match map.get("columns") {
@@ -538,11 +537,10 @@ impl Validator<'_> {
         if s.max_receive_count == 0 {
             self.issue("source.max_receive_count", "must be at least 1");
         }
-        if let Some(e) = &s.endpoint_url {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
+        if let Some(e) = &s.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://")) {
                 self.issue("source.endpoint_url", "must start with http:// or https://");
             }
-        }
     }
 
     fn check_target(&mut self, t: &TargetConfig) {

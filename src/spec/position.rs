@@ -40,10 +40,7 @@ impl Positions {
         let mut out = Positions::default();
         let mut parser = Parser::new_from_str(text);
         let mut stack: Vec<Frame> = Vec::new();
-        loop {
-            let Ok((event, mark)) = parser.next_token() else {
-                break;
-            };
+        while let Ok((event, mark)) = parser.next_token() {
             let pos = (mark.line(), mark.col() + 1);
             // The path of the node this event starts, if it is a value inside a container.
             let node_path = match stack.last_mut() {
