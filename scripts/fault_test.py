@@ -350,6 +350,7 @@ def main():
     # pile up on one moment and each one hits engines that are busy.
     gap = max(1, n // 25)
     after_last = 0
+    resend_thread, resend_errors = None, []
     try:
         for threshold, fault in plan:
             while True:
@@ -360,7 +361,7 @@ def main():
                 # id), so the ledger reaches n: the gap never asks for more than that.
                 if c is not None and c >= threshold * n and c >= min(after_last + gap, n):
                     break
-                time.sleep(0.1)
+                time.sleep(0.05)
             if fault == "kill":
                 i = rng.randrange(a.processes)
                 engines.kill(i)
@@ -406,12 +407,28 @@ def main():
                     raise RuntimeError(f"restarting LocalStack failed: {p.stderr.strip()}")
                 queue.create()
                 todo = [(i, bodies[i]) for i in range(n) if i not in done]
-                msg_index.update(queue.send(todo))
                 resent += len(todo)
                 sqs_restarts += 1
-                log(f"LocalStack is back; re-sent the {len(todo)} messages not committed before the restart")
+                log(f"LocalStack is back; re-sending the {len(todo)} messages not committed before the restart")
+
+                # In the background: engines consume while it sends, and later faults may hit then.
+                def resend(todo=todo):
+                    try:
+                        msg_index.update(queue.send(todo))
+                    except Exception as e:  # noqa: BLE001 - reported by the main thread
+                        resend_errors.append(e)
+
+                resend_thread = threading.Thread(target=resend, daemon=True)
+                resend_thread.start()
+                after_last = last or c
+                continue
             after_last = committed() or c
 
+        if resend_thread is not None:
+            resend_thread.join()
+            if resend_errors:
+                raise RuntimeError(f"re-sending after the LocalStack restart failed: {resend_errors[0]}")
+            log("re-sending done")
         # Done when the queue stays empty (deletes happen only after commits) and nothing moves.
         log("all faults injected; waiting for the queue to empty")
         quiet_since, last = None, None
