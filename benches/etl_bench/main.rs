@@ -80,9 +80,12 @@ enum Cmd {
     },
     /// D: binary COPY of the engine's final rows for the input messages.
     PgCeiling {
-        /// The spec whose transforms, tables and writer count to use (keyring from ETL_KEYRING).
+        /// The spec whose transforms and tables to use (keyring from ETL_KEYRING).
         #[arg(long)]
         spec: PathBuf,
+        /// Parallel COPY connections (default: one per core).
+        #[arg(long)]
+        connections: Option<usize>,
         #[arg(long)]
         input: PathBuf,
         #[arg(long)]
@@ -128,24 +131,50 @@ enum Cmd {
 }
 
 fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 fn main() -> std::process::ExitCode {
     // `cargo bench` and `cargo test --all-targets` run this with their own flags: nothing to do.
-    let known =
-        ["gen", "reset-db", "load", "delete-queue", "sqs-ceiling", "pg-ceiling", "measure", "check-db", "report", "help", "--help", "-h"];
-    if !std::env::args().nth(1).is_some_and(|a| known.contains(&a.as_str())) {
-        println!("etl_bench: the benchmark runs through scripts/bench.sh (see `etl_bench --help`); nothing to do here.");
+    let known = [
+        "gen",
+        "reset-db",
+        "load",
+        "delete-queue",
+        "sqs-ceiling",
+        "pg-ceiling",
+        "measure",
+        "check-db",
+        "report",
+        "help",
+        "--help",
+        "-h",
+    ];
+    if !std::env::args()
+        .nth(1)
+        .is_some_and(|a| known.contains(&a.as_str()))
+    {
+        println!(
+            "etl_bench: the benchmark runs through scripts/bench.sh (see `etl_bench --help`); nothing to do here."
+        );
         return std::process::ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -163,56 +192,139 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cmd: Cmd) -> Result<u8> {
     match cmd {
-        Cmd::Gen { messages, seed, out } => {
-            let f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        Cmd::Gen {
+            messages,
+            seed,
+            out,
+        } => {
+            let f = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let counts = datagen::write(messages, seed, &mut std::io::BufWriter::new(f))?;
             println!("{}", serde_json::to_string(&counts)?);
         }
-        Cmd::ResetDb { admin_url, name, ddl } => {
-            anyhow::ensure!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "bad database name {name}");
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-            let cut = admin_url.rfind('/').context("the admin URL has no database path")?;
+        Cmd::ResetDb {
+            admin_url,
+            name,
+            ddl,
+        } => {
+            anyhow::ensure!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "bad database name {name}"
+            );
+            let mut admin = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .with_context(|| format!("connecting to {admin_url}"))?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await?;
+            let cut = admin_url
+                .rfind('/')
+                .context("the admin URL has no database path")?;
             let url = format!("{}/{name}", &admin_url[..cut]);
             let mut conn = sqlx::PgConnection::connect(&url).await?;
             for f in ddl {
-                let sql = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.with_context(|| format!("applying {}", f.display()))?;
+                let sql = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("applying {}", f.display()))?;
             }
             println!("{url}");
         }
-        Cmd::Load { endpoint, queue, input, concurrency } => {
+        Cmd::Load {
+            endpoint,
+            queue,
+            input,
+            concurrency,
+        } => {
             let bodies = read_lines(&input)?;
             let url = sqs::load(&endpoint, &queue, &bodies, concurrency).await?;
             println!("{url}");
         }
-        Cmd::DeleteQueue { endpoint, queue_url } => sqs::delete_queue(&endpoint, &queue_url).await?,
-        Cmd::SqsCeiling { spec, endpoint, queue_url, expect, out } => {
+        Cmd::DeleteQueue {
+            endpoint,
+            queue_url,
+        } => sqs::delete_queue(&endpoint, &queue_url).await?,
+        Cmd::SqsCeiling {
+            spec,
+            endpoint,
+            queue_url,
+            expect,
+            out,
+        } => {
             let spec = etl_engine::spec::load_spec(&spec)?;
-            let etl_engine::spec::SourceConfig::Sqs(cfg) = &spec.source else { bail!("{}: source is not sqs", spec.file.display()) };
+            let etl_engine::spec::SourceConfig::Sqs(cfg) = &spec.source else {
+                bail!("{}: source is not sqs", spec.file.display())
+            };
             let r = sqs::ceiling(&endpoint, &queue_url, cfg, expect).await?;
             write_json(&out, &r)?;
         }
-        Cmd::PgCeiling { spec, input, db, out } => {
+        Cmd::PgCeiling {
+            spec,
+            connections,
+            input,
+            db,
+            out,
+        } => {
             let spec = etl_engine::spec::load_spec(&spec)?;
             let bodies = read_lines(&input)?;
-            let r = pg::run(&spec, &bodies, &db).await?;
+            let cores = std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2);
+            let r = pg::run(&spec, &bodies, &db, connections.unwrap_or(cores)).await?;
             write_json(&out, &r)?;
         }
-        Cmd::Measure { out, log, endpoint, queue_url, command } => return measure(&out, &log, endpoint, queue_url, &command).await,
-        Cmd::CheckDb { db, target_table, expect_rows, expect_messages, out } => {
+        Cmd::Measure {
+            out,
+            log,
+            endpoint,
+            queue_url,
+            command,
+        } => return measure(&out, &log, endpoint, queue_url, &command).await,
+        Cmd::CheckDb {
+            db,
+            target_table,
+            expect_rows,
+            expect_messages,
+            out,
+        } => {
             let mut conn = sqlx::PgConnection::connect(&db).await?;
-            let count = |t: &str| format!("SELECT count(*) FROM {}", etl_engine::sink::quote_ident(t));
-            let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count(&target_table))).fetch_one(&mut conn).await?;
+            let count =
+                |t: &str| format!("SELECT count(*) FROM {}", etl_engine::sink::quote_ident(t));
+            let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count(&target_table)))
+                .fetch_one(&mut conn)
+                .await?;
             let mut res = serde_json::json!({"target_rows": rows});
-            anyhow::ensure!(rows == expect_rows, "{target_table} holds {rows} rows, expected {expect_rows}");
+            anyhow::ensure!(
+                rows == expect_rows,
+                "{target_table} holds {rows} rows, expected {expect_rows}"
+            );
             if let Some(m) = expect_messages {
-                let (ledger,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_ledger"))).fetch_one(&mut conn).await?;
-                let (rejects,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_rejects"))).fetch_one(&mut conn).await?;
-                let (vault,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_vault"))).fetch_one(&mut conn).await?;
-                anyhow::ensure!(ledger == m, "the ledger holds {ledger} messages, expected {m}");
-                anyhow::ensure!(rejects == m - rows, "the rejects table holds {rejects}, expected {}", m - rows);
+                let (ledger,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_ledger")))
+                    .fetch_one(&mut conn)
+                    .await?;
+                let (rejects,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_rejects")))
+                    .fetch_one(&mut conn)
+                    .await?;
+                let (vault,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count("etl_vault")))
+                    .fetch_one(&mut conn)
+                    .await?;
+                anyhow::ensure!(
+                    ledger == m,
+                    "the ledger holds {ledger} messages, expected {m}"
+                );
+                anyhow::ensure!(
+                    rejects == m - rows,
+                    "the rejects table holds {rejects}, expected {}",
+                    m - rows
+                );
                 res = serde_json::json!({"target_rows": rows, "ledger_rows": ledger, "reject_rows": rejects, "vault_rows": vault});
             }
             write_json(&out, &res)?;
@@ -233,7 +345,13 @@ struct Measured {
     peak_rss_kb: Option<u64>,
 }
 
-async fn measure(out: &Path, log: &Path, endpoint: Option<String>, queue_url: Option<String>, command: &[String]) -> Result<u8> {
+async fn measure(
+    out: &Path,
+    log: &Path,
+    endpoint: Option<String>,
+    queue_url: Option<String>,
+    command: &[String],
+) -> Result<u8> {
     let rss_file = out.with_extension("rss");
     let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let started = Instant::now();
@@ -267,9 +385,13 @@ async fn measure(out: &Path, log: &Path, endpoint: Option<String>, queue_url: Op
     let wall = started.elapsed();
     if drained.is_none() && endpoint.is_some() {
         // The command ended first: one last look (it may have emptied the queue just before).
-        drained = Some(tokio::time::timeout(std::time::Duration::from_secs(5), &mut watch).await.ok().flatten().unwrap_or_else(
-            || Err(anyhow::anyhow!("queue not empty after the command ended")),
-        ));
+        drained = Some(
+            tokio::time::timeout(std::time::Duration::from_secs(5), &mut watch)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("queue not empty after the command ended"))),
+        );
     }
     let drained_secs = match drained {
         Some(Ok(d)) => Some(d.min(wall).as_secs_f64()),
@@ -279,12 +401,25 @@ async fn measure(out: &Path, log: &Path, endpoint: Option<String>, queue_url: Op
         }
         None => None,
     };
-    let peak_rss_kb =
-        std::fs::read_to_string(&rss_file).ok().and_then(|t| t.lines().filter_map(|l| l.trim().parse::<u64>().ok()).next_back());
-    let m = Measured { command: command.join(" "), exit_code: status.code(), wall_secs: wall.as_secs_f64(), drained_secs, peak_rss_kb };
+    let peak_rss_kb = std::fs::read_to_string(&rss_file).ok().and_then(|t| {
+        t.lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .next_back()
+    });
+    let m = Measured {
+        command: command.join(" "),
+        exit_code: status.code(),
+        wall_secs: wall.as_secs_f64(),
+        drained_secs,
+        peak_rss_kb,
+    };
     write_json(out, &m)?;
     if !status.success() {
-        bail!("`{}` failed ({status}); its output is in {}", command.join(" "), log.display());
+        bail!(
+            "`{}` failed ({status}); its output is in {}",
+            command.join(" "),
+            log.display()
+        );
     }
     Ok(0)
 }

@@ -61,7 +61,9 @@ impl CopyBuf {
             (ValType::BigInt, Val::BigInt(i)) => self.field(Some(&i.to_be_bytes())),
             (ValType::BigInt, Val::Int(i)) => self.field(Some(&i64::from(*i).to_be_bytes())),
             (ValType::Boolean, Val::Bool(b)) => self.field(Some(&[u8::from(*b)])),
-            (ValType::Date, Val::Date(d)) => self.field(Some(&((*d - epoch).num_days() as i32).to_be_bytes())),
+            (ValType::Date, Val::Date(d)) => {
+                self.field(Some(&((*d - epoch).num_days() as i32).to_be_bytes()))
+            }
             (ValType::Timestamp, Val::Timestamp(t)) => {
                 let base: DateTime<Utc> = epoch.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
                 let micros = (*t - base).num_microseconds().unwrap_or_default();
@@ -106,7 +108,12 @@ pub struct PgCeiling {
 
 /// The engine's transforms and encryption applied to every line of `bodies`, as the sink would
 /// write them, then COPY'd into `db_url`. The SQS SentTimestamp is simulated as "now".
-pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result<PgCeiling> {
+pub async fn run(
+    spec: &Spec,
+    bodies: &[String],
+    db_url: &str,
+    connections: usize,
+) -> anyhow::Result<PgCeiling> {
     let ring = Keyring::load(spec.vault.keyring.as_deref().map(std::path::Path::new))?;
     let tokenizer = Tokenizer::new(ring.active_hash_key()?);
     let cipher = VaultCipher::new(&ring)?;
@@ -126,19 +133,27 @@ pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result
         })
         .collect();
 
-    let writers = spec.target.writers.max(1) as usize;
+    let writers = connections.max(1);
     let per = processed.len().div_ceil(writers).max(1);
     let mut seen = HashSet::new();
     let mut parts = Vec::new();
     let (mut target_rows, mut vault_rows, mut reject_rows, mut copy_bytes) = (0, 0, 0, 0u64);
     for chunk in processed.chunks(per) {
-        let (mut ledger, mut vault, mut target, mut rejects) = (CopyBuf::new(), CopyBuf::new(), CopyBuf::new(), CopyBuf::new());
+        let (mut ledger, mut vault, mut target, mut rejects) = (
+            CopyBuf::new(),
+            CopyBuf::new(),
+            CopyBuf::new(),
+            CopyBuf::new(),
+        );
         for p in chunk {
             ledger.row(3);
             ledger.text(&spec.name);
             ledger.text(&p.message_id);
             match &p.outcome {
-                Outcome::Row { values, vault: pending } => {
+                Outcome::Row {
+                    values,
+                    vault: pending,
+                } => {
                     ledger.text("row");
                     target.row(spec.columns.len() as i16);
                     for (c, v) in spec.columns.iter().zip(values) {
@@ -149,7 +164,11 @@ pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result
                         if !seen.insert((pv.column.clone(), pv.token.clone())) {
                             continue;
                         }
-                        let b = Binding { scope: &spec.target.table, column: &pv.column, token: &pv.token };
+                        let b = Binding {
+                            scope: &spec.target.table,
+                            column: &pv.column,
+                            token: &pv.token,
+                        };
                         let sealed = cipher.encrypt(b, pv.plaintext.as_bytes())?;
                         vault.row(6);
                         vault.text(&spec.target.table);
@@ -163,7 +182,11 @@ pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result
                 Outcome::Reject { reason } => {
                     ledger.text("reject");
                     let body = p.reject_body.as_deref().unwrap_or_default();
-                    let b = Binding { scope: &spec.name, column: "rejects", token: &p.message_id };
+                    let b = Binding {
+                        scope: &spec.name,
+                        column: "rejects",
+                        token: &p.message_id,
+                    };
                     let sealed = cipher.encrypt(b, body.as_bytes())?;
                     rejects.row(6);
                     rejects.text(&spec.name);
@@ -178,20 +201,33 @@ pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result
         target_rows += target.rows;
         vault_rows += vault.rows;
         reject_rows += rejects.rows;
-        let part = Part { ledger: ledger.finish(), vault: vault.finish(), target: target.finish(), rejects: rejects.finish() };
-        copy_bytes += (part.ledger.len() + part.vault.len() + part.target.len() + part.rejects.len()) as u64;
+        let part = Part {
+            ledger: ledger.finish(),
+            vault: vault.finish(),
+            target: target.finish(),
+            rejects: rejects.finish(),
+        };
+        copy_bytes +=
+            (part.ledger.len() + part.vault.len() + part.target.len() + part.rejects.len()) as u64;
         parts.push(part);
     }
 
     let q = |s: &str| etl_engine::sink::quote_ident(s);
     let cols: Vec<String> = spec.columns.iter().map(|c| q(&c.name)).collect();
     let stmts = [
-        format!("COPY {} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)", q(&spec.ledger.table)),
+        format!(
+            "COPY {} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)",
+            q(&spec.ledger.table)
+        ),
         format!(
             "COPY {} (target_table, column_name, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
             q(&spec.vault.table)
         ),
-        format!("COPY {} ({}) FROM STDIN (FORMAT binary)", q(&spec.target.table), cols.join(", ")),
+        format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            q(&spec.target.table),
+            cols.join(", ")
+        ),
         format!(
             "COPY {} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) FROM STDIN (FORMAT binary)",
             q(&spec.rejects.table)
@@ -214,7 +250,11 @@ pub async fn run(spec: &Spec, bodies: &[String], db_url: &str) -> anyhow::Result
             let stmts = stmts.clone();
             tokio::spawn(async move {
                 let mut tx = conn.begin().await?;
-                for (stmt, data) in stmts.iter().zip([part.ledger, part.vault, part.target, part.rejects]) {
+                for (stmt, data) in
+                    stmts
+                        .iter()
+                        .zip([part.ledger, part.vault, part.target, part.rejects])
+                {
                     let mut copy = tx.copy_in_raw(stmt).await?;
                     copy.send(data).await?;
                     copy.finish().await?;

@@ -20,25 +20,43 @@ pub async fn setup(endpoint: &str) -> anyhow::Result<AwsSetup> {
 
 /// Creates queue `name` (it must not hold messages) and sends every body to it, `concurrency`
 /// batches of 10 at a time. Returns the queue URL.
-pub async fn load(endpoint: &str, name: &str, bodies: &[String], concurrency: usize) -> anyhow::Result<String> {
+pub async fn load(
+    endpoint: &str,
+    name: &str,
+    bodies: &[String],
+    concurrency: usize,
+) -> anyhow::Result<String> {
     let s = setup(endpoint).await?;
     let url = create_queue(&s, name, &[]).await?;
     let q = connect_with(&s, &url, SqsProtocol::Json).await?;
     let (visible, in_flight) = depth(q.as_ref()).await?;
-    anyhow::ensure!(visible + in_flight == 0, "queue {name} is not empty ({visible} visible, {in_flight} in flight)");
+    anyhow::ensure!(
+        visible + in_flight == 0,
+        "queue {name} is not empty ({visible} visible, {in_flight} in flight)"
+    );
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies.chunks(10))
         .map(|chunk| {
             let q = q.clone();
             async move {
-                let entries: Vec<BatchEntry> =
-                    chunk.iter().enumerate().map(|(i, b)| BatchEntry { id: i.to_string(), value: b.clone() }).collect();
+                let entries: Vec<BatchEntry> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BatchEntry {
+                        id: i.to_string(),
+                        value: b.clone(),
+                    })
+                    .collect();
                 // A local endpoint under load may fail a call now and then; try a few times.
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
                     match q.send_batch(entries.clone()).await {
                         Ok(failed) if failed.is_empty() => return Ok(()),
-                        Ok(failed) if attempt >= 5 => anyhow::bail!("{} entries of a send batch failed: {}", failed.len(), failed[0].message),
+                        Ok(failed) if attempt >= 5 => anyhow::bail!(
+                            "{} entries of a send batch failed: {}",
+                            failed.len(),
+                            failed[0].message
+                        ),
                         Err(e) if attempt >= 5 || !e.is_retriable() => return Err(e.into()),
                         _ => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
                     }
@@ -57,10 +75,16 @@ pub async fn load(endpoint: &str, name: &str, bodies: &[String], concurrency: us
 /// Messages visible and in flight (LocalStack's counts are exact).
 pub async fn depth(q: &dyn QueueClient) -> anyhow::Result<(u64, u64)> {
     let a = q
-        .queue_attributes(vec!["ApproximateNumberOfMessages".into(), "ApproximateNumberOfMessagesNotVisible".into()])
+        .queue_attributes(vec![
+            "ApproximateNumberOfMessages".into(),
+            "ApproximateNumberOfMessagesNotVisible".into(),
+        ])
         .await?;
     let n = |k: &str| a.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok((n("ApproximateNumberOfMessages"), n("ApproximateNumberOfMessagesNotVisible")))
+    Ok((
+        n("ApproximateNumberOfMessages"),
+        n("ApproximateNumberOfMessagesNotVisible"),
+    ))
 }
 
 /// What A measured.
@@ -74,9 +98,16 @@ pub struct Ceiling {
     pub messages_per_sec: f64,
 }
 
-/// A: `cfg.pollers` loops of receive (as the engine asks for it) + DeleteMessageBatch, nothing
-/// else, until `expect` messages are deleted (or, like the engine's drain, two empty answers).
-pub async fn ceiling(endpoint: &str, queue_url: &str, cfg: &SqsSourceConfig, expect: u64) -> anyhow::Result<Ceiling> {
+/// A: the engine's request pattern with nothing in between — `cfg.pollers` receive loops (asking
+/// for what the engine asks for) hand receipt handles straight to up to [`DELETE_CONCURRENCY`]
+/// concurrent DeleteMessageBatch calls, like the engine's acker, until `expect` messages are
+/// deleted (or, like the engine's drain, a poller sees two empty answers in a row).
+pub async fn ceiling(
+    endpoint: &str,
+    queue_url: &str,
+    cfg: &SqsSourceConfig,
+    expect: u64,
+) -> anyhow::Result<Ceiling> {
     let s = setup(endpoint).await?;
     let q: Arc<dyn QueueClient> = connect_with(&s, queue_url, SqsProtocol::Json).await?;
     let req = ReceiveRequest {
@@ -84,16 +115,22 @@ pub async fn ceiling(endpoint: &str, queue_url: &str, cfg: &SqsSourceConfig, exp
         wait_time_secs: cfg.wait_time_secs.min(1) as i32,
         visibility_timeout_secs: cfg.visibility_timeout_secs as i32,
     };
-    let deleted = Arc::new(AtomicU64::new(0));
-    let calls = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let received = Arc::new(AtomicU64::new(0));
+    let receive_calls = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<BatchEntry>>(64);
     let started = Instant::now();
-    let workers: Vec<_> = (0..cfg.pollers)
+    let pollers: Vec<_> = (0..cfg.pollers)
         .map(|_| {
-            let (q, deleted, calls) = (q.clone(), deleted.clone(), calls.clone());
+            let (q, received, calls, tx) = (
+                q.clone(),
+                received.clone(),
+                receive_calls.clone(),
+                tx.clone(),
+            );
             tokio::spawn(async move {
                 let mut empty = 0;
-                while deleted.load(Ordering::Relaxed) < expect {
-                    calls.0.fetch_add(1, Ordering::Relaxed);
+                while received.load(Ordering::Relaxed) < expect {
+                    calls.fetch_add(1, Ordering::Relaxed);
                     let msgs = q.receive(req).await?;
                     if msgs.is_empty() {
                         empty += 1;
@@ -103,35 +140,76 @@ pub async fn ceiling(endpoint: &str, queue_url: &str, cfg: &SqsSourceConfig, exp
                         continue;
                     }
                     empty = 0;
-                    let entries: Vec<BatchEntry> =
-                        msgs.into_iter().enumerate().map(|(i, m)| BatchEntry { id: i.to_string(), value: m.receipt_handle }).collect();
-                    let n = entries.len() as u64;
-                    calls.1.fetch_add(1, Ordering::Relaxed);
-                    let failed = q.delete_batch(entries).await?;
-                    deleted.fetch_add(n - failed.len() as u64, Ordering::Relaxed);
+                    received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                    let entries = msgs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, m)| BatchEntry {
+                            id: i.to_string(),
+                            value: m.receipt_handle,
+                        })
+                        .collect();
+                    if tx.send(entries).await.is_err() {
+                        break;
+                    }
                 }
                 Ok::<_, anyhow::Error>(())
             })
         })
         .collect();
-    for w in workers {
-        w.await??;
+    drop(tx);
+    let deleted = AtomicU64::new(0);
+    let delete_calls = AtomicU64::new(0);
+    let failures: Vec<anyhow::Error> = tokio_stream_of(rx)
+        .map(|entries| {
+            let (q, deleted, delete_calls) = (q.clone(), &deleted, &delete_calls);
+            async move {
+                let n = entries.len() as u64;
+                delete_calls.fetch_add(1, Ordering::Relaxed);
+                let failed = q.delete_batch(entries).await?;
+                deleted.fetch_add(n - failed.len() as u64, Ordering::Relaxed);
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    for p in pollers {
+        p.await??;
+    }
+    if let Some(e) = failures.into_iter().next() {
+        return Err(e);
     }
     let secs = started.elapsed().as_secs_f64();
     let messages = deleted.load(Ordering::Relaxed);
     Ok(Ceiling {
         messages,
         workers: cfg.pollers,
-        receive_calls: calls.0.load(Ordering::Relaxed),
-        delete_calls: calls.1.load(Ordering::Relaxed),
+        receive_calls: receive_calls.load(Ordering::Relaxed),
+        delete_calls: delete_calls.load(Ordering::Relaxed),
         secs,
         messages_per_sec: messages as f64 / secs,
     })
 }
 
+/// Concurrent delete calls, as many as the engine's acker makes.
+pub const DELETE_CONCURRENCY: usize = 8;
+
+/// A receiver as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Polls a queue until it is empty (nothing visible, nothing in flight); returns when that was
 /// first seen. Polling costs the endpoint about 10 calls a second.
-pub async fn watch_until_empty(endpoint: &str, queue_url: &str, started: Instant) -> anyhow::Result<Duration> {
+pub async fn watch_until_empty(
+    endpoint: &str,
+    queue_url: &str,
+    started: Instant,
+) -> anyhow::Result<Duration> {
     let s = setup(endpoint).await?;
     let q = connect_with(&s, queue_url, SqsProtocol::Json).await?;
     loop {
@@ -146,6 +224,11 @@ pub async fn watch_until_empty(endpoint: &str, queue_url: &str, started: Instant
 /// Deletes a queue (after a measurement, so LocalStack does not keep it).
 pub async fn delete_queue(endpoint: &str, queue_url: &str) -> anyhow::Result<()> {
     let s = setup(endpoint).await?;
-    s.sdk.delete_queue().queue_url(queue_url).send().await.map_err(|e| anyhow::anyhow!("DeleteQueue {queue_url}: {e}"))?;
+    s.sdk
+        .delete_queue()
+        .queue_url(queue_url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("DeleteQueue {queue_url}: {e}"))?;
     Ok(())
 }
