@@ -3,7 +3,7 @@
 # on the same generated data, in one run.
 #
 #   scripts/bench.sh [--messages N] [--rss-messages M] [--reference-messages K]
-#                    [--skip-reference] [--keep-services]
+#                    [--latency-ms MS [--latency-messages L]] [--skip-reference] [--keep-services]
 #
 #   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, at the engine's poller count
 #   B  etl-engine run specs/logins.yaml --drain: SQS -> hash + vault + casts -> Postgres
@@ -11,6 +11,8 @@
 #   D  Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows
 #   E  etl-engine run with a JSON Lines file source, same transforms
 #   R  B again on a queue of M messages, for the peak-RSS check
+#   BL, CL (with --latency-ms) B and C on L messages (default 5,000) through a proxy that delays
+#      every byte by MS in each direction, as if the endpoint were remote (informational)
 #
 # N defaults to 50,000 (about 1% invalid), M to 200,000, K to N. Prints a table and the ratios
 # B/A, B/C, E/D, checks the targets (B >= 0.8 A, B >= 5 C, E >= 0.5 D, peak RSS of R <= 150 MB),
@@ -28,12 +30,16 @@ RSS_MESSAGES=200000
 REFERENCE_MESSAGES=""
 SKIP_REFERENCE=0
 KEEP_SERVICES=0
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+LATENCY_MS=0
+LATENCY_MESSAGES=5000
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --messages) MESSAGES=${2:?}; shift 2 ;;
         --rss-messages) RSS_MESSAGES=${2:?}; shift 2 ;;
         --reference-messages) REFERENCE_MESSAGES=${2:?}; shift 2 ;;
+        --latency-ms) LATENCY_MS=${2:?}; shift 2 ;;
+        --latency-messages) LATENCY_MESSAGES=${2:?}; shift 2 ;;
         --skip-reference) SKIP_REFERENCE=1; shift ;;
         --keep-services) KEEP_SERVICES=1; shift ;;
         -h|--help) usage ;;
@@ -41,7 +47,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 REFERENCE_MESSAGES=${REFERENCE_MESSAGES:-$MESSAGES}
-for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"; do
+[[ $LATENCY_MS =~ ^[0-9]+$ ]] || { echo "error: --latency-ms must be a whole number of milliseconds" >&2; exit 2; }
+for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES" "$LATENCY_MESSAGES"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: message counts must be positive integers (got $n)" >&2; exit 2; }
 done
 
@@ -64,7 +71,9 @@ services() {
     ETL_LOCAL_DIR="$BENCH_DIR/services" PGPORT=$BENCH_PGPORT SQS_PORT=$BENCH_SQS_PORT QUEUES=bench-ready \
         bash "$ROOT/scripts/services.sh" "$@"
 }
+PROXY_PID=""
 cleanup() {
+    if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; fi
     if [ "$KEEP_SERVICES" = 0 ]; then services down >/dev/null 2>&1 || true; fi
 }
 
@@ -130,6 +139,7 @@ awk -v path="$MSGS" '
 
 {
     printf '{"messages": %s, "rss_messages": %s, "reference_messages": %s,\n' "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"
+    printf ' "latency_ms_each_way": %s, "latency_messages": %s,\n' "$LATENCY_MS" "$LATENCY_MESSAGES"
     printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$(valid_of "$MSGS")" "$(date -u +%FT%TZ)" \
         "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     printf ' "machine": {"cpu_model": "%s", "cores": %s, "mem_total_mb": %s},\n' \
@@ -199,6 +209,34 @@ engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/r-measure.json" --log "$O
 drop_queue "$Q"
 "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$RSS_MSGS")" \
     --expect-messages "$RSS_MESSAGES" --out "$OUT/r-check.json"
+
+if [ "$LATENCY_MS" != 0 ]; then
+    say "BL, CL: $LATENCY_MESSAGES messages through a proxy adding $LATENCY_MS ms each way"
+    LAT_MSGS=$(gen "$LATENCY_MESSAGES")
+    python3 "$ROOT/benches/latency_proxy.py" --target-port "$BENCH_SQS_PORT" --delay-ms "$LATENCY_MS" >"$OUT/proxy.port" 2>"$OUT/proxy.log" &
+    PROXY_PID=$!
+    for _ in $(seq 1 50); do [ -s "$OUT/proxy.port" ] && break; sleep 0.1; done
+    [ -s "$OUT/proxy.port" ] || die "the latency proxy did not start (see $OUT/proxy.log)"
+    SLOW="http://127.0.0.1:$(head -1 "$OUT/proxy.port")"
+    DB=$(fresh_db bench_bl)
+    Q=$(fresh_queue bench-bl "$LAT_MSGS")
+    engine_env "$Q" "$DB" env ETL_SPEC_SOURCE__ENDPOINT_URL="$SLOW" \
+        "$BENCH_BIN" measure --out "$OUT/bl-measure.json" --log "$OUT/bl.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+        "$ENGINE" run "$SPEC" --drain --summary-json "$OUT/bl-summary.json"
+    drop_queue "$Q"
+    "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$LAT_MSGS")" \
+        --expect-messages "$LATENCY_MESSAGES" --out "$OUT/bl-check.json"
+    if [ "$SKIP_REFERENCE" = 0 ]; then
+        DB=$(fresh_db bench_cl)
+        Q=$(fresh_queue bench-cl "$LAT_MSGS")
+        "$BENCH_BIN" measure --out "$OUT/cl-measure.json" --log "$OUT/cl.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+            "$REF_VENV/bin/python" "$ROOT/benches/reference/reference_etl.py" --endpoint "$SLOW" --queue-url "$Q" --db "$DB"
+        drop_queue "$Q"
+        "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$LAT_MSGS")" --out "$OUT/cl-check.json"
+    fi
+    kill "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=""
+fi
 
 say "load average after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0

@@ -4,6 +4,7 @@
 //! Rates: A, B, C and the RSS run are timed from process start until the queue was seen empty
 //! (so the drain mode's final empty polls do not count, for any of them); D is the COPY
 //! transactions alone; E is the engine's own pipeline time (start of reading to last commit).
+//! BL and CL (optional) repeat B and C through a proxy that adds latency to every SQS call.
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -46,6 +47,8 @@ pub fn report(dir: &Path) -> Result<u8> {
     let d = read(dir, "d.json");
     let (em, es) = (read(dir, "e-measure.json"), read(dir, "e-summary.json"));
     let rm = read(dir, "r-measure.json");
+    let (blm, clm) = (read(dir, "bl-measure.json"), read(dir, "cl-measure.json"));
+    let lat_n = meta["latency_messages"].as_f64().unwrap_or(0.0);
 
     let lines = [
         Line {
@@ -90,27 +93,84 @@ pub fn report(dir: &Path) -> Result<u8> {
             secs: num(&rm, "drained_secs"),
             rss_kb: num(&rm, "peak_rss_kb"),
         },
+        Line {
+            key: "BL",
+            what: "B through a proxy adding latency to every SQS call (see meta)",
+            messages: lat_n,
+            secs: num(&blm, "drained_secs"),
+            rss_kb: num(&blm, "peak_rss_kb"),
+        },
+        Line {
+            key: "CL",
+            what: "C through the same proxy",
+            messages: lat_n,
+            secs: num(&clm, "drained_secs"),
+            rss_kb: num(&clm, "peak_rss_kb"),
+        },
     ];
     let rate = |k: &str| lines.iter().find(|l| l.key == k).and_then(Line::rate);
     let ratio = |x: &str, y: &str| Some(rate(x)? / rate(y)?);
 
     println!();
-    println!("{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}", "", "measurement", "messages", "secs", "msgs/s", "peak RSS");
-    for l in &lines {
-        let secs = l.secs.map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into());
-        let r = l.rate().map(|r| format!("{r:.0}")).unwrap_or_else(|| "skipped".into());
-        let rss = l.rss_kb.map(|k| format!("{:.1} MB", k / 1024.0)).unwrap_or_else(|| "-".into());
-        println!("{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}", l.key, l.what, l.messages, secs, r, rss);
+    println!(
+        "{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}",
+        "", "measurement", "messages", "secs", "msgs/s", "peak RSS"
+    );
+    for l in lines.iter().filter(|l| l.messages > 0.0) {
+        let secs = l
+            .secs
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let r = l
+            .rate()
+            .map(|r| format!("{r:.0}"))
+            .unwrap_or_else(|| "skipped".into());
+        let rss = l
+            .rss_kb
+            .map(|k| format!("{:.1} MB", k / 1024.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<3} {:<84} {:>9} {:>8} {:>10} {:>10}",
+            l.key, l.what, l.messages, secs, r, rss
+        );
     }
 
     let r_rss_mb = num(&rm, "peak_rss_kb").map(|k| k / 1024.0);
     let checks = [
-        ("B/A", ratio("B", "A"), 0.8, true, "the engine keeps up with what the endpoint serves"),
-        ("B/C", ratio("B", "C"), 5.0, true, "the engine against the usual Python script"),
-        ("E/D", ratio("E", "D"), 0.5, true, "the engine's own overhead against Postgres's own work"),
-        ("peak RSS (MB) draining R", r_rss_mb, 150.0, false, "memory stays flat under a deep backlog"),
+        (
+            "B/A",
+            ratio("B", "A"),
+            0.8,
+            true,
+            "the engine keeps up with what the endpoint serves",
+        ),
+        (
+            "B/C",
+            ratio("B", "C"),
+            5.0,
+            true,
+            "the engine against the usual Python script",
+        ),
+        (
+            "E/D",
+            ratio("E", "D"),
+            0.5,
+            true,
+            "the engine's own overhead against Postgres's own work",
+        ),
+        (
+            "peak RSS (MB) draining R",
+            r_rss_mb,
+            150.0,
+            false,
+            "memory stays flat under a deep backlog",
+        ),
     ];
     println!();
+    if let Some(r) = ratio("BL", "CL") {
+        let ms = meta["latency_ms_each_way"].as_f64().unwrap_or(0.0);
+        println!("{:<26} {r:>8.2}  (informational: B/C with {} ms added to every SQS round trip)", "BL/CL", 2.0 * ms);
+    }
     let mut missed = 0;
     let mut targets = Vec::new();
     for (name, value, target, at_least, why) in checks {
@@ -135,15 +195,17 @@ pub fn report(dir: &Path) -> Result<u8> {
             "key": l.key, "what": l.what, "messages": l.messages, "secs": l.secs,
             "messages_per_sec": l.rate().map(f64::round), "peak_rss_mb": l.rss_kb.map(|k| (k / 1024.0 * 10.0).round() / 10.0),
         })).collect::<Vec<_>>(),
-        "ratios": {"B/A": ratio("B", "A"), "B/C": ratio("B", "C"), "E/D": ratio("E", "D")},
+        "ratios": {"B/A": ratio("B", "A"), "B/C": ratio("B", "C"), "E/D": ratio("E", "D"), "BL/CL": ratio("BL", "CL")},
         "targets": targets,
         "details": {"a": a, "a_measure": am, "b_measure": bm, "b_summary": read(dir, "b-summary.json"), "b_check": read(dir, "b-check.json"),
                     "c_measure": cm, "c_check": read(dir, "c-check.json"), "d": d, "e_measure": em, "e_summary": es,
                     "e_check": read(dir, "e-check.json"), "r_measure": rm, "r_summary": read(dir, "r-summary.json"),
-                    "r_check": read(dir, "r-check.json")},
+                    "r_check": read(dir, "r-check.json"), "bl_measure": blm, "bl_summary": read(dir, "bl-summary.json"),
+                    "cl_measure": clm},
     });
     let out = dir.join("results.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("\nWrote {}", out.display());
     Ok(if missed > 0 { 1 } else { 0 })
 }
