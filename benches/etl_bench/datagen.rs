@@ -31,7 +31,9 @@ impl Rng {
     }
 }
 
-const VERSIONS: &[&str] = &["0.96", "2.00", "9.10", "2.3.0", "10.2.1", "3", "2.3.4", "5.1.0"];
+const VERSIONS: &[&str] = &[
+    "0.96", "2.00", "9.10", "2.3.0", "10.2.1", "3", "2.3.4", "5.1.0",
+];
 const LOCALES: &[&str] = &["RU", "US", "IN", "BR", "DE", "FR", "JP", "GB"];
 const DEVICE_TYPES: &[&str] = &["android", "ios", "Android", "iOS"];
 /// One message in this many is invalid.
@@ -42,15 +44,33 @@ fn uuid4(r: &mut Rng) -> String {
     let v = (u128::from(a) << 64 | u128::from(b)) & !(0xF << 76) | (0x4 << 76);
     let v = v & !(0x3 << 62) | (0x2 << 62);
     let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn ip(r: &mut Rng) -> String {
-    format!("{}.{}.{}.{}", 1 + r.below(223), r.below(256), r.below(256), 1 + r.below(254))
+    format!(
+        "{}.{}.{}.{}",
+        1 + r.below(223),
+        r.below(256),
+        r.below(256),
+        1 + r.below(254)
+    )
 }
 
 fn device_id(r: &mut Rng) -> String {
-    format!("{:03}-{:02}-{:04}", r.below(1000), r.below(100), r.below(10000))
+    format!(
+        "{:03}-{:02}-{:04}",
+        r.below(1000),
+        r.below(100),
+        r.below(10000)
+    )
 }
 
 /// What was written.
@@ -66,7 +86,10 @@ pub fn write(n: usize, seed: u64, out: &mut impl Write) -> std::io::Result<Count
     let mut r = Rng::new(seed);
     let hot_ips: Vec<String> = (0..200).map(|_| ip(&mut r)).collect();
     let hot_devices: Vec<String> = (0..500).map(|_| device_id(&mut r)).collect();
-    let mut counts = Counts { messages: n, ..Default::default() };
+    let mut counts = Counts {
+        messages: n,
+        ..Default::default()
+    };
     for i in 0..n {
         let line = if i % INVALID_EVERY == INVALID_EVERY / 2 {
             counts.invalid += 1;
@@ -81,13 +104,21 @@ pub fn write(n: usize, seed: u64, out: &mut impl Write) -> std::io::Result<Count
             }
         } else {
             counts.valid += 1;
-            let ip = if r.below(10) == 0 { hot_ips[r.below(hot_ips.len() as u64) as usize].clone() } else { ip(&mut r) };
+            let ip = if r.below(10) == 0 {
+                hot_ips[r.below(hot_ips.len() as u64) as usize].clone()
+            } else {
+                ip(&mut r)
+            };
             let dev = if r.below(10) == 0 {
                 hot_devices[r.below(hot_devices.len() as u64) as usize].clone()
             } else {
                 device_id(&mut r)
             };
-            let locale = if r.below(12) == 0 { serde_json::Value::Null } else { LOCALES[r.below(LOCALES.len() as u64) as usize].into() };
+            let locale = if r.below(12) == 0 {
+                serde_json::Value::Null
+            } else {
+                LOCALES[r.below(LOCALES.len() as u64) as usize].into()
+            };
             json!({
                 "user_id": uuid4(&mut r),
                 "app_version": VERSIONS[r.below(VERSIONS.len() as u64) as usize],
