@@ -118,7 +118,12 @@ pub fn parse_spec_str(text: &str, file: &Path, with_env: bool) -> Result<Spec, S
     })?;
     let positions = Positions::index(text);
     let env = if with_env {
-        env_overrides(std::env::vars())
+        // `vars()` panics on a variable that is not UTF-8 anywhere in the environment; only
+        // our own prefix matters, and figment skips such variables too.
+        env_overrides(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     } else {
         Vec::new()
     };
@@ -412,12 +417,13 @@ impl Validator<'_> {
             ("ledger.table", ledger.as_ref().map(|l| &l.table)),
         ] {
             if let Some(t) = table
-                && !is_identifier(t) {
-                    self.issue(
-                        path,
-                        "must be a table name (letters, digits, _; optionally schema.table)",
-                    );
-                }
+                && !is_identifier(t)
+            {
+                self.issue(
+                    path,
+                    "must be a table name (letters, digits, _; optionally schema.table)",
+                );
+            }
         }
 
         let columns = match map.get("columns") {
@@ -538,9 +544,10 @@ impl Validator<'_> {
             self.issue("source.max_receive_count", "must be at least 1");
         }
         if let Some(e) = &s.endpoint_url
-            && !(e.starts_with("http://") || e.starts_with("https://")) {
-                self.issue("source.endpoint_url", "must start with http:// or https://");
-            }
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            self.issue("source.endpoint_url", "must start with http:// or https://");
+        }
     }
 
     fn check_target(&mut self, t: &TargetConfig) {
