@@ -4,6 +4,10 @@
 //! 2_003_000, "0.96" → 96_000, "2.00" → 2_000_000, "9.10" → 9_010_000 (after "9.9" → 9_009_000,
 //! as in semantic versioning). Limits: at most three numeric parts, minor and patch below 1000,
 //! major at most 2146 (so the result fits a Postgres `integer`). Anything else is a reject.
+//!
+//! A version sent as a JSON *number* with a fraction (`9.10` rather than `"9.10"`) is a reject
+//! too: the parser already turned it into 9.1, so it cannot be told apart from `9.1` and would
+//! sort before `9.9`. Whole JSON numbers (`3`) are fine.
 
 use crate::value::Val;
 
@@ -36,8 +40,17 @@ pub fn encode(s: &str) -> Result<i32, String> {
         .map_err(|_| "version out of range".into())
 }
 
-/// Applies the transform to a value (strings, or JSON numbers such as `3` or `2.5`).
+/// Applies the transform to a value (strings, or whole JSON numbers such as `3`).
 pub fn apply(v: &Val) -> Result<Val, String> {
+    if let Val::Json(serde_json::Value::Number(n)) = v
+        && !(n.is_u64() || n.is_i64())
+    {
+        return Err(
+            "version is a JSON number with a fraction, which loses trailing zeros \
+             (9.10 reads as 9.1); send versions as strings"
+                .into(),
+        );
+    }
     let text = v.to_text().ok_or("version is null")?;
     encode(&text).map(Val::Int)
 }
@@ -70,14 +83,15 @@ mod tests {
     }
 
     #[test]
-    fn accepts_json_numbers() {
+    fn accepts_whole_json_numbers_and_rejects_fractions() {
         assert_eq!(
             apply(&Val::Json(serde_json::json!(3))),
             Ok(Val::Int(3_000_000))
         );
-        assert_eq!(
-            apply(&Val::Json(serde_json::json!(0.96))),
-            Ok(Val::Int(96_000))
-        );
+        // 9.10 as a JSON number is 9.1: encoding it would sort it before 9.9.
+        let err = apply(&Val::Json(serde_json::json!(9.10))).unwrap_err();
+        assert!(err.contains("send versions as strings"), "{err}");
+        assert!(apply(&Val::Json(serde_json::json!(0.96))).is_err());
+        assert_eq!(apply(&Val::Text("9.10".into())), Ok(Val::Int(9_010_000)));
     }
 }
