@@ -22,9 +22,12 @@ pub struct AwsSetup {
     pub endpoint: String,
 }
 
-/// Builds the AWS configuration. With an endpoint override and no credentials in the
-/// environment, dummy credentials are used: local emulators accept any, and the default chain
-/// would otherwise wait for an instance-metadata service that does not exist here.
+/// Builds the AWS configuration. With an endpoint override on this machine (loopback,
+/// `localhost`) or the compose service `localstack`, and no credentials in the environment,
+/// dummy credentials are used: local emulators accept any, and the default chain would
+/// otherwise wait for an instance-metadata service that does not exist there. Any other
+/// endpoint (e.g. a VPC endpoint of real SQS) keeps the default chain, so role-based
+/// credentials (instance profile, ECS, IRSA/web identity) still work.
 pub async fn aws_setup(
     endpoint_url: Option<&str>,
     region: &str,
@@ -41,7 +44,7 @@ pub async fn aws_setup(
         loader = loader.endpoint_url(ep);
         let has_env_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
             || std::env::var_os("AWS_PROFILE").is_some();
-        if !has_env_creds {
+        if !has_env_creds && is_local_emulator(ep) {
             loader = loader.credentials_provider(Credentials::new(
                 "test",
                 "test",
@@ -167,5 +170,56 @@ pub async fn create_queue(
             .await
         }
         other => other,
+    }
+}
+
+/// Whether an endpoint URL names a local emulator: a loopback address, `localhost` (or a name
+/// under it, like LocalStack's `*.localhost.localstack.cloud`), or the compose host `localstack`.
+fn is_local_emulator(endpoint_url: &str) -> bool {
+    let rest = endpoint_url
+        .split_once("://")
+        .map_or(endpoint_url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    let host = host.to_ascii_lowercase();
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    host == "localhost"
+        || host == "localstack"
+        || host.ends_with(".localhost")
+        || host.contains(".localhost.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_emulator;
+
+    #[test]
+    fn dummy_credentials_only_for_local_emulators() {
+        for local in [
+            "http://127.0.0.1:4566",
+            "http://localhost:4566/",
+            "http://[::1]:4566",
+            "http://localstack:4566",
+            "http://sqs.us-east-1.localhost.localstack.cloud:4566",
+            "HTTP://LOCALHOST",
+        ] {
+            assert!(is_local_emulator(local), "{local}");
+        }
+        for remote in [
+            "https://sqs.eu-west-1.amazonaws.com",
+            "https://vpce-0123-abcd.sqs.eu-west-1.vpce.amazonaws.com",
+            "http://10.0.0.5:4566",
+            "http://localhost.example.com",
+            "http://user@sqs.internal:4566",
+        ] {
+            assert!(!is_local_emulator(remote), "{remote}");
+        }
     }
 }

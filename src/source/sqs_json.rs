@@ -47,7 +47,32 @@ where
         }
         _ => ErrorKind::Permanent,
     };
-    SqsError::new(kind, operation, text)
+    // One readable line: the service's code and message, or the chain of causes. The SDK's
+    // full context adds a Debug dump of the raw response (headers, body) to every log line.
+    let message = match &err {
+        SdkError::ServiceError(se) => format!(
+            "{}: {} (HTTP {})",
+            se.err().code().unwrap_or("unknown error"),
+            se.err().message().unwrap_or("no message"),
+            se.raw().raw_status()
+        ),
+        other => cause_chain(other),
+    };
+    SqsError::new(kind, operation, message)
+}
+
+/// `error: cause: cause …`, skipping a cause whose text the previous one already contains.
+fn cause_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Access to the raw HTTP response for classification.
@@ -169,14 +194,30 @@ impl QueueClient for JsonClient {
                 .send()
                 .await
                 .map_err(|e| classify("ReceiveMessage", e))?;
-            Ok(out
-                .messages
+            // A message without an id or receipt handle could never be ledgered or deleted:
+            // fail the call loudly, as the query client does, rather than drop it silently.
+            out.messages
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|m| {
-                    Some(ReceivedMessage {
-                        message_id: m.message_id?,
-                        receipt_handle: m.receipt_handle?,
+                .map(|m| {
+                    let message_id = m.message_id.filter(|s| !s.is_empty()).ok_or_else(|| {
+                        SqsError::new(
+                            ErrorKind::Permanent,
+                            "ReceiveMessage",
+                            "a Message has no MessageId",
+                        )
+                    })?;
+                    let receipt_handle =
+                        m.receipt_handle.filter(|s| !s.is_empty()).ok_or_else(|| {
+                            SqsError::new(
+                                ErrorKind::Permanent,
+                                "ReceiveMessage",
+                                format!("message {message_id} has no ReceiptHandle"),
+                            )
+                        })?;
+                    Ok(ReceivedMessage {
+                        message_id,
+                        receipt_handle,
                         body: m.body.unwrap_or_default(),
                         attributes: m
                             .attributes
@@ -192,7 +233,7 @@ impl QueueClient for JsonClient {
                             .collect(),
                     })
                 })
-                .collect())
+                .collect()
         }
         .boxed()
     }
