@@ -31,7 +31,7 @@ pub struct Spec {
     pub vault: VaultConfig,
     pub rejects: RejectsConfig,
     pub ledger: LedgerConfig,
-    /// Target columns, in spec order.
+    /// Target columns, ordered by name (the spec's `columns` is a map); this is the write order.
     pub columns: Vec<Column>,
     /// Spec unit tests (`tests:` block).
     pub tests: Vec<SpecTestConfig>,
