@@ -109,3 +109,39 @@ BEGIN
 END
 $etl$;
 
+DO $etl$
+DECLARE
+  rejects text := format('%I.%I', current_schema(), 'etl_rejects');
+  audit text := format('%I.%I', current_schema(), 'etl_vault_audit');
+  fn text := format('%I.%I', current_schema(), 'etl_rejects_recover');
+BEGIN
+  IF to_regprocedure(fn || '(text,text,text[],integer,text,text)') IS NOT NULL THEN
+    RETURN;
+  END IF;
+  EXECUTE format($f$
+    CREATE FUNCTION %s(p_spec text, p_pipeline text, p_ids text[], p_limit integer, p_actor text, p_reason text)
+    RETURNS TABLE(message_id text, reason text, rejected_at timestamptz, key_id text, nonce bytea, body_ciphertext bytea)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $body$
+    #variable_conflict use_column
+    DECLARE
+      ids text[];
+    BEGIN
+      IF p_reason IS NULL OR btrim(p_reason) = '' OR p_actor IS NULL OR btrim(p_actor) = '' THEN
+        RAISE EXCEPTION 'reading reject bodies needs an actor and a reason' USING ERRCODE = '22023';
+      END IF;
+      SELECT coalesce(array_agg(s.message_id), '{}') INTO ids FROM (
+        SELECT r.message_id FROM %s AS r
+        WHERE r.pipeline = p_pipeline AND (p_ids IS NULL OR r.message_id = ANY(p_ids))
+        ORDER BY r.rejected_at DESC, r.message_id LIMIT greatest(p_limit, 0)) AS s;
+      INSERT INTO %s (actor, db_user, spec, target_table, column_name, value_count, reason, tokens)
+        VALUES (p_actor, session_user, p_spec, %L, %L, cardinality(ids), p_reason, ids);
+      RETURN QUERY SELECT r.message_id, r.reason, r.rejected_at, r.key_id, r.nonce, r.body_ciphertext FROM %s AS r
+        WHERE r.pipeline = p_pipeline AND r.message_id = ANY(ids)
+        ORDER BY r.rejected_at DESC, r.message_id;
+    END
+    $body$$f$, fn, rejects, audit, 'etl_rejects', 'body', rejects);
+  EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text[],integer,text,text) FROM PUBLIC', fn);
+END
+$etl$;
+

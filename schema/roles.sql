@@ -16,7 +16,9 @@
 --   etl_analyst   SELECT on the target table: tokens, never originals.
 --   etl_recovery  SELECT on the target table (for `vault-decrypt --where`) and EXECUTE on the
 --                 vault's recovery function, which writes an audit row with every read. No
---                 privilege on the vault or the audit table themselves.
+--                 privilege on the vault or the audit table themselves. For `etl-engine rejects`:
+--                 SELECT on the rejects' ids, reasons and times, and EXECUTE on the rejects
+--                 table's body-reading function (audited the same way), never the ciphertexts.
 -- Key rotation (`vault-rotate`) and retokenization run as the tables' owner.
 
 \set ON_ERROR_STOP 1
@@ -41,6 +43,7 @@
   \set rejects etl_rejects
 \endif
 \set recover_fn :vault '_recover'
+\set rejects_fn :rejects '_recover'
 
 BEGIN;
 
@@ -70,6 +73,7 @@ GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery;
 REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit
   FROM etl_writer, etl_analyst, etl_recovery;
 REVOKE ALL ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) FROM PUBLIC, etl_writer, etl_analyst;
+REVOKE ALL ON FUNCTION :"rejects_fn"(text, text, text[], integer, text, text) FROM PUBLIC, etl_writer, etl_analyst;
 
 -- Writer.
 GRANT INSERT ON :"target" TO etl_writer;
@@ -84,5 +88,7 @@ GRANT SELECT ON :"target" TO etl_analyst;
 -- Recovery.
 GRANT SELECT ON :"target" TO etl_recovery;
 GRANT EXECUTE ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) TO etl_recovery;
+GRANT SELECT (pipeline, message_id, reason, rejected_at) ON :"rejects" TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"rejects_fn"(text, text, text[], integer, text, text) TO etl_recovery;
 
 COMMIT;

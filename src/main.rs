@@ -2,8 +2,8 @@
 //! into messages and exit codes. `anyhow` lives only here.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad spec, keyring or arguments; 3 `vault-decrypt`
-//! found tokens with no vault entry, or `vault-rotate`/`vault-retokenize` left rows for another
-//! run; 130 second interrupt.
+//! found tokens with no vault entry, `rejects` found no reject for a given message id, or
+//! `vault-rotate`/`vault-retokenize` left rows for another run; 130 second interrupt.
 
 mod cmd;
 
@@ -116,6 +116,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// List rejected messages (id, time, reason); with --show-bodies --reason, also their
+    /// original bodies, decrypted and audited.
+    Rejects(cmd::rejects::RejectsArgs),
     /// Send the lines of a JSON Lines file as messages to the spec's SQS queue (example loader).
     Send {
         /// The spec whose source queue to send to.
@@ -267,6 +270,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit)
         }
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
+        Command::Rejects(args) => cmd::rejects::cmd_rejects(args).await,
         Command::Keyring { action } => cmd::vault::cmd_keyring(action).await,
         Command::VaultRotate(args) => cmd::vault::cmd_rotate(args).await,
         Command::VaultRetokenize(args) => cmd::vault::cmd_retokenize(args).await,

@@ -27,8 +27,10 @@ pub enum Outcome {
 pub struct Processed {
     pub message_id: String,
     pub receipt_handle: String,
-    /// The original body, kept only for rejects (to be stored encrypted).
-    pub reject_body: Option<String>,
+    /// The original body. Kept for every message, not only rejects: Postgres may still refuse
+    /// a valid-looking row at write time, and its reject must carry the body (encrypted) so
+    /// nothing is lost. It is moved here from the received message, not copied.
+    pub body: String,
     pub outcome: Outcome,
 }
 
@@ -36,10 +38,7 @@ impl std::fmt::Debug for Processed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Processed")
             .field("message_id", &self.message_id)
-            .field(
-                "reject_body_len",
-                &self.reject_body.as_ref().map(String::len),
-            )
+            .field("body_len", &self.body.len())
             .field("outcome", &self.outcome)
             .finish()
     }
@@ -75,11 +74,10 @@ impl Processor {
     /// Processes one message.
     pub fn process(&self, msg: ReceivedMessage) -> Processed {
         let outcome = self.outcome(&msg);
-        let reject_body = matches!(outcome, Outcome::Reject { .. }).then_some(msg.body);
         Processed {
             message_id: msg.message_id,
             receipt_handle: msg.receipt_handle,
-            reject_body,
+            body: msg.body,
             outcome,
         }
     }
@@ -91,12 +89,12 @@ impl Processor {
             msg.attributes
                 .get("ApproximateReceiveCount")
                 .and_then(|c| c.parse::<u32>().ok()),
-        )
-            && count > limit {
-                return reject(format!(
-                    "received {count} times, more than source.max_receive_count ({limit})"
-                ));
-            }
+        ) && count > limit
+        {
+            return reject(format!(
+                "received {count} times, more than source.max_receive_count ({limit})"
+            ));
+        }
         let body = match decode(&msg.body) {
             Ok(b) => b,
             Err(e) => return reject(format!("decode: {e}")),

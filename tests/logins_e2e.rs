@@ -19,10 +19,11 @@ fn examples() -> Example {
     let mut ip_counts = HashMap::new();
     for l in text.lines() {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
-            && let (Some(u), Some(ip)) = (v["user_id"].as_str(), v["ip"].as_str()) {
-                user_ip.insert(u.to_string(), ip.to_string());
-                *ip_counts.entry(ip.to_string()).or_default() += 1;
-            }
+            && let (Some(u), Some(ip)) = (v["user_id"].as_str(), v["ip"].as_str())
+        {
+            user_ip.insert(u.to_string(), ip.to_string());
+            *ip_counts.entry(ip.to_string()).or_default() += 1;
+        }
     }
     Example { user_ip, ip_counts }
 }

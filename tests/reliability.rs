@@ -573,6 +573,22 @@ async fn one_row_postgres_refuses_is_rejected_and_the_other_49_commit() {
         "{reason}"
     );
     assert!(!reason.contains(&secret));
+    // Nothing lost: the refused row's reject keeps its original body, readable (audited).
+    let out = run_engine(
+        &[
+            "rejects",
+            s.spec_s(),
+            "--show-bodies",
+            "--reason",
+            "test: the refused row keeps its body",
+            "--format",
+            "json",
+        ],
+        &[("ETL_KEYRING", s.kr())],
+        true,
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown[0]["body"], bodies[17].as_str(), "{shown}");
     assert_eq!(s.rows().await, (49, 49));
     assert_eq!(
         s.count("SELECT count(*) FROM user_logins WHERE user_id = 'split-00017'")

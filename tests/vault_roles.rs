@@ -108,6 +108,7 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "DELETE FROM user_logins",
         "INSERT INTO etl_vault_audit (actor, spec, target_table, column_name, value_count, reason) VALUES ('w', 's', 't', 'c', 0, 'r')",
         "SELECT * FROM etl_vault_recover('s', 'user_logins', 'masked_ip', ARRAY['x'], 'w', 'curious')",
+        "SELECT * FROM etl_rejects_recover('s', 'logins', NULL, 10, 'w', 'curious')",
         "CREATE TABLE sneaky (x int)",
     ] {
         denied(&writer, sql).await;
@@ -154,6 +155,7 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "INSERT INTO user_logins (user_id) VALUES ('x')",
         "UPDATE user_logins SET locale = 'x'",
         "SELECT * FROM etl_vault_recover('s', 'user_logins', 'masked_ip', ARRAY['x'], 'a', 'curious')",
+        "SELECT * FROM etl_rejects_recover('s', 'logins', NULL, 10, 'a', 'curious')",
     ] {
         denied(&analyst, sql).await;
     }
@@ -163,6 +165,8 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "SELECT * FROM etl_vault",
         "SELECT ciphertext FROM etl_vault",
         "SELECT * FROM etl_rejects",
+        "SELECT body_ciphertext FROM etl_rejects",
+        "SELECT nonce FROM etl_rejects",
         "SELECT * FROM etl_vault_audit",
         "INSERT INTO etl_vault_audit (actor, spec, target_table, column_name, value_count, reason) VALUES ('r', 's', 't', 'c', 0, 'r')",
         "UPDATE user_logins SET locale = 'x'",
@@ -215,10 +219,49 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
             .await
             .is_some()
     );
+    // Rejects: the list (ids, reasons) without audit, the bodies only through the audited function.
+    let out = f.engine(
+        &["rejects", f.spec_s(), "--format", "json"],
+        &f.keyring,
+        &[("ETL_SPEC_TARGET__URL", &recovery)],
+    );
+    exited(&out, 0);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(listed[0].get("body").is_none(), "{listed}");
+    let out = f.engine(
+        &[
+            "rejects",
+            f.spec_s(),
+            "--show-bodies",
+            "--reason",
+            "ticket 10",
+            "--format",
+            "json",
+        ],
+        &f.keyring,
+        &[("ETL_SPEC_TARGET__URL", &recovery)],
+    );
+    exited(&out, 0);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown[0]["body"], bodies[20].as_str(), "{shown}");
+    assert_eq!(shown[0]["message_id"], listed[0]["message_id"]);
     assert_eq!(
         count("SELECT count(*) FROM etl_vault_audit").await,
-        audits + 3
+        audits + 4
     );
+    let (column, n, ids): (String, i32, Vec<String>) = sqlx::query_as(
+        "SELECT column_name, value_count, tokens FROM etl_vault_audit WHERE reason = 'ticket 10'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        (column.as_str(), n, ids.len()),
+        ("body", 1, 1),
+        "the audit row names the message ids read"
+    );
+    assert_eq!(Some(ids[0].as_str()), listed[0]["message_id"].as_str());
     let who: Vec<(String, String)> =
         sqlx::query_as("SELECT db_user, reason FROM etl_vault_audit ORDER BY id")
             .fetch_all(&admin)
@@ -229,7 +272,8 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         vec![
             (recovery_user.clone(), "ticket 7".to_string()),
             (recovery_user.clone(), "ticket 8".to_string()),
-            (recovery_user.clone(), "ticket 9".to_string())
+            (recovery_user.clone(), "ticket 9".to_string()),
+            (recovery_user.clone(), "ticket 10".to_string())
         ]
     );
     admin.close().await;

@@ -181,7 +181,7 @@ pub async fn run(
                 }
                 Outcome::Reject { reason } => {
                     ledger.text("reject");
-                    let body = p.reject_body.as_deref().unwrap_or_default();
+                    let body = p.body.as_str();
                     let b = Binding {
                         scope: &spec.name,
                         column: "rejects",

@@ -98,7 +98,8 @@ pub async fn cmd_decrypt(
     Ok(if out.missing.is_empty() { 0 } else { 3 })
 }
 
-fn csv_field(s: &str) -> String {
+/// One CSV field, quoted when it holds a separator, a quote or a line break.
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod decrypt;
 pub mod ledger;
+pub mod rejects;
 pub mod run;
 pub mod send;
 pub mod spec_tools;

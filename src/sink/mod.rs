@@ -457,7 +457,7 @@ impl Sink {
             (vec![], vec![], vec![], vec![], vec![]);
         for p in &new {
             if let Outcome::Reject { reason } = &p.outcome {
-                let body = p.reject_body.as_deref().unwrap_or_default();
+                let body = p.body.as_str();
                 let b = Binding {
                     scope: &self.pipeline,
                     column: "rejects",
@@ -490,12 +490,12 @@ impl Sink {
 }
 
 fn reject_of(p: &Processed, reason: String) -> Processed {
-    // Valid rows do not keep their body (memory); the reject records the reason with an
-    // empty body, and the ledger marks the message as rejected.
+    // A row Postgres refused: the reject keeps the original body (encrypted like any other
+    // reject), and the ledger marks the message as rejected.
     Processed {
         message_id: p.message_id.clone(),
         receipt_handle: p.receipt_handle.clone(),
-        reject_body: Some(p.reject_body.clone().unwrap_or_default()),
+        body: p.body.clone(),
         outcome: Outcome::Reject { reason },
     }
 }

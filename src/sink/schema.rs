@@ -48,6 +48,7 @@ pub fn ddl(spec: &Spec) -> Vec<String> {
         ),
         audit_append_only_ddl(),
         crate::vault::recover::recover_function_ddl(&spec.vault.table),
+        crate::vault::rejects::recover_function_ddl(&spec.rejects.table),
     ]
 }
 

@@ -1,8 +1,10 @@
-//! The PII vault: keyring, AES-GCM cipher with bound associated data, recovery and rotation.
+//! The PII vault: keyring, AES-GCM cipher with bound associated data, recovery (of vaulted
+//! values and of reject bodies) and rotation.
 
 pub mod cipher;
 pub mod keyring;
 pub mod recover;
+pub mod rejects;
 pub mod retokenize;
 pub mod rotate;
 

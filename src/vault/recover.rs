@@ -108,9 +108,10 @@ pub struct Outcome {
 /// Parses `COLUMN=VALUE`.
 pub fn parse_where(s: &str) -> Result<(String, String), RecoverError> {
     let (c, v) = s.split_once('=').ok_or_else(|| {
+        // The argument is not echoed: it may be a PII value typed in the wrong place.
         RecoverError::Selector(format!(
-            "expected COLUMN=VALUE, got {:?}",
-            s.chars().take(40).collect::<String>()
+            "expected COLUMN=VALUE (an argument of {} characters has no `=`)",
+            s.chars().count()
         ))
     })?;
     Ok((
@@ -195,7 +196,7 @@ pub async fn recover(
     .bind(&req.reason)
     .fetch_all(&mut *tx)
     .await
-    .map_err(|e| classify_call_error(e, &spec.vault.table))?;
+    .map_err(|e| classify_call_error(e, recover_function_name(&spec.vault.table)))?;
     tx.commit().await.map_err(RecoverError::Audit)?;
 
     let mut found: HashMap<String, Recovered> = HashMap::new();
@@ -232,8 +233,8 @@ pub fn recover_function_name(vault_table: &str) -> String {
     format!("{vault_table}_recover")
 }
 
-fn classify_call_error(e: sqlx::Error, vault_table: &str) -> RecoverError {
-    let function = recover_function_name(vault_table);
+/// Maps an error of calling an audited read function to what the user can act on.
+pub(crate) fn classify_call_error(e: sqlx::Error, function: String) -> RecoverError {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("42883") => {
             RecoverError::MissingFunction { function }
@@ -251,14 +252,14 @@ fn classify_call_error(e: sqlx::Error, vault_table: &str) -> RecoverError {
 }
 
 /// A string as an SQL literal.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 /// `format('%I.%I', schema, name)` for a possibly schema-qualified name, resolving an
 /// unqualified one against the schema it is created in, so the definer function never
 /// depends on the caller's `search_path`.
-fn qualified_expr(name: &str) -> String {
+pub(crate) fn qualified_expr(name: &str) -> String {
     match name.split_once('.') {
         Some((schema, table)) => {
             format!("format('%I.%I', {}, {})", literal(schema), literal(table))
