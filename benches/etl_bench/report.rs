@@ -169,7 +169,11 @@ pub fn report(dir: &Path) -> Result<u8> {
     println!();
     if let Some(r) = ratio("BL", "CL") {
         let ms = meta["latency_ms_each_way"].as_f64().unwrap_or(0.0);
-        println!("{:<26} {r:>8.2}  (informational: B/C with {} ms added to every SQS round trip)", "BL/CL", 2.0 * ms);
+        println!(
+            "{:<26} {r:>8.2}  (informational: B/C with {} ms added to every SQS round trip)",
+            "BL/CL",
+            2.0 * ms
+        );
     }
     let mut missed = 0;
     let mut targets = Vec::new();
