@@ -557,6 +557,10 @@ async fn poll_loop(
     }
 }
 
+/// Reads the file in chunks and processes them on one task per core: with SQS, pollers process
+/// their own messages in parallel, and a file must not be held to one core by its single reader.
+/// Message ids come from line numbers, assigned while reading, so the order of processing does
+/// not matter.
 async fn file_loop(
     path: &str,
     chunk: usize,
@@ -569,24 +573,58 @@ async fn file_loop(
         path: path.to_string(),
         source,
     };
-    let mut src = FileSource::open(std::path::Path::new(path))
+    let src = FileSource::open(std::path::Path::new(path))
         .await
         .map_err(file_err)?;
-    while !stop.is_cancelled() {
-        let msgs = src.next_chunk(chunk).await.map_err(file_err)?;
-        if msgs.is_empty() {
-            break;
-        }
-        stats
-            .received
-            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-        for m in msgs {
-            if tx.send(processor.process(m)).await.is_err() {
-                return Ok(());
+    let src = Arc::new(Mutex::new(src));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (src, processor, tx, stats, stop) = (
+            src.clone(),
+            processor.clone(),
+            tx.clone(),
+            stats.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            while !stop.is_cancelled() {
+                let msgs = src.lock().await.next_chunk(chunk).await?;
+                if msgs.is_empty() {
+                    break;
+                }
+                stats
+                    .received
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                for m in msgs {
+                    if tx.send(processor.process(m)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        });
+    }
+    drop(tx);
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Stop the other readers: a file that cannot be read to the end is an error.
+                stop.cancel();
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                stop.cancel();
+                first_err.get_or_insert(std::io::Error::other(e.to_string()));
             }
         }
     }
-    Ok(())
+    match first_err {
+        Some(e) => Err(file_err(e)),
+        None => Ok(()),
+    }
 }
 
 /// What a writer needs besides its data: how to stop the run, when to give up, and where to

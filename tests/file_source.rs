@@ -1,0 +1,131 @@
+//! The file source end to end against real Postgres: the example logins as a JSON Lines file go
+//! through the same transforms, sink, ledger and rejects as SQS messages; a second run of the same
+//! file adds nothing (message ids are file name + line number); a missing file is a clear error.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// `specs/logins.yaml` with its source block replaced by a file source reading `input`.
+fn file_spec(dir: &Path, input: &Path, db: &str) -> PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/logins.yaml"))
+            .unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with("source:") {
+            out.push_str(&format!(
+                "source:\n  type: file\n  path: {}\n",
+                input.display()
+            ));
+            skipping = true;
+            continue;
+        }
+        if skipping && !line.is_empty() && !line.starts_with([' ', '#']) {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let out = out.replace(
+        "url: postgres://postgres:postgres@127.0.0.1:5432/postgres",
+        &format!("url: {db}"),
+    );
+    let p = dir.join("logins-file.yaml");
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+fn summary(dir: &Path, spec: &Path, keyring: &Path, name: &str) -> serde_json::Value {
+    let path = dir.join(name);
+    run_engine(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--summary-json",
+            path.to_str().unwrap(),
+        ],
+        &[
+            ("ETL_KEYRING", keyring.to_str().unwrap()),
+            // Small chunks, so several readers process the file at once.
+            ("ETL_SPEC_TARGET__BATCH_SIZE", "16"),
+        ],
+        true,
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_file_goes_through_the_same_pipeline_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db().await;
+    exec(&db, USER_LOGINS_DDL).await;
+    let keyring = keygen(dir.path(), "keyring.json");
+    let input = dir.path().join("logins.jsonl");
+    std::fs::copy(example_logins(), &input).unwrap();
+    let (valid, invalid) = classify_examples(&input);
+    let lines = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let spec = file_spec(dir.path(), &input, &db);
+
+    let first = summary(dir.path(), &spec, &keyring, "first.json");
+    assert_eq!(
+        (first["rows"].as_u64(), first["rejects"].as_u64()),
+        (Some(valid as u64), Some(invalid as u64)),
+        "{first}"
+    );
+
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .0 as usize
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM user_logins").await, valid);
+    assert_eq!(count("SELECT count(*) FROM etl_rejects").await, invalid);
+    assert_eq!(count("SELECT count(*) FROM etl_ledger").await, lines);
+    // Every ledger id is `logins.jsonl:<line>`, each line once.
+    assert_eq!(
+        count("SELECT count(DISTINCT message_id) FROM etl_ledger WHERE message_id ~ '^logins\\.jsonl:[0-9]+$'").await,
+        lines
+    );
+    // Masked like the SQS path: tokens, not raw IPs.
+    assert_eq!(
+        count("SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-f]{64}$'").await,
+        0
+    );
+
+    // The same file again: everything is a duplicate, nothing is added.
+    let second = summary(dir.path(), &spec, &keyring, "second.json");
+    assert_eq!(
+        second["duplicates"].as_u64(),
+        Some(lines as u64),
+        "{second}"
+    );
+    assert_eq!(second["rows"].as_u64(), Some(0), "{second}");
+    assert_eq!(count("SELECT count(*) FROM user_logins").await, valid);
+    assert_eq!(count("SELECT count(*) FROM etl_rejects").await, invalid);
+    pool.close().await;
+
+    // A missing file is an error naming it, not an empty run.
+    let missing = dir.path().join("nope.jsonl");
+    let spec = file_spec(dir.path(), &missing, &db);
+    let out = run_engine(
+        &["run", spec.to_str().unwrap()],
+        &[("ETL_KEYRING", keyring.to_str().unwrap())],
+        false,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.jsonl"), "{err}");
+}
