@@ -14,6 +14,12 @@ use serde_json::Value as J;
 pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result<Val, String> {
     match source {
         ColumnSource::Path { query, .. } => {
+            if let Some(found) = singular_lookup(query, body) {
+                return Ok(match found {
+                    None | Some(J::Null) => Val::Null,
+                    Some(v) => Val::Json(v.clone()),
+                });
+            }
             let found = jsonpath_rust::query::js_path_process(query, body)
                 .map_err(|e| format!("JSONPath failed: {e}"))?;
             Ok(match found.len() {
@@ -53,6 +59,37 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
                 .unwrap_or(Val::Null),
         }),
     }
+}
+
+/// Follows a singular query (names and indexes only) directly through the value: `Some(found)`,
+/// or `None` when the query is not singular. Most columns are paths like `$.user_id`; the
+/// general evaluator also builds a normalized path string for every match, which is work on
+/// every column of every message that nothing here reads. Same semantics as the evaluator
+/// (checked by a test): a name selects a member of an object, an index an element of an array,
+/// a negative index counts from the end.
+fn singular_lookup<'a>(
+    query: &jsonpath_rust::parser::model::JpQuery,
+    body: &'a J,
+) -> Option<Option<&'a J>> {
+    use jsonpath_rust::parser::model::{Segment, Selector};
+    let mut cur = Some(body);
+    for s in &query.segments {
+        cur = match s {
+            Segment::Selector(Selector::Name(name)) => cur.and_then(|v| v.get(name.as_str())),
+            Segment::Selector(Selector::Index(i)) => cur.and_then(|v| {
+                let a = v.as_array()?;
+                let idx = if *i >= 0 {
+                    usize::try_from(*i).ok()?
+                } else {
+                    a.len()
+                        .checked_sub(usize::try_from(i.unsigned_abs()).ok()?)?
+                };
+                a.get(idx)
+            }),
+            _ => return None,
+        };
+    }
+    Some(cur)
 }
 
 /// Whether a query can match at most one node (RFC 9535 "singular query"): names and indexes only.
@@ -137,6 +174,43 @@ mod tests {
         assert_eq!(
             extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(),
             Val::Null
+        );
+    }
+
+    #[test]
+    fn singular_fast_path_agrees_with_the_evaluator() {
+        let body = json!({
+            "user_id": "u", "n": null, "a b": {"c": [10, 20, {"d": "deep"}]},
+            "arr": [1, 2, 3], "obj": {"0": "zero"}, "num": 5
+        });
+        for p in [
+            "$.user_id",
+            "$.missing",
+            "$.n",
+            "$['a b'].c[2].d",
+            "$[\"a b\"].c[0]",
+            "$.arr[0]",
+            "$.arr[-1]",
+            "$.arr[-3]",
+            "$.arr[-4]",
+            "$.arr[3]",
+            "$.obj[0]",
+            "$.arr.x",
+            "$.num.x",
+            "$.user_id[0]",
+            "$",
+            "$.obj['0']",
+        ] {
+            let q = jsonpath_rust::parser::parse_json_path(p).unwrap();
+            let fast = singular_lookup(&q, &body).expect(p).cloned();
+            let slow = jsonpath_rust::query::js_path_process(&q, &body).unwrap();
+            let slow = slow.first().map(|r| r.val.clone());
+            assert_eq!(fast, slow, "{p}");
+        }
+        let q = jsonpath_rust::parser::parse_json_path("$.arr[*]").unwrap();
+        assert!(
+            singular_lookup(&q, &body).is_none(),
+            "a wildcard is not singular"
         );
     }
 }
