@@ -95,6 +95,15 @@ impl Processor {
                 "received {count} times, more than source.max_receive_count ({limit})"
             ));
         }
+        if msg
+            .attributes
+            .contains_key(crate::source::file::INVALID_UTF8_ATTRIBUTE)
+        {
+            return reject(
+                "decode: the line is not valid UTF-8 (the reject body holds the raw line, base64-encoded)"
+                    .into(),
+            );
+        }
         let body = match decode(&msg.body) {
             Ok(b) => b,
             Err(e) => return reject(format!("decode: {e}")),

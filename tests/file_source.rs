@@ -1,6 +1,7 @@
 //! The file source end to end against real Postgres: the example logins as a JSON Lines file go
 //! through the same transforms, sink, ledger and rejects as SQS messages; a second run of the same
-//! file adds nothing (message ids are file name + line number); a missing file is a clear error.
+//! file adds nothing (message ids are file name + line number); a line that is not UTF-8 is a
+//! reject that keeps its bytes; a missing file is a clear error.
 
 mod common;
 use common::*;
@@ -67,11 +68,20 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
     let input = dir.path().join("logins.jsonl");
     std::fs::copy(example_logins(), &input).unwrap();
     let (valid, invalid) = classify_examples(&input);
-    let lines = std::fs::read_to_string(&input)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
+    let text = std::fs::read_to_string(&input).unwrap();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    // One more line that is not UTF-8: a reject, not the end of the run.
+    let bad_line_no = text.lines().count() + 1;
+    let bad_line: &[u8] = b"{\"user_id\": \"\xff\xfe\"}";
+    let mut bytes = text.into_bytes();
+    if bytes.last() != Some(&b'\n') {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(bad_line);
+    bytes.push(b'\n');
+    std::fs::write(&input, bytes).unwrap();
+    lines += 1;
+    let invalid = invalid + 1;
     let spec = file_spec(dir.path(), &input, &db);
 
     let first = summary(dir.path(), &spec, &keyring, "first.json");
@@ -105,6 +115,36 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
         count("SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-f]{64}$'").await,
         0
     );
+
+    // The invalid line's reject holds the raw line, base64-encoded.
+    let out = run_engine(
+        &[
+            "rejects",
+            spec.to_str().unwrap(),
+            "--message-id",
+            &format!("logins.jsonl:{bad_line_no}"),
+            "--show-bodies",
+            "--reason",
+            "test: invalid UTF-8 line",
+            "--format",
+            "json",
+        ],
+        &[("ETL_KEYRING", keyring.to_str().unwrap())],
+        true,
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        shown[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not valid UTF-8"),
+        "{shown}"
+    );
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(shown[0]["body"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, bad_line);
 
     // The same file again: everything is a duplicate, nothing is added.
     let second = summary(dir.path(), &spec, &keyring, "second.json");
