@@ -92,27 +92,30 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
     );
 
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let count = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                .0 as usize
-        }
-    };
-    assert_eq!(count("SELECT count(*) FROM user_logins").await, valid);
-    assert_eq!(count("SELECT count(*) FROM etl_rejects").await, invalid);
-    assert_eq!(count("SELECT count(*) FROM etl_ledger").await, lines);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM user_logins").await,
+        valid as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM etl_rejects").await,
+        invalid as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM etl_ledger").await,
+        lines as i64
+    );
     // Every ledger id is `logins.jsonl:<line>`, each line once.
     assert_eq!(
-        count("SELECT count(DISTINCT message_id) FROM etl_ledger WHERE message_id ~ '^logins\\.jsonl:[0-9]+$'").await,
-        lines
+        count(&pool, "SELECT count(DISTINCT message_id) FROM etl_ledger WHERE message_id ~ '^logins\\.jsonl:[0-9]+$'").await,
+        lines as i64
     );
     // Masked like the SQS path: tokens, not raw IPs.
     assert_eq!(
-        count("SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-f]{64}$'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-f]{64}$'"
+        )
+        .await,
         0
     );
 
@@ -154,8 +157,14 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
         "{second}"
     );
     assert_eq!(second["rows"].as_u64(), Some(0), "{second}");
-    assert_eq!(count("SELECT count(*) FROM user_logins").await, valid);
-    assert_eq!(count("SELECT count(*) FROM etl_rejects").await, invalid);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM user_logins").await,
+        valid as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM etl_rejects").await,
+        invalid as i64
+    );
     pool.close().await;
 
     // A missing file is an error naming it, not an empty run.

@@ -212,11 +212,7 @@ impl Setup {
         }
     }
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-            .0
+        count(&self.pool, sql).await
     }
     /// (rows, distinct user ids) in the target table.
     async fn rows(&self) -> (i64, i64) {
@@ -491,20 +487,10 @@ async fn the_queues_dead_letter_move_is_not_preempted_unless_max_receive_count_i
         "{err}"
     );
     let pool = PgPool::connect(&db).await.unwrap();
-    let n = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                .0
-        }
-    };
     assert_eq!(
         (
-            n("SELECT count(*) FROM user_logins").await,
-            n("SELECT count(*) FROM etl_rejects").await
+            count(&pool, "SELECT count(*) FROM user_logins").await,
+            count(&pool, "SELECT count(*) FROM etl_rejects").await
         ),
         (0, 0)
     );
@@ -536,7 +522,11 @@ async fn the_queues_dead_letter_move_is_not_preempted_unless_max_receive_count_i
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is lower"), "{err}");
     assert_eq!(
-        n("SELECT count(*) FROM etl_rejects WHERE reason LIKE '%max_receive_count (1)%'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM etl_rejects WHERE reason LIKE '%max_receive_count (1)%'"
+        )
+        .await,
         1
     );
     assert_eq!(queue_depth(&sqs_endpoint(), &dlq2).await, (0, 0));
@@ -995,16 +985,6 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
            SELECT 'other', 'old-' || i, 'row', now() - interval '10 hours' FROM generate_series(1, 40) i;",
     )
     .await;
-    let count = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                .0
-        }
-    };
 
     // 1 hour < the queue's 2 hours: refused, nothing deleted.
     let out = run_engine(
@@ -1020,7 +1000,7 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
             && err.contains("at least 2 hours"),
         "{err}"
     );
-    assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 2570);
+    assert_eq!(count(&pool, "SELECT count(*) FROM etl_ledger").await, 2570);
 
     let out = run_engine(
         &[
@@ -1037,7 +1017,7 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
         String::from_utf8_lossy(&out.stdout).contains("Would prune 2500 "),
         "{out:?}"
     );
-    assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 2570);
+    assert_eq!(count(&pool, "SELECT count(*) FROM etl_ledger").await, 2570);
 
     let out = run_engine(
         &[
@@ -1056,12 +1036,20 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
         "{out:?}"
     );
     assert_eq!(
-        count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'rel'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM etl_ledger WHERE pipeline = 'rel'"
+        )
+        .await,
         30,
         "recent entries stay"
     );
     assert_eq!(
-        count("SELECT count(*) FROM etl_ledger WHERE pipeline = 'other'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM etl_ledger WHERE pipeline = 'other'"
+        )
+        .await,
         40,
         "other pipelines' entries stay"
     );

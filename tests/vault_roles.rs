@@ -70,22 +70,12 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     f.send(&bodies).await;
     f.run_drain(&f.keyring, &[("ETL_SPEC_TARGET__URL", &writer)]);
     let admin = f.pool().await;
-    let count = |sql: &'static str| {
-        let admin = admin.clone();
-        async move {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(&admin)
-                .await
-                .unwrap()
-                .0
-        }
-    };
-    assert_eq!(count("SELECT count(*) FROM user_logins").await, 20);
-    assert_eq!(count("SELECT count(*) FROM etl_vault").await, 40);
-    assert_eq!(count("SELECT count(*) FROM etl_rejects").await, 1);
-    assert_eq!(count("SELECT count(*) FROM etl_ledger").await, 21);
+    assert_eq!(count(&admin, "SELECT count(*) FROM user_logins").await, 20);
+    assert_eq!(count(&admin, "SELECT count(*) FROM etl_vault").await, 40);
+    assert_eq!(count(&admin, "SELECT count(*) FROM etl_rejects").await, 1);
+    assert_eq!(count(&admin, "SELECT count(*) FROM etl_ledger").await, 21);
     assert_eq!(
-        count("SELECT sum(encryptions)::bigint FROM etl_key_usage").await,
+        count(&admin, "SELECT sum(encryptions)::bigint FROM etl_key_usage").await,
         41
     );
 
@@ -174,7 +164,7 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     ] {
         denied(&recovery, sql).await;
     }
-    let audits = count("SELECT count(*) FROM etl_vault_audit").await;
+    let audits = count(&admin, "SELECT count(*) FROM etl_vault_audit").await;
     let out = f.engine(
         &[
             "vault-decrypt",
@@ -247,7 +237,7 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     assert_eq!(shown[0]["body"], bodies[20].as_str(), "{shown}");
     assert_eq!(shown[0]["message_id"], listed[0]["message_id"]);
     assert_eq!(
-        count("SELECT count(*) FROM etl_vault_audit").await,
+        count(&admin, "SELECT count(*) FROM etl_vault_audit").await,
         audits + 4
     );
     let (column, n, ids): (String, i32, Vec<String>) = sqlx::query_as(

@@ -58,6 +58,15 @@ pub async fn exec(url: &str, sql: &str) {
     pool.close().await;
 }
 
+/// The first column of the first row of `sql` as a number, e.g. a `count(*)`.
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .0
+}
+
 /// An SDK client for an endpoint (JSON protocol).
 pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::Config::builder()
