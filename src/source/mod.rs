@@ -122,6 +122,22 @@ impl SqsError {
     }
 }
 
+/// Renders an error with its causes, since the top-level text of HTTP errors rarely says
+/// what actually went wrong (e.g. "connection refused" is three sources down).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// SQS error codes that mean "try again later" whatever the HTTP status says; shared by both
 /// protocol clients so retries behave the same over either.
 pub const TRANSIENT_CODES: &[&str] = &[

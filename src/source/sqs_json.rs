@@ -2,7 +2,7 @@
 
 use super::{
     BatchEntry, BatchFailure, ErrorKind, QueueClient, ReceiveRequest, ReceivedMessage, SqsError,
-    TRANSIENT_CODES, is_protocol_mismatch_text,
+    TRANSIENT_CODES, error_chain, is_protocol_mismatch_text,
 };
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
@@ -56,23 +56,9 @@ where
             se.err().message().unwrap_or("no message"),
             se.raw().raw_status()
         ),
-        other => cause_chain(other),
+        other => error_chain(other),
     };
     SqsError::new(kind, operation, message)
-}
-
-/// `error: cause: cause …`, skipping a cause whose text the previous one already contains.
-fn cause_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// Access to the raw HTTP response for classification.

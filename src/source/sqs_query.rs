@@ -9,7 +9,7 @@
 
 use super::{
     BatchEntry, BatchFailure, ErrorKind, QueueClient, ReceiveRequest, ReceivedMessage, SqsError,
-    TRANSIENT_CODES, is_protocol_mismatch_text,
+    TRANSIENT_CODES, error_chain, is_protocol_mismatch_text,
 };
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -542,22 +542,6 @@ fn credentials_error(op: &'static str, err: &CredentialsError) -> SqsError {
         op,
         format!("cannot resolve credentials: {}", error_chain(err)),
     )
-}
-
-/// Renders an error with its causes, since the top-level text of HTTP errors rarely says
-/// what actually went wrong (e.g. "connection refused" is three sources down).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn malformed(op: &'static str, message: impl Into<String>) -> SqsError {
