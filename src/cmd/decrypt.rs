@@ -55,9 +55,7 @@ pub async fn cmd_decrypt(
             ));
         }
     };
-    let actor = actor
-        .or_else(|| whoami::username().ok())
-        .unwrap_or_else(|| "unknown".into());
+    let actor = super::actor_or_os_user(actor);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
     sink::schema::ensure(&pool, &spec)

@@ -42,6 +42,13 @@ pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
+/// Who is recovering values, for the audit table: `--actor`, else the OS user.
+pub fn actor_or_os_user(actor: Option<String>) -> String {
+    actor
+        .or_else(|| whoami::username().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub fn load(path: &Path) -> Result<Spec> {
     spec::load_spec(path).map_err(usage)
 }

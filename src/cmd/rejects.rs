@@ -50,16 +50,16 @@ pub async fn cmd_rejects(args: RejectsArgs) -> Result<u8> {
         (false, None) => None,
     };
     let spec = load(&args.spec)?;
-    let cipher = match reason {
-        Some(_) => {
+    // Bodies are read only with a reason, and then need the keyring.
+    let body_reader = match reason {
+        Some(reason) => {
             let ring = load_keyring(&spec)?;
-            Some(VaultCipher::new(&ring).map_err(usage)?)
+            Some((VaultCipher::new(&ring).map_err(usage)?, reason))
         }
         None => None,
     };
-    let wanted = (!args.message_ids.is_empty()).then(|| args.message_ids.clone());
     let q = Query {
-        message_ids: wanted.clone(),
+        message_ids: (!args.message_ids.is_empty()).then_some(args.message_ids),
         limit: args.limit,
     };
     let cancel = CancellationToken::new();
@@ -67,19 +67,16 @@ pub async fn cmd_rejects(args: RejectsArgs) -> Result<u8> {
     sink::schema::ensure(&pool, &spec)
         .await
         .context("creating the engine's tables")?;
-    let rows: Vec<(RejectInfo, Option<zeroize::Zeroizing<String>>)> = match (cipher, reason) {
-        (Some(cipher), Some(reason)) => {
-            let actor = args
-                .actor
-                .or_else(|| whoami::username().ok())
-                .unwrap_or_else(|| "unknown".into());
+    let rows: Vec<(RejectInfo, Option<zeroize::Zeroizing<String>>)> = match body_reader {
+        Some((cipher, reason)) => {
+            let actor = super::actor_or_os_user(args.actor);
             rejects::recover_bodies(&pool, &spec, &cipher, &q, &actor, &reason)
                 .await?
                 .into_iter()
                 .map(|r| (r.info, Some(r.body)))
                 .collect()
         }
-        _ => rejects::list(&pool, &spec, &q)
+        None => rejects::list(&pool, &spec, &q)
             .await
             .with_context(|| format!("reading {}", spec.rejects.table))?
             .into_iter()
@@ -88,13 +85,13 @@ pub async fn cmd_rejects(args: RejectsArgs) -> Result<u8> {
     };
     print_rows(&rows, args.format)?;
     let mut code = 0;
-    for id in wanted.iter().flatten() {
+    for id in q.message_ids.iter().flatten() {
         if !rows.iter().any(|(i, _)| &i.message_id == id) {
             eprintln!("no reject of pipeline {} with message id {id}", spec.name);
             code = 3;
         }
     }
-    if rows.is_empty() && wanted.is_none() {
+    if rows.is_empty() && q.message_ids.is_none() {
         eprintln!(
             "No rejects for pipeline {} in {}.",
             spec.name, spec.rejects.table

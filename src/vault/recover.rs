@@ -206,15 +206,7 @@ pub async fn recover(
             column: &req.column,
             token: &token,
         };
-        let plain =
-            cipher
-                .decrypt(b, &key_id, &nonce, &ct)
-                .map_err(|source| RecoverError::Cipher {
-                    token: token.clone(),
-                    source,
-                })?;
-        let value =
-            Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?);
+        let value = decrypt_text(cipher, b, &key_id, &nonce, &ct)?;
         found.insert(token.clone(), Recovered { token, value });
     }
     let mut recovered = Vec::new();
@@ -226,6 +218,25 @@ pub async fn recover(
         }
     }
     Ok(Outcome { recovered, missing })
+}
+
+/// Decrypts one stored value that must be text; errors name the token (or message id).
+pub(crate) fn decrypt_text(
+    cipher: &VaultCipher,
+    b: Binding<'_>,
+    key_id: &str,
+    nonce: &[u8],
+    ct: &[u8],
+) -> Result<Zeroizing<String>, RecoverError> {
+    let plain = cipher
+        .decrypt(b, key_id, nonce, ct)
+        .map_err(|source| RecoverError::Cipher {
+            token: b.token.to_string(),
+            source,
+        })?;
+    Ok(Zeroizing::new(
+        String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?,
+    ))
 }
 
 /// The recovery function of a vault table: `<vault table>_recover`, in the same schema.

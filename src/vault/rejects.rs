@@ -7,7 +7,7 @@
 //! no privilege on the ciphertext columns themselves.
 
 use super::cipher::{Binding, VaultCipher};
-use super::recover::{RecoverError, classify_call_error, literal, qualified_expr};
+use super::recover::{RecoverError, classify_call_error, decrypt_text, literal, qualified_expr};
 use super::rotate::REJECTS_BINDING_COLUMN;
 use crate::sink::quote_ident;
 use crate::sink::schema::AUDIT_TABLE;
@@ -122,15 +122,7 @@ pub async fn recover_bodies(
                     column: REJECTS_BINDING_COLUMN,
                     token: &message_id,
                 };
-                let plain = cipher.decrypt(b, &key_id, &nonce, &ct).map_err(|source| {
-                    RecoverError::Cipher {
-                        token: message_id.clone(),
-                        source,
-                    }
-                })?;
-                Zeroizing::new(
-                    String::from_utf8(plain.to_vec()).map_err(|_| RecoverError::NotText)?,
-                )
+                decrypt_text(cipher, b, &key_id, &nonce, &ct)?
             }
             _ => Zeroizing::new(String::new()),
         };
