@@ -1,5 +1,5 @@
 -- The engine's own tables with their default names (created by `etl-engine run` when missing).
--- Generated from src/sink/schema.rs; a unit test fails when this file is stale
+-- Generated from src/db/schema.rs; a unit test fails when this file is stale
 -- (regenerate: UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current).
 
 CREATE TABLE IF NOT EXISTS "etl_ledger" (

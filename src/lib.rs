@@ -14,6 +14,7 @@
 //! [`spec`] loads and validates the YAML that drives all of this; [`vault`] holds the keyring,
 //! the cipher and PII recovery.
 
+pub mod db;
 pub mod decode;
 pub mod extract;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod stats;
 pub mod transform;
 pub mod value;
 pub mod vault;

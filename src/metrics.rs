@@ -6,8 +6,8 @@
 //! tiny — one GET per connection, answered and closed — because a scraper is the only client;
 //! it also answers `/healthz` for container probes.
 
-use crate::pipeline::{LATENCY_BUCKETS_MS, Stats};
 use crate::progress::QueueDepth;
+use crate::stats::{LATENCY_BUCKETS_MS, Stats};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,8 +9,8 @@
 //! and it erases the live line before each log line, so the two never end up on one row. The
 //! line is redrawn on the next tick, and erased for good when reporting stops.
 
-use crate::pipeline::Stats;
 use crate::source::QueueClient;
+use crate::stats::Stats;
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicI64, Ordering};

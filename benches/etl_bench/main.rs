@@ -297,7 +297,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
         } => {
             let mut conn = sqlx::PgConnection::connect(&db).await?;
             let count =
-                |t: &str| format!("SELECT count(*) FROM {}", etl_engine::sink::quote_ident(t));
+                |t: &str| format!("SELECT count(*) FROM {}", etl_engine::db::quote_ident(t));
             let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count(&target_table)))
                 .fetch_one(&mut conn)
                 .await?;

@@ -212,7 +212,7 @@ pub async fn run(
         parts.push(part);
     }
 
-    let q = |s: &str| etl_engine::sink::quote_ident(s);
+    let q = |s: &str| etl_engine::db::quote_ident(s);
     let cols: Vec<String> = spec.columns.iter().map(|c| q(&c.name)).collect();
     let stmts = [
         format!(

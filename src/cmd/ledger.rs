@@ -8,8 +8,9 @@
 
 use super::{connect_db, load, usage};
 use anyhow::{Context, Result, anyhow};
+use etl_engine::db::quote_ident;
 use etl_engine::retry::{Backoff, retry};
-use etl_engine::sink::{self, quote_ident};
+use etl_engine::sink;
 use etl_engine::source::{self, SqsError};
 use etl_engine::spec::{SourceConfig, Spec};
 use sqlx::AssertSqlSafe;

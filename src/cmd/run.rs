@@ -3,13 +3,14 @@
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result, anyhow};
 use etl_engine::metrics::{self, Metrics};
-use etl_engine::pipeline::{self, RunOptions, Stats};
+use etl_engine::pipeline::{self, RunOptions};
 use etl_engine::process::Processor;
 use etl_engine::progress::{Progress, ProgressConfig, ProgressMode, QueueDepth};
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, Sink};
 use etl_engine::source::{self, QueueClient, SqsError};
 use etl_engine::spec::SourceConfig;
+use etl_engine::stats::Stats;
 use etl_engine::transform::Tokenizer;
 use etl_engine::vault::VaultCipher;
 use std::path::Path;

@@ -181,8 +181,8 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                             .map(|r| r.0)
                     }
                 };
-                let vault = sink::quote_ident(&spec.vault.table);
-                let rejects = sink::quote_ident(&spec.rejects.table);
+                let vault = etl_engine::db::quote_ident(&spec.vault.table);
+                let rejects = etl_engine::db::quote_ident(&spec.rejects.table);
                 let in_vault = count(
                     format!("SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"),
                     spec.target.table.clone(),

@@ -14,6 +14,7 @@
 
 pub mod schema;
 
+use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
 use crate::spec::{Column, Spec};
 use crate::value::{Val, ValType};
@@ -94,14 +95,6 @@ fn refusal_reason(e: &sqlx::Error) -> String {
         }
         _ => "postgres refused the row".to_string(),
     }
-}
-
-/// Quotes a validated `name` or `schema.name` as a Postgres identifier.
-pub fn quote_ident(name: &str) -> String {
-    name.split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// What one committed write did.
@@ -579,7 +572,7 @@ pub const NONCE_WARN_AT: i64 = 1 << 30;
 
 /// Adds this run's encryption counts to the key-usage table and warns when a key nears its
 /// nonce budget. Failures are logged, not fatal: the rows are already committed.
-pub async fn record_key_usage(pool: &PgPool, stats: &crate::pipeline::Stats) {
+pub async fn record_key_usage(pool: &PgPool, stats: &crate::stats::Stats) {
     let counts: Vec<(String, u64)> = match stats.encryptions.lock() {
         Ok(mut m) => m.drain().filter(|(_, n)| *n > 0).collect(),
         Err(_) => return,
@@ -600,7 +593,7 @@ pub async fn record_key_usage(pool: &PgPool, stats: &crate::pipeline::Stats) {
 /// the nonce budget. Await the handle before the final [`record_key_usage`].
 pub fn spawn_key_usage_flush(
     pool: PgPool,
-    stats: Arc<crate::pipeline::Stats>,
+    stats: Arc<crate::stats::Stats>,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {

@@ -8,8 +8,8 @@
 //! session user (not spoofable by the caller) next to the claimed `--actor`.
 
 use super::cipher::{Binding, CipherError, VaultCipher};
-use crate::sink::quote_ident;
-use crate::sink::schema::AUDIT_TABLE;
+use crate::db::quote_ident;
+use crate::db::schema::vault_recover_function_name as recover_function_name;
 use crate::spec::Spec;
 use crate::transform::Transform;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -239,11 +239,6 @@ pub(crate) fn decrypt_text(
     ))
 }
 
-/// The recovery function of a vault table: `<vault table>_recover`, in the same schema.
-pub fn recover_function_name(vault_table: &str) -> String {
-    format!("{vault_table}_recover")
-}
-
 /// Maps an error of calling an audited read function to what the user can act on.
 pub(crate) fn classify_call_error(e: sqlx::Error, function: String) -> RecoverError {
     match &e {
@@ -260,65 +255,4 @@ pub(crate) fn classify_call_error(e: sqlx::Error, function: String) -> RecoverEr
         }
         _ => RecoverError::Audit(e),
     }
-}
-
-/// A string as an SQL literal.
-pub(crate) fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// `format('%I.%I', schema, name)` for a possibly schema-qualified name, resolving an
-/// unqualified one against the schema it is created in, so the definer function never
-/// depends on the caller's `search_path`.
-pub(crate) fn qualified_expr(name: &str) -> String {
-    match name.split_once('.') {
-        Some((schema, table)) => {
-            format!("format('%I.%I', {}, {})", literal(schema), literal(table))
-        }
-        None => format!("format('%I.%I', current_schema(), {})", literal(name)),
-    }
-}
-
-/// DDL (a `DO` block, safe to run repeatedly and concurrently) creating the recovery function
-/// of `vault_table` if it is missing: `SECURITY DEFINER`, a fixed `search_path`, callable by no
-/// one until granted (see `schema/roles.sql`). It refuses an empty reason, returns the
-/// ciphertexts of the given tokens and appends an audit row in the same statement; if the
-/// insert fails, the call fails and returns nothing.
-pub fn recover_function_ddl(vault_table: &str) -> String {
-    let vault = qualified_expr(vault_table);
-    let audit = qualified_expr(AUDIT_TABLE);
-    let function = qualified_expr(&recover_function_name(vault_table));
-    format!(
-        r#"DO $etl$
-DECLARE
-  vault text := {vault};
-  audit text := {audit};
-  fn text := {function};
-BEGIN
-  IF to_regprocedure(fn || '(text,text,text,text[],text,text)') IS NOT NULL THEN
-    RETURN;
-  END IF;
-  EXECUTE format($f$
-    CREATE FUNCTION %s(p_spec text, p_target_table text, p_column text, p_tokens text[], p_actor text, p_reason text)
-    RETURNS TABLE(token text, key_id text, nonce bytea, ciphertext bytea)
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $body$
-    #variable_conflict use_column
-    DECLARE
-      n integer;
-    BEGIN
-      IF p_reason IS NULL OR btrim(p_reason) = '' OR p_actor IS NULL OR btrim(p_actor) = '' THEN
-        RAISE EXCEPTION 'reading the vault needs an actor and a reason' USING ERRCODE = '22023';
-      END IF;
-      RETURN QUERY SELECT v.token, v.key_id, v.nonce, v.ciphertext FROM %s AS v
-        WHERE v.target_table = p_target_table AND v.column_name = p_column AND v.token = ANY(p_tokens);
-      GET DIAGNOSTICS n = ROW_COUNT;
-      INSERT INTO %s (actor, db_user, spec, target_table, column_name, value_count, reason, tokens)
-        VALUES (p_actor, session_user, p_spec, p_target_table, p_column, n, p_reason, p_tokens);
-    END
-    $body$$f$, fn, vault, audit);
-  EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text,text[],text,text) FROM PUBLIC', fn);
-END
-$etl$"#
-    )
 }

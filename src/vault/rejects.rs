@@ -7,17 +7,14 @@
 //! no privilege on the ciphertext columns themselves.
 
 use super::cipher::{Binding, VaultCipher};
-use super::recover::{RecoverError, classify_call_error, decrypt_text, literal, qualified_expr};
+use super::recover::{RecoverError, classify_call_error, decrypt_text};
 use super::rotate::REJECTS_BINDING_COLUMN;
-use crate::sink::quote_ident;
-use crate::sink::schema::AUDIT_TABLE;
+use crate::db::quote_ident;
+use crate::db::schema::rejects_recover_function_name as recover_function_name;
 use crate::spec::Spec;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
 use zeroize::Zeroizing;
-
-/// What the audit table's `column_name` says for a read of reject bodies.
-pub const AUDIT_COLUMN: &str = "body";
 
 /// One rejected message, without its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,60 +135,6 @@ pub async fn recover_bodies(
     Ok(out)
 }
 
-/// The body-reading function of a rejects table: `<rejects table>_recover`, in the same schema.
-pub fn recover_function_name(rejects_table: &str) -> String {
-    format!("{rejects_table}_recover")
-}
-
-/// DDL (a `DO` block, safe to run repeatedly and concurrently) creating the body-reading
-/// function of `rejects_table` if it is missing: `SECURITY DEFINER`, a fixed `search_path`,
-/// callable by no one until granted (see `schema/roles.sql`). It picks the rows first, writes
-/// the audit row naming them, then returns them; if the insert fails, the call fails.
-pub fn recover_function_ddl(rejects_table: &str) -> String {
-    let rejects = qualified_expr(rejects_table);
-    let audit = qualified_expr(AUDIT_TABLE);
-    let function = qualified_expr(&recover_function_name(rejects_table));
-    let table_literal = literal(rejects_table);
-    let column_literal = literal(AUDIT_COLUMN);
-    format!(
-        r#"DO $etl$
-DECLARE
-  rejects text := {rejects};
-  audit text := {audit};
-  fn text := {function};
-BEGIN
-  IF to_regprocedure(fn || '(text,text,text[],integer,text,text)') IS NOT NULL THEN
-    RETURN;
-  END IF;
-  EXECUTE format($f$
-    CREATE FUNCTION %s(p_spec text, p_pipeline text, p_ids text[], p_limit integer, p_actor text, p_reason text)
-    RETURNS TABLE(message_id text, reason text, rejected_at timestamptz, key_id text, nonce bytea, body_ciphertext bytea)
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $body$
-    #variable_conflict use_column
-    DECLARE
-      ids text[];
-    BEGIN
-      IF p_reason IS NULL OR btrim(p_reason) = '' OR p_actor IS NULL OR btrim(p_actor) = '' THEN
-        RAISE EXCEPTION 'reading reject bodies needs an actor and a reason' USING ERRCODE = '22023';
-      END IF;
-      SELECT coalesce(array_agg(s.message_id), '{{}}') INTO ids FROM (
-        SELECT r.message_id FROM %s AS r
-        WHERE r.pipeline = p_pipeline AND (p_ids IS NULL OR r.message_id = ANY(p_ids))
-        ORDER BY r.rejected_at DESC, r.message_id LIMIT greatest(p_limit, 0)) AS s;
-      INSERT INTO %s (actor, db_user, spec, target_table, column_name, value_count, reason, tokens)
-        VALUES (p_actor, session_user, p_spec, %L, %L, cardinality(ids), p_reason, ids);
-      RETURN QUERY SELECT r.message_id, r.reason, r.rejected_at, r.key_id, r.nonce, r.body_ciphertext FROM %s AS r
-        WHERE r.pipeline = p_pipeline AND r.message_id = ANY(ids)
-        ORDER BY r.rejected_at DESC, r.message_id;
-    END
-    $body$$f$, fn, rejects, audit, {table_literal}, {column_literal}, rejects);
-  EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text[],integer,text,text) FROM PUBLIC', fn);
-END
-$etl$"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,17 +152,5 @@ mod tests {
         let d = format!("{r:?}");
         assert!(d.contains("m-1") && d.contains("<redacted>"), "{d}");
         assert!(!d.contains("199.172"), "{d}");
-    }
-
-    #[test]
-    fn function_ddl_names_the_table_and_audits_before_returning() {
-        let ddl = recover_function_ddl("etl_rejects");
-        assert!(ddl.contains("'etl_rejects_recover'"), "{ddl}");
-        let audit = ddl.find("INSERT INTO").unwrap();
-        let ret = ddl.find("RETURN QUERY").unwrap();
-        assert!(
-            audit < ret,
-            "the audit row must be written before rows are returned"
-        );
     }
 }

@@ -13,7 +13,7 @@
 //! continues where a run stopped. Plaintext exists only in zeroizing buffers.
 
 use super::cipher::{Binding, CipherError, VaultCipher};
-use crate::sink::quote_ident;
+use crate::db::quote_ident;
 use crate::spec::Spec;
 use crate::transform::{Tokenizer, Transform};
 use serde::Serialize;

@@ -14,7 +14,7 @@
 //!   sent to the database or logged.
 
 use super::cipher::{Binding, CipherError, VaultCipher};
-use crate::sink::quote_ident;
+use crate::db::quote_ident;
 use crate::spec::Spec;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};

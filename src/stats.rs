@@ -1,0 +1,131 @@
+//! Live counters of a run, shared by the pipeline (which counts), progress reporting and
+//! metrics (which read), and the summary printed at the end.
+//!
+//! A leaf module: counters are plain atomics, so every task can update them without locks and
+//! readers see numbers that are at most a moment old.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What one written batch did, as counted in [`Stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Target rows inserted.
+    pub rows: u64,
+    /// Messages written to the rejects table.
+    pub rejects: u64,
+    /// Messages skipped because the ledger already had them.
+    pub duplicates: u64,
+    /// New vault rows.
+    pub vault_rows: u64,
+}
+
+/// Live counters, shared with progress reporting and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub rows: AtomicU64,
+    pub rejects: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub deleted: AtomicU64,
+    pub retries: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub batches: AtomicU64,
+    pub released: AtomicU64,
+    pub vault_rows: AtomicU64,
+    /// Sum and count of batch commit latency in microseconds, and a histogram (see `LATENCY_BUCKETS_MS`).
+    pub commit_micros_sum: AtomicU64,
+    pub commit_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    /// Encryptions by key id since start (nonce budget), flushed to the key-usage table.
+    pub encryptions: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+/// Upper bounds (ms) of the commit-latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+
+impl Stats {
+    /// Counts one written batch: what it wrote, its encryptions by key id, and how long it took.
+    pub fn add_batch(
+        &self,
+        r: &BatchCounts,
+        encryptions: &HashMap<String, u64>,
+        elapsed: Duration,
+    ) {
+        self.rows.fetch_add(r.rows, Ordering::Relaxed);
+        self.rejects.fetch_add(r.rejects, Ordering::Relaxed);
+        self.duplicates.fetch_add(r.duplicates, Ordering::Relaxed);
+        self.vault_rows.fetch_add(r.vault_rows, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let micros = elapsed.as_micros() as u64;
+        self.commit_micros_sum.fetch_add(micros, Ordering::Relaxed);
+        let ms = micros / 1000;
+        for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            if ms <= *b {
+                self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !encryptions.is_empty()
+            && let Ok(mut e) = self.encryptions.lock()
+        {
+            for (k, v) in encryptions {
+                *e.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+
+    /// A snapshot for the summary.
+    pub fn summary(&self, elapsed: Duration) -> Summary {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Summary {
+            received: g(&self.received),
+            rows: g(&self.rows),
+            rejects: g(&self.rejects),
+            duplicates: g(&self.duplicates),
+            deleted: g(&self.deleted),
+            released: g(&self.released),
+            retries: g(&self.retries),
+            batches: g(&self.batches),
+            elapsed_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            messages_per_sec: ((g(&self.rows) + g(&self.rejects) + g(&self.duplicates)) as f64
+                / secs)
+                .round(),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub received: u64,
+    pub rows: u64,
+    pub rejects: u64,
+    pub duplicates: u64,
+    pub deleted: u64,
+    /// Messages handed back to the queue (visibility 0) after a batch could not be written.
+    pub released: u64,
+    pub retries: u64,
+    pub batches: u64,
+    pub elapsed_secs: f64,
+    pub messages_per_sec: f64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "received {}, written {}, rejected {}, duplicates skipped {}, deleted {}, released {}, retries {} in {:.1} s ({} msgs/s)",
+            self.received,
+            self.rows,
+            self.rejects,
+            self.duplicates,
+            self.deleted,
+            self.released,
+            self.retries,
+            self.elapsed_secs,
+            self.messages_per_sec
+        )
+    }
+}
