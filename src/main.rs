@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use cmd::{Exit, UsageError};
-use etl_engine::vault::Keyring;
+use etl_engine::crypto::Keyring;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -127,8 +127,8 @@ fn validate_with_env(spec: &Path, env: &BTreeMap<String, String>, what: &str) {
 /// Environment variables the engine (or a library it uses) reads, besides `ETL_SPEC_*`
 /// overrides, which `validate` checks against the spec types.
 fn known_env(name: &str) -> bool {
-    name == etl_engine::vault::keyring::KEYRING_ENV
-        || name == etl_engine::vault::keyring::KEYRING_JSON_ENV
+    name == etl_engine::crypto::keyring::KEYRING_ENV
+        || name == etl_engine::crypto::keyring::KEYRING_JSON_ENV
         || name == "RUST_LOG"
         || name == "NO_COLOR"
         || name.starts_with("AWS_")

@@ -286,7 +286,7 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
     // A previous run that committed the message but died before deleting it: receive it, write
     // it through the engine's own sink (ledger included), and let it become visible again.
     let spec = etl_engine::spec::load_spec(&spec_path).unwrap();
-    let ring = etl_engine::vault::Keyring::from_file(&keyring).unwrap();
+    let ring = etl_engine::crypto::Keyring::from_file(&keyring).unwrap();
     let q = etl_engine::source::sqs::connect(match &spec.source {
         etl_engine::spec::SourceConfig::Sqs(s) => s,
         _ => unreachable!(),
@@ -310,7 +310,7 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
     etl_engine::sink::schema::ensure(&pool, &spec)
         .await
         .unwrap();
-    let cipher = std::sync::Arc::new(etl_engine::vault::VaultCipher::new(&ring).unwrap());
+    let cipher = std::sync::Arc::new(etl_engine::crypto::VaultCipher::new(&ring).unwrap());
     let sink = etl_engine::sink::Sink::new(
         pool.clone(),
         &spec,

@@ -594,8 +594,8 @@ fn processed(
     spec: &etl_engine::spec::Spec,
     keyring: &Path,
     bodies: &[String],
-) -> (Vec<Processed>, Arc<etl_engine::vault::VaultCipher>) {
-    let ring = etl_engine::vault::Keyring::from_file(keyring).unwrap();
+) -> (Vec<Processed>, Arc<etl_engine::crypto::VaultCipher>) {
+    let ring = etl_engine::crypto::Keyring::from_file(keyring).unwrap();
     let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
     let processor = Processor::new(spec.columns.clone(), Some(tok), None);
     let now = chrono::Utc::now().timestamp_millis().to_string();
@@ -614,7 +614,7 @@ fn processed(
         .collect();
     (
         batch,
-        Arc::new(etl_engine::vault::VaultCipher::new(&ring).unwrap()),
+        Arc::new(etl_engine::crypto::VaultCipher::new(&ring).unwrap()),
     )
 }
 

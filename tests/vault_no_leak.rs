@@ -5,12 +5,12 @@
 
 mod common;
 mod vault_common;
+use etl_engine::crypto::{Binding, Keyring, VaultCipher};
 use etl_engine::process::Processor;
 use etl_engine::source::{BatchEntry, ReceivedMessage};
 use etl_engine::transform::Tokenizer;
 use etl_engine::value::Val;
 use etl_engine::vault::recover::{Recovered, Request, Selector};
-use etl_engine::vault::{Binding, Keyring, VaultCipher};
 use std::collections::HashMap;
 use vault_common::*;
 

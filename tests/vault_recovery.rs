@@ -242,7 +242,7 @@ async fn tampered_values_wrong_keyrings_and_removed_keys_fail_cleanly() {
     let (f, sent) = loaded(4).await;
     let pool = f.pool().await;
     let t: Vec<String> = ip_tokens(&pool, &sent).await;
-    let key_a = etl_engine::vault::Keyring::from_file(&f.keyring)
+    let key_a = etl_engine::crypto::Keyring::from_file(&f.keyring)
         .unwrap()
         .active_encryption_key()
         .unwrap()

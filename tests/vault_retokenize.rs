@@ -6,8 +6,8 @@
 mod common;
 mod vault_common;
 use common::*;
+use etl_engine::crypto::Keyring;
 use etl_engine::transform::Tokenizer;
-use etl_engine::vault::Keyring;
 use std::collections::HashMap;
 use vault_common::*;
 

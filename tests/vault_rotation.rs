@@ -7,7 +7,7 @@
 mod common;
 mod vault_common;
 use common::*;
-use etl_engine::vault::{Binding, Keyring, VaultCipher};
+use etl_engine::crypto::{Binding, Keyring, VaultCipher};
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::Stdio;

@@ -6,12 +6,12 @@
 //! the engine's per-message work in the way.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use etl_engine::crypto::{Binding, Keyring, VaultCipher};
 use etl_engine::process::{Outcome, Processed, Processor};
 use etl_engine::source::ReceivedMessage;
 use etl_engine::spec::Spec;
 use etl_engine::transform::Tokenizer;
 use etl_engine::value::{Val, ValType};
-use etl_engine::vault::{Binding, Keyring, VaultCipher};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};

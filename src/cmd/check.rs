@@ -3,10 +3,10 @@
 
 use super::{load, load_keyring, usage};
 use anyhow::{Result, anyhow};
+use etl_engine::crypto::VaultCipher;
 use etl_engine::sink::{self, Sink};
 use etl_engine::source;
 use etl_engine::spec::SourceConfig;
-use etl_engine::vault::VaultCipher;
 use std::path::Path;
 
 /// Runs the checks in order and stops at the first failure, which becomes the error.

@@ -2,8 +2,8 @@
 
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result};
+use etl_engine::crypto::VaultCipher;
 use etl_engine::sink;
-use etl_engine::vault::VaultCipher;
 use etl_engine::vault::recover::{self, Selector};
 use std::io::{BufRead, Write};
 use std::path::Path;

@@ -11,10 +11,10 @@ pub mod spec_tools;
 pub mod vault;
 
 use anyhow::{Result, anyhow};
+use etl_engine::crypto::Keyring;
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, SinkError};
 use etl_engine::spec::{self, Spec};
-use etl_engine::vault::Keyring;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 

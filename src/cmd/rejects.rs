@@ -4,8 +4,8 @@
 use super::decrypt::csv_field;
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result};
+use etl_engine::crypto::VaultCipher;
 use etl_engine::sink;
-use etl_engine::vault::VaultCipher;
 use etl_engine::vault::rejects::{self, Query, RejectInfo};
 use std::io::Write;
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result, anyhow};
+use etl_engine::crypto::VaultCipher;
 use etl_engine::metrics::{self, Metrics};
 use etl_engine::pipeline::{self, RunOptions};
 use etl_engine::process::Processor;
@@ -12,7 +13,6 @@ use etl_engine::source::{self, QueueClient, SqsError};
 use etl_engine::spec::SourceConfig;
 use etl_engine::stats::Stats;
 use etl_engine::transform::Tokenizer;
-use etl_engine::vault::VaultCipher;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

@@ -4,12 +4,12 @@
 
 use super::{load, usage};
 use anyhow::{Context, Result};
+use etl_engine::crypto::{Keyring, KeyringError};
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::ReceivedMessage;
 use etl_engine::spec::testing::run_spec_tests;
 use etl_engine::spec::{SourceConfig, Spec, SpecConfig};
 use etl_engine::transform::Tokenizer;
-use etl_engine::vault::{Keyring, KeyringError};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -4,11 +4,11 @@
 
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result};
+use etl_engine::crypto::{KeyState, Keyring, Purpose, VaultCipher};
 use etl_engine::sink;
 use etl_engine::transform::Tokenizer;
 use etl_engine::vault::retokenize;
 use etl_engine::vault::rotate::{self, Options, TableReport};
-use etl_engine::vault::{KeyState, Keyring, Purpose, VaultCipher};
 use sqlx::AssertSqlSafe;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;

@@ -14,11 +14,11 @@
 
 pub mod schema;
 
+use crate::crypto::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
 use crate::spec::{Column, Spec};
 use crate::value::{Val, ValType};
-use crate::vault::{Binding, CipherError, VaultCipher};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};

@@ -10,11 +10,11 @@
 //! the test, so adding a column to a spec makes its tests say what the column should hold.
 
 use super::{SourceConfig, Spec, SpecTestConfig};
+use crate::crypto::Keyring;
 use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
 use crate::transform::Tokenizer;
 use crate::value::Val;
-use crate::vault::Keyring;
 use serde_json::Value as J;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -6,11 +6,10 @@
 
 pub mod cast;
 pub mod date;
-pub mod hash;
 pub mod text;
 pub mod version;
 
-pub use hash::Tokenizer;
+pub use crate::crypto::Tokenizer;
 
 use crate::spec::{CastType, EpochUnit, TransformConfig};
 use crate::value::{Val, ValType};

@@ -7,7 +7,7 @@
 //! the only way to its ciphertexts writes an audit row. Who called is recorded as the database
 //! session user (not spoofable by the caller) next to the claimed `--actor`.
 
-use super::cipher::{Binding, CipherError, VaultCipher};
+use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::db::schema::vault_recover_function_name as recover_function_name;
 use crate::spec::Spec;

@@ -6,9 +6,9 @@
 //! the message ids it returns in the audit table before returning them; the recovery role has
 //! no privilege on the ciphertext columns themselves.
 
-use super::cipher::{Binding, VaultCipher};
 use super::recover::{RecoverError, classify_call_error, decrypt_text};
 use super::rotate::REJECTS_BINDING_COLUMN;
+use crate::crypto::cipher::{Binding, VaultCipher};
 use crate::db::quote_ident;
 use crate::db::schema::rejects_recover_function_name as recover_function_name;
 use crate::spec::Spec;

@@ -12,7 +12,7 @@
 //! itself: a row is done when its token is the new key's token of its value, so a rerun
 //! continues where a run stopped. Plaintext exists only in zeroizing buffers.
 
-use super::cipher::{Binding, CipherError, VaultCipher};
+use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::spec::Spec;
 use crate::transform::{Tokenizer, Transform};

@@ -13,7 +13,7 @@
 //! - Plaintext exists only inside [`VaultCipher::reencrypt`], in a zeroizing buffer; it is never
 //!   sent to the database or logged.
 
-use super::cipher::{Binding, CipherError, VaultCipher};
+use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::spec::Spec;
 use serde::Serialize;

@@ -4,7 +4,7 @@
 //! there is deliberately no unkeyed variant. The keyed MAC state is built once and cloned per
 //! value, which costs a copy instead of two key-schedule compressions.
 
-use crate::vault::keyring::Key;
+use super::keyring::Key;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -58,7 +58,7 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vault::Keyring;
+    use crate::crypto::Keyring;
     use sha2::Digest;
 
     #[test]
