@@ -26,6 +26,7 @@ pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod spec_test;
 pub mod stats;
 pub mod transform;
 pub mod value;

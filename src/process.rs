@@ -6,7 +6,7 @@ use crate::decode::decode;
 use crate::extract::extract;
 use crate::source::ReceivedMessage;
 use crate::spec::Column;
-use crate::transform::{Context, PendingVault, Tokenizer};
+use crate::transform::{Context, PendingVault, Tokenizer, Transform};
 use crate::value::Val;
 use std::sync::Arc;
 
@@ -48,22 +48,30 @@ impl std::fmt::Debug for Processed {
 #[derive(Debug, Clone)]
 pub struct Processor {
     columns: Arc<Vec<Column>>,
+    /// Each column's transform chain, built once, in column order.
+    chains: Arc<Vec<Vec<Transform>>>,
     tokenizer: Option<Tokenizer>,
     max_receive_count: Option<u32>,
 }
 
 impl Processor {
     /// `tokenizer` is required when a column hashes or encrypts (checked by the caller).
+    /// Fails, naming the column and transform, only for columns that skipped spec validation.
     pub fn new(
         columns: Vec<Column>,
         tokenizer: Option<Tokenizer>,
         max_receive_count: Option<u32>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let chains = columns
+            .iter()
+            .map(Transform::build_chain)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
             columns: Arc::new(columns),
+            chains: Arc::new(chains),
             tokenizer,
             max_receive_count,
-        }
+        })
     }
 
     /// The columns, in write order.
@@ -110,7 +118,7 @@ impl Processor {
         };
         let mut values = Vec::with_capacity(self.columns.len());
         let mut vault = Vec::new();
-        for col in self.columns.iter() {
+        for (col, chain) in self.columns.iter().zip(self.chains.iter()) {
             let mut v = match extract(&col.source, &body, msg) {
                 Ok(v) => v,
                 Err(e) => return reject(format!("column {}: extract: {e}", col.name)),
@@ -126,7 +134,7 @@ impl Processor {
                 column: &col.name,
                 vault: &mut vault,
             };
-            for t in &col.transforms {
+            for t in chain {
                 v = match t.apply(v, &mut ctx) {
                     Ok(v) => v,
                     Err(e) => return reject(format!("column {}: {}: {e}", col.name, t.name())),

@@ -205,7 +205,7 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
     let spec = etl_engine::spec::load_spec(&spec_path).unwrap();
     let tok = Tokenizer::new(ring.active_hash_key().unwrap());
     check("Tokenizer", format!("{tok:?}"));
-    let p = Processor::new(spec.columns.clone(), Some(tok), None);
+    let p = Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
     let mut attrs = HashMap::new();
     attrs.insert("SentTimestamp".to_string(), "1700000000000".to_string());
     let row = p.process(ReceivedMessage {

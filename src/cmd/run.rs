@@ -158,7 +158,8 @@ pub async fn cmd_run(
         SourceConfig::File(_) => None,
     };
     let columns = Arc::new(spec.columns.clone());
-    let processor = Processor::new(spec.columns.clone(), tokenizer, max_receive);
+    let processor =
+        Processor::new(spec.columns.clone(), tokenizer, max_receive).map_err(anyhow::Error::msg)?;
     let sink = Arc::new(Sink::new(pool.clone(), &spec, columns, cipher));
     tracing::info!(pipeline = %spec.name, table = %spec.target.table, drain, "Pipeline started.");
     let progress = Progress::start(ProgressConfig {

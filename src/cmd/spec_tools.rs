@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use etl_engine::crypto::{Keyring, KeyringError};
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::ReceivedMessage;
-use etl_engine::spec::testing::run_spec_tests;
 use etl_engine::spec::{SourceConfig, Spec, SpecConfig};
+use etl_engine::spec_test::run_spec_tests;
 use etl_engine::transform::Tokenizer;
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -44,7 +44,8 @@ pub fn cmd_test(specs: &[PathBuf]) -> Result<u8> {
             writeln!(out, "{}: no tests (add a `tests:` block)", path.display())?;
             continue;
         }
-        let reports = run_spec_tests(&spec);
+        let reports =
+            run_spec_tests(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for r in &reports {
             writeln!(
                 out,
@@ -126,7 +127,8 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             "note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE."
         );
     }
-    let processor = Processor::new(spec.columns.clone(), tokenizer, None);
+    let processor =
+        Processor::new(spec.columns.clone(), tokenizer, None).map_err(anyhow::Error::msg)?;
     let name = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -6,7 +6,6 @@
 
 use super::position::Positions;
 use super::{Column, ColumnSource, MetaField, Spec, types::*};
-use crate::transform::Transform;
 use crate::value::ValType;
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
@@ -682,9 +681,9 @@ impl Validator<'_> {
                 if !chain_ok {
                     continue;
                 }
-                match Transform::compile(&cfg, ty) {
-                    Ok((tr, out)) => {
-                        transforms.push(tr);
+                match super::typecheck::output_type(&cfg, ty) {
+                    Ok(out) => {
+                        transforms.push(cfg);
                         ty = out;
                     }
                     Err(msg) => {

@@ -8,13 +8,12 @@
 
 pub mod load;
 pub mod position;
-pub mod testing;
+pub mod typecheck;
 pub mod types;
 
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
 pub use types::*;
 
-use crate::transform::Transform;
 use crate::value::ValType;
 use jsonpath_rust::parser::model::JpQuery;
 use std::path::PathBuf;
@@ -40,17 +39,11 @@ pub struct Spec {
 impl Spec {
     /// Whether any column writes to the vault (and so needs an encryption key).
     pub fn uses_vault(&self) -> bool {
-        self.columns
-            .iter()
-            .any(|c| c.transforms.iter().any(|t| matches!(t, Transform::Encrypt)))
+        self.columns.iter().any(Column::encrypts)
     }
     /// Whether any column needs the hashing key.
     pub fn uses_hash(&self) -> bool {
-        self.columns.iter().any(|c| {
-            c.transforms
-                .iter()
-                .any(|t| matches!(t, Transform::Hash | Transform::Encrypt))
-        })
+        self.columns.iter().any(|c| c.hashes() || c.encrypts())
     }
 }
 
@@ -60,9 +53,25 @@ pub struct Column {
     pub name: String,
     pub source: ColumnSource,
     pub required: bool,
-    pub transforms: Vec<Transform>,
+    /// The transforms, type-checked in order (the `transform` module builds and runs them).
+    pub transforms: Vec<TransformConfig>,
     /// The type after the last transform; decides the Postgres array type used for writing.
     pub out_type: ValType,
+}
+
+impl Column {
+    /// Whether the column's value goes to the vault (`encrypt`).
+    pub fn encrypts(&self) -> bool {
+        self.transforms
+            .iter()
+            .any(|t| matches!(t, TransformConfig::Encrypt {}))
+    }
+    /// Whether the column is masked by `hash` (a token that cannot be recovered).
+    pub fn hashes(&self) -> bool {
+        self.transforms
+            .iter()
+            .any(|t| matches!(t, TransformConfig::Hash {}))
+    }
 }
 
 /// Where a column's value comes from.
@@ -72,6 +81,16 @@ pub enum ColumnSource {
     Path { text: String, query: JpQuery },
     /// Message metadata.
     Meta(MetaField),
+}
+
+impl ColumnSource {
+    /// The static type of the value this source yields.
+    pub fn val_type(&self) -> ValType {
+        match self {
+            Self::Path { .. } => ValType::Json,
+            Self::Meta(m) => m.val_type(),
+        }
+    }
 }
 
 /// Message metadata a column can read.

@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use crate::value::CastType;
+
 /// A whole spec file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -245,18 +247,6 @@ impl TransformConfig {
         "lowercase",
         "uppercase",
     ];
-}
-
-/// Target types of `cast`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CastType {
-    Integer,
-    Bigint,
-    Text,
-    Boolean,
-    Date,
-    Timestamp,
 }
 
 /// Units of `from_epoch`.

@@ -1,27 +1,9 @@
 //! `from_epoch`: epoch seconds or milliseconds (e.g. the SQS SentTimestamp) to a UTC date or timestamp.
 
-use super::cast;
 use crate::spec::{CastType, EpochUnit};
-use crate::value::{Val, ValType};
+use crate::value::Val;
+use crate::value::cast;
 use chrono::DateTime;
-
-/// Whether `from_epoch ... to` applies to an input of type `from`.
-pub fn check(from: ValType, to: CastType) -> Result<(), String> {
-    if !matches!(to, CastType::Date | CastType::Timestamp) {
-        return Err("`from_epoch` converts to `date` or `timestamp` only".into());
-    }
-    if matches!(
-        from,
-        ValType::Json | ValType::Text | ValType::Integer | ValType::BigInt
-    ) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`from_epoch` needs a number, but the value is {} here",
-            from.name()
-        ))
-    }
-}
 
 /// Converts an epoch number.
 pub fn from_epoch(v: &Val, unit: EpochUnit, to: CastType) -> Result<Val, String> {
@@ -63,7 +45,5 @@ mod tests {
         .unwrap();
         assert_eq!(t.to_text().unwrap(), "2023-11-14T22:13:20.000Z");
         assert!(from_epoch(&Val::Text("soon".into()), EpochUnit::Millis, CastType::Date).is_err());
-        assert!(check(ValType::Boolean, CastType::Date).is_err());
-        assert!(check(ValType::BigInt, CastType::Integer).is_err());
     }
 }

@@ -4,15 +4,15 @@
 //! Transform errors become reject reasons, so they name the transform and the problem but
 //! never the value (which may be PII).
 
-pub mod cast;
 pub mod date;
 pub mod text;
 pub mod version;
 
 pub use crate::crypto::Tokenizer;
 
-use crate::spec::{CastType, EpochUnit, TransformConfig};
-use crate::value::{Val, ValType};
+use crate::spec::{Column, EpochUnit, TransformConfig, typecheck};
+use crate::value::cast;
+use crate::value::{CastType, Val, ValType};
 use zeroize::Zeroizing;
 
 /// A compiled transform.
@@ -68,57 +68,41 @@ impl Transform {
         }
     }
 
-    /// Compiles a transform for an input of type `input`, returning it and its output type,
-    /// or a message saying why it does not apply.
-    pub fn compile(cfg: &TransformConfig, input: ValType) -> Result<(Transform, ValType), String> {
-        let needs_text = |name: &str| -> Result<(), String> {
-            if input.is_textual() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`{name}` needs a text value, but the value is {} here; cast it to text first",
-                    input.name()
-                ))
-            }
-        };
-        Ok(match cfg {
-            TransformConfig::Hash {} => (Transform::Hash, ValType::Text),
-            TransformConfig::Encrypt {} => (Transform::Encrypt, ValType::Text),
-            TransformConfig::Cast { to } => {
-                cast::check(input, *to)?;
-                (Transform::Cast(*to), cast::out_type(*to))
-            }
-            TransformConfig::VersionToInt {} => {
-                needs_text("version_to_int")?;
-                (Transform::VersionToInt, ValType::Integer)
-            }
-            TransformConfig::FromEpoch { unit, to } => {
-                date::check(input, *to)?;
-                (
-                    Transform::FromEpoch {
-                        unit: *unit,
-                        to: *to,
-                    },
-                    cast::out_type(*to),
-                )
-            }
+    /// Builds the transform `cfg` for an input of type `input`, returning it and its output
+    /// type, or the spec error saying why it does not apply (specs are checked when loaded,
+    /// so this fails only on a spec that skipped validation).
+    pub fn build(cfg: &TransformConfig, input: ValType) -> Result<(Transform, ValType), String> {
+        let out = typecheck::output_type(cfg, input)?;
+        let t = match cfg {
+            TransformConfig::Hash {} => Transform::Hash,
+            TransformConfig::Encrypt {} => Transform::Encrypt,
+            TransformConfig::Cast { to } => Transform::Cast(*to),
+            TransformConfig::VersionToInt {} => Transform::VersionToInt,
+            TransformConfig::FromEpoch { unit, to } => Transform::FromEpoch {
+                unit: *unit,
+                to: *to,
+            },
             TransformConfig::Default { value } => {
-                let v = cast::default_value(value, input)?;
-                (Transform::Default(v), input)
+                Transform::Default(cast::default_value(value, input)?)
             }
-            TransformConfig::Trim {} => {
-                needs_text("trim")?;
-                (Transform::Trim, ValType::Text)
-            }
-            TransformConfig::Lowercase {} => {
-                needs_text("lowercase")?;
-                (Transform::Lowercase, ValType::Text)
-            }
-            TransformConfig::Uppercase {} => {
-                needs_text("uppercase")?;
-                (Transform::Uppercase, ValType::Text)
-            }
-        })
+            TransformConfig::Trim {} => Transform::Trim,
+            TransformConfig::Lowercase {} => Transform::Lowercase,
+            TransformConfig::Uppercase {} => Transform::Uppercase,
+        };
+        Ok((t, out))
+    }
+
+    /// Builds a column's transform chain, in order.
+    pub fn build_chain(column: &Column) -> Result<Vec<Transform>, String> {
+        let mut ty = column.source.val_type();
+        let mut chain = Vec::with_capacity(column.transforms.len());
+        for (i, cfg) in column.transforms.iter().enumerate() {
+            let (t, out) = Self::build(cfg, ty)
+                .map_err(|e| format!("columns.{}.transforms[{i}]: {e}", column.name))?;
+            chain.push(t);
+            ty = out;
+        }
+        Ok(chain)
     }
 
     /// Applies the transform. Null passes through everything but `default`.

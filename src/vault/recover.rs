@@ -11,7 +11,6 @@ use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::db::schema::vault_recover_function_name as recover_function_name;
 use crate::spec::Spec;
-use crate::transform::Transform;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
 use zeroize::Zeroizing;
@@ -130,7 +129,7 @@ pub async fn recover(
     let encrypted: Vec<&str> = spec
         .columns
         .iter()
-        .filter(|c| c.transforms.contains(&Transform::Encrypt))
+        .filter(|c| c.encrypts())
         .map(|c| c.name.as_str())
         .collect();
     if !encrypted.contains(&req.column.as_str()) {

@@ -12,10 +12,11 @@
 //! itself: a row is done when its token is the new key's token of its value, so a rerun
 //! continues where a run stopped. Plaintext exists only in zeroizing buffers.
 
+use crate::crypto::Tokenizer;
 use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::spec::Spec;
-use crate::transform::{Tokenizer, Transform};
+use crate::spec::TransformConfig;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::{BTreeMap, HashMap};
@@ -98,8 +99,12 @@ pub fn check_column(spec: &Spec, column: &str) -> Result<(), RetokenizeError> {
             names.join(", ")
         )));
     };
-    match col.transforms.iter().position(|t| *t == Transform::Encrypt) {
-        None if col.transforms.contains(&Transform::Hash) => {
+    match col
+        .transforms
+        .iter()
+        .position(|t| matches!(t, TransformConfig::Encrypt {}))
+    {
+        None if col.hashes() => {
             Err(err("it is hashed without `encrypt`, so the vault has no originals to compute new tokens from".into()))
         }
         None => Err(err("it is neither hashed nor encrypted".into())),

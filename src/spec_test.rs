@@ -9,10 +9,10 @@
 //! `expect_row` is the whole row: every column is compared, and a column left out of it fails
 //! the test, so adding a column to a spec makes its tests say what the column should hold.
 
-use super::{SourceConfig, Spec, SpecTestConfig};
 use crate::crypto::Keyring;
 use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
+use crate::spec::{SourceConfig, Spec, SpecTestConfig};
 use crate::transform::Tokenizer;
 use crate::value::Val;
 use serde_json::Value as J;
@@ -145,7 +145,7 @@ pub fn test_message(test: &SpecTestConfig, index: usize) -> ReceivedMessage {
 }
 
 /// A processor for `spec` keyed with the fixed test keyring.
-pub fn test_processor(spec: &Spec) -> (Processor, Tokenizer) {
+pub fn test_processor(spec: &Spec) -> Result<(Processor, Tokenizer), String> {
     let ring = Keyring::fixed_test_keyring();
     // The fixed keyring always has exactly one active hash key.
     let tokenizer = Tokenizer::new(&ring.hash_keys[0]);
@@ -153,23 +153,22 @@ pub fn test_processor(spec: &Spec) -> (Processor, Tokenizer) {
         SourceConfig::Sqs(s) => Some(s.max_receive_count),
         SourceConfig::File(_) => None,
     };
-    (
-        Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive),
-        tokenizer,
-    )
+    let processor = Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive)?;
+    Ok((processor, tokenizer))
 }
 
-/// Runs every test of `spec`, in order.
-pub fn run_spec_tests(spec: &Spec) -> Vec<TestReport> {
-    let (processor, tokenizer) = test_processor(spec);
-    spec.tests
+/// Runs every test of `spec`, in order. Fails only if the spec's transforms cannot be built.
+pub fn run_spec_tests(spec: &Spec) -> Result<Vec<TestReport>, String> {
+    let (processor, tokenizer) = test_processor(spec)?;
+    Ok(spec
+        .tests
         .iter()
         .enumerate()
         .map(|(i, t)| TestReport {
             name: t.name.clone(),
             failures: check(&processor, &tokenizer, t, i),
         })
-        .collect()
+        .collect())
 }
 
 fn check(
@@ -277,7 +276,7 @@ tests:
 
     #[test]
     fn passing_tests_pass() {
-        let reports = run_spec_tests(&spec(SPEC));
+        let reports = run_spec_tests(&spec(SPEC)).unwrap();
         assert_eq!(reports.len(), 2);
         assert!(reports.iter().all(TestReport::passed), "{reports:?}");
     }
@@ -294,7 +293,7 @@ tests:
                 "expect_reject: \"decode: body is not valid JSON\"",
                 "expect_reject: \"required value\"",
             );
-        let reports = run_spec_tests(&spec(&changed));
+        let reports = run_spec_tests(&spec(&changed)).unwrap();
         let f = &reports[0].failures;
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(
@@ -322,7 +321,7 @@ tests:
         assert!(matches!(&reports[1].failures[..], [Failure::Reason { .. }]));
 
         let flipped = SPEC.replace("body: {user_id: u1, ip: 10.0.0.1}", "body: {ip: 10.0.0.1}");
-        let reports = run_spec_tests(&spec(&flipped));
+        let reports = run_spec_tests(&spec(&flipped)).unwrap();
         let [Failure::Rejected { reason }] = &reports[0].failures[..] else {
             panic!("{reports:?}")
         };

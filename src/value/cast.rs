@@ -1,7 +1,6 @@
 //! Casts between value types, and typing of `default` values.
 
-use crate::spec::CastType;
-use crate::value::{Val, ValType};
+use super::{CastType, Val, ValType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::Value as J;
 

@@ -1,9 +1,26 @@
 //! The values that flow between extract, transforms and the sink, and their static types.
 //!
-//! Values may be PII, so `Debug` shows only the variant, never the content.
+//! Values may be PII, so `Debug` shows only the variant, never the content. Casts between
+//! the types live in [`cast`]: the spec checks them, transforms apply them.
+
+pub mod cast;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// Target types of `cast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CastType {
+    Integer,
+    Bigint,
+    Text,
+    Boolean,
+    Date,
+    Timestamp,
+}
 
 /// Static type of a column value at some point of its transform chain; checked when the spec
 /// is compiled so that a transform applied to the wrong type is a spec error, not a reject.
