@@ -617,12 +617,126 @@ line2	&#233;&#x1F600; </Body></Message>
     }
 
     #[test]
+    fn namespaces_prefixes_and_cdata_do_not_matter() {
+        // What LocalStack 2.3.2 sends, with MD5OfMessageAttributes between the two lists.
+        let default_ns = r#"<?xml version='1.0' encoding='utf-8'?>
+<ReceiveMessageResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/"><ReceiveMessageResult><Message><MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle><MD5OfBody>x</MD5OfBody><Body>hi</Body><Attribute><Name>SenderId</Name><Value>000000000000</Value></Attribute><MD5OfMessageAttributes>y</MD5OfMessageAttributes><MessageAttribute><Name>a</Name><Value><StringValue>x</StringValue><DataType>String</DataType></Value></MessageAttribute></Message></ReceiveMessageResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></ReceiveMessageResponse>"#;
+        let prefixed = r#"<sqs:ReceiveMessageResponse xmlns:sqs="http://queue.amazonaws.com/doc/2012-11-05/"><sqs:ReceiveMessageResult><sqs:Message><sqs:MessageId>m</sqs:MessageId><sqs:ReceiptHandle>r</sqs:ReceiptHandle><sqs:Body><![CDATA[h]]>i</sqs:Body><sqs:Attribute><sqs:Name>SenderId</sqs:Name><sqs:Value>000000000000</sqs:Value></sqs:Attribute><sqs:MessageAttribute><sqs:Name>a</sqs:Name><sqs:Value><sqs:StringValue>x</sqs:StringValue></sqs:Value></sqs:MessageAttribute></sqs:Message></sqs:ReceiveMessageResult></sqs:ReceiveMessageResponse>"#;
+        for doc in [default_ns, prefixed] {
+            let messages = receive(doc).unwrap();
+            assert_eq!(messages.len(), 1, "{doc}");
+            assert_eq!(messages[0].message_id, "m");
+            assert_eq!(messages[0].receipt_handle, "r");
+            assert_eq!(messages[0].body, "hi");
+            assert_eq!(messages[0].attributes["SenderId"], "000000000000");
+            assert_eq!(messages[0].message_attributes["a"], "x");
+        }
+    }
+
+    #[test]
+    fn list_items_interleaved_with_other_elements_are_all_collected() {
+        let doc = receive_doc(
+            "<Message><Attribute><Name>A</Name><Value>1</Value></Attribute>\
+             <MessageId>m</MessageId>\
+             <MessageAttribute><Name>x</Name><Value><StringValue>1</StringValue></Value></MessageAttribute>\
+             <Attribute><Name>B</Name><Value>2</Value></Attribute>\
+             <ReceiptHandle>r</ReceiptHandle>\
+             <MessageAttribute><Name>y</Name><Value><StringValue>2</StringValue></Value></MessageAttribute>\
+             </Message><Unknown/><Message><MessageId>n</MessageId><ReceiptHandle>s</ReceiptHandle></Message>",
+        );
+        let messages = receive(&doc).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].attributes.len(), 2);
+        assert_eq!(messages[0].message_attributes.len(), 2);
+        assert_eq!(messages[0].message_attributes["y"], "2");
+        assert_eq!(messages[1].message_id, "n");
+    }
+
+    #[test]
     fn message_without_receipt_handle_is_an_error() {
         let doc = receive_doc("<Message><MessageId>m</MessageId><Body>secret</Body></Message>");
         let (kind, message) = receive_error(&doc);
         assert_eq!(kind, ErrorKind::Permanent);
         assert!(message.contains("no ReceiptHandle"), "{message}");
         assert!(!message.contains("secret"));
+    }
+
+    #[test]
+    fn missing_or_blank_required_fields_are_errors() {
+        let cases = [
+            (
+                "<Message><ReceiptHandle>r</ReceiptHandle><Body>secret</Body></Message>",
+                "no MessageId",
+            ),
+            (
+                "<Message><MessageId> \n </MessageId><ReceiptHandle>r</ReceiptHandle></Message>",
+                "no MessageId",
+            ),
+            (
+                "<Message><MessageId>m</MessageId><ReceiptHandle/><Body>secret</Body></Message>",
+                "no ReceiptHandle",
+            ),
+            // One bad message fails the whole receive, even after a good one.
+            (
+                "<Message><MessageId>a</MessageId><ReceiptHandle>r</ReceiptHandle></Message><Message/>",
+                "no MessageId",
+            ),
+        ];
+        for (messages, expected) in cases {
+            let (kind, message) = receive_error(&receive_doc(messages));
+            assert_eq!(kind, ErrorKind::Permanent, "{messages}");
+            assert!(message.contains(expected), "{messages}: {message}");
+            assert!(!message.contains("secret"), "{message}");
+        }
+
+        let send = "<SendMessageResponse><SendMessageResult><MD5OfMessageBody>0</MD5OfMessageBody>\
+                    </SendMessageResult></SendMessageResponse>";
+        let err = message_id(send).unwrap_err();
+        assert_eq!(
+            (err.kind, err.operation),
+            (ErrorKind::Permanent, "SendMessage")
+        );
+        assert!(err.message.contains("no MessageId"), "{}", err.message);
+        assert_eq!(
+            message_id("<SendMessageResponse><SendMessageResult><MessageId> m </MessageId></SendMessageResult></SendMessageResponse>")
+                .unwrap(),
+            "m"
+        );
+    }
+
+    #[test]
+    fn wrong_nesting_is_an_error_or_ignored_never_misread() {
+        // Elements inside text fields: the deserializer refuses mixed content.
+        for messages in [
+            "<Message><MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle><Body><b>secret</b></Body></Message>",
+            "<Message><MessageId><Id>m</Id></MessageId><ReceiptHandle>r</ReceiptHandle><Body>secret</Body></Message>",
+            "<Message><MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle><Body>secret</Body><Attribute><Name><n/></Name></Attribute></Message>",
+        ] {
+            let (kind, message) = receive_error(&receive_doc(messages));
+            assert_eq!(kind, ErrorKind::Permanent, "{messages}");
+            assert!(!message.contains("secret"), "{message}");
+        }
+        // A field given twice is ambiguous, so it is refused rather than one of them picked.
+        let (kind, message) = receive_error(&receive_doc(
+            "<Message><MessageId>a</MessageId><MessageId>b</MessageId><ReceiptHandle>r</ReceiptHandle></Message>",
+        ));
+        assert_eq!(kind, ErrorKind::Permanent);
+        assert!(message.contains("MessageId"), "{message}");
+
+        // Known elements in the wrong place are unknown there and ignored: a Message outside
+        // the result, a Message inside a Message, text where elements belong.
+        let misplaced = "<ReceiveMessageResponse><ResponseMetadata><ReceiveMessageResult>\
+                         <Message><MessageId>m</MessageId></Message></ReceiveMessageResult></ResponseMetadata>\
+                         <Message><MessageId>m</MessageId></Message></ReceiveMessageResponse>";
+        assert!(receive(misplaced).unwrap().is_empty());
+        let nested = receive_doc(
+            "<Message>secret<MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle>\
+             <Message><MessageId>inner</MessageId></Message></Message>",
+        );
+        let messages = receive(&nested).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].message_id, "m");
+        assert_eq!(messages[0].body, "");
     }
 
     #[test]
@@ -642,6 +756,24 @@ line2	&#233;&#x1F600; </Body></Message>
                        </CreateQueueResult></CreateQueueResponse>";
         assert!(queue_url("GetQueueUrl", created).is_err());
         assert_eq!(queue_url("CreateQueue", created).unwrap(), "http://x/0/q");
+    }
+
+    #[test]
+    fn truncated_documents_are_errors() {
+        // Every strict prefix of a valid document, cut anywhere, including inside entities,
+        // tags and the body.
+        for (cut, _) in RECEIVE_SAMPLE.char_indices() {
+            let err = receive(&RECEIVE_SAMPLE[..cut]).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Permanent, "cut at {cut}: {err}");
+        }
+        let batch = "<DeleteMessageBatchResponse><DeleteMessageBatchResult>\
+                     <DeleteMessageBatchResultEntry><Id>a</Id></DeleteMessageBatchResultEntry>";
+        assert_eq!(
+            batch_failures("DeleteMessageBatch", batch, &["a"])
+                .unwrap_err()
+                .kind,
+            ErrorKind::Permanent
+        );
     }
 
     #[test]
@@ -687,6 +819,30 @@ line2	&#233;&#x1F600; </Body></Message>
     }
 
     #[test]
+    fn batch_result_of_each_operation() {
+        for op in [
+            "DeleteMessageBatch",
+            "ChangeMessageVisibilityBatch",
+            "SendMessageBatch",
+        ] {
+            let doc = format!(
+                "<{op}Response><{op}Result><{op}ResultEntry><Id>a</Id></{op}ResultEntry>\
+                 <BatchResultErrorEntry><Id>b</Id><Code>X</Code></BatchResultErrorEntry>\
+                 <{op}ResultEntry><Id>c</Id></{op}ResultEntry></{op}Result></{op}Response>"
+            );
+            let failures = batch_failures(op, &doc, &["a", "b", "c"]).unwrap();
+            assert_eq!(failures.len(), 1, "{op}");
+            assert_eq!(
+                (failures[0].id.as_str(), failures[0].code.as_str()),
+                ("b", "X")
+            );
+            // Without a result element nothing is accounted for.
+            let empty = format!("<{op}Response/>");
+            assert_eq!(batch_failures(op, &empty, &["a", "b"]).unwrap().len(), 2);
+        }
+    }
+
+    #[test]
     fn parses_send_batch_success_and_queue_attributes() {
         let send = "<SendMessageBatchResponse><SendMessageBatchResult><SendMessageBatchResultEntry>\
                     <Id>a</Id><MessageId>m</MessageId><MD5OfMessageBody>0</MD5OfMessageBody>\
@@ -725,6 +881,45 @@ line2	&#233;&#x1F600; </Body></Message>
             let err = queue_url("GetQueueUrl", missing).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Permanent);
             assert!(err.message.contains("has no QueueUrl"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn reads_error_documents() {
+        // What LocalStack 2.3.2 answers for a missing queue.
+        let sqs = "<?xml version='1.0' encoding='utf-8'?>\n<ErrorResponse xmlns=\"http://queue.amazonaws.com/doc/2012-11-05/\">\
+                   <Error><Code>AWS.SimpleQueueService.NonExistentQueue</Code><Message>The specified queue does not exist.</Message>\
+                   <Type>Sender</Type></Error><RequestId> bdf2 </RequestId></ErrorResponse>";
+        let details = error_details(sqs).unwrap();
+        assert_eq!(details.code, "AWS.SimpleQueueService.NonExistentQueue");
+        assert_eq!(details.message, "The specified queue does not exist.");
+        assert_eq!(details.request_id.as_deref(), Some("bdf2"));
+
+        let other = "<Response><Errors><Error><Code>Throttling</Code><Message>slow down</Message>\
+                     </Error></Errors><RequestID>x</RequestID></Response>";
+        let details = error_details(other).unwrap();
+        assert_eq!(
+            (details.code.as_str(), details.message.as_str()),
+            ("Throttling", "slow down")
+        );
+        assert_eq!(details.request_id, None);
+
+        let no_code =
+            error_details("<ErrorResponse><Error><Message>m</Message></Error></ErrorResponse>")
+                .unwrap();
+        assert_eq!((no_code.code.as_str(), no_code.message.as_str()), ("", "m"));
+
+        // Not error documents: the caller then quotes the raw body.
+        for body in [
+            "",
+            "Internal Server Error",
+            r#"{"__type":"InternalError"}"#,
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            "<html>bad gateway",
+            "<ErrorResponse><Error><Code>Throttling</Code>",
+            "<ErrorResponse><Error><Code><b>x</b></Code></Error></ErrorResponse>",
+        ] {
+            assert!(error_details(body).is_none(), "{body}");
         }
     }
 
@@ -783,5 +978,42 @@ line2	&#233;&#x1F600; </Body></Message>
                 .unwrap(),
             "R"
         );
+    }
+
+    #[test]
+    fn hostile_input_gives_errors_not_panics() {
+        // Far deeper than any stack would survive if parsing recursed per level.
+        let deep = receive_doc(&format!(
+            "<Message>{}{}</Message>",
+            "<x>".repeat(200_000),
+            "</x>".repeat(200_000)
+        ));
+        let (kind, message) = receive_error(&deep);
+        assert_eq!(kind, ErrorKind::Permanent);
+        assert!(message.contains("nested deeper"), "{message}");
+        assert!(error_details(&deep).is_none());
+
+        // Entities a DTD would define are not expanded (no "billion laughs").
+        let dtd = "<!DOCTYPE r [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;\">]>\
+                   <ReceiveMessageResponse><ReceiveMessageResult><Message><MessageId>m</MessageId>\
+                   <ReceiptHandle>r</ReceiptHandle><Body>&b;</Body></Message></ReceiveMessageResult>\
+                   </ReceiveMessageResponse>";
+        let (kind, message) = receive_error(dtd);
+        assert_eq!(kind, ErrorKind::Permanent);
+        assert!(message.contains("unknown entity"), "{message}");
+
+        // Many elements between two items of one list: the look-ahead buffer is bounded.
+        let spread = receive_doc(&format!(
+            "<Message><MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle>\
+             <Attribute><Name>A</Name></Attribute>{}<Attribute><Name>B</Name></Attribute></Message>",
+            "<x/>".repeat(MAX_SKIPPED_EVENTS.get() + 1)
+        ));
+        let (kind, message) = receive_error(&spread);
+        assert_eq!(kind, ErrorKind::Permanent);
+        assert!(message.contains("limit exceeded"), "{message}");
+
+        // Long endpoint-supplied names are cut when quoted.
+        let long_root = format!("<{}/>", "R".repeat(10_000));
+        assert!(receive(&long_root).unwrap_err().message.len() < 400);
     }
 }

@@ -318,6 +318,7 @@ fn classify_http_error(op: &'static str, status: u16, body: &str) -> SqsError {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An SQS error document as LocalStack and AWS send it.
     fn error_doc(code: &str, message: &str) -> String {
@@ -326,6 +327,109 @@ mod tests {
              <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message><Detail/></Error>\
              <RequestId>42</RequestId></ErrorResponse>"
         )
+    }
+
+    /// Static dummy credentials; nothing here checks signatures.
+    fn test_credentials() -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "a", "b", None, None, "test",
+        ))
+    }
+
+    /// Serves one HTTP exchange on loopback: reads the request, answers with `head` (status
+    /// line and headers, without the blank line) followed by `body`. Returns the base URL.
+    async fn serve_once(head: String, body: Vec<u8>) -> reqwest::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // Read the whole request first, so the client never sees a reset while sending.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            // The client may hang up early (that is what the size cap does).
+            let _ = socket.write_all(format!("{head}\r\n\r\n").as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+        });
+        url
+    }
+
+    /// Makes one call against a [`serve_once`] server answering with `head` and `body`.
+    async fn call_server(head: &str, body: Vec<u8>) -> Result<String, SqsError> {
+        let url = serve_once(head.to_owned(), body).await;
+        let transport =
+            Transport::new("Test", url.as_str(), "us-east-1", test_credentials()).unwrap();
+        transport
+            .call("Test", &url, vec![("QueueUrl", "q".to_owned())])
+            .await
+    }
+
+    #[tokio::test]
+    async fn returns_success_bodies_and_classifies_error_answers() {
+        let ok = call_server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 6",
+            b"<R>\xc3\xa9</R>"[..6].to_vec(),
+        )
+        .await;
+        assert_eq!(ok.unwrap(), "<R>\u{e9}<");
+
+        let body = error_doc("Throttling", "slow down");
+        let throttled = call_server(
+            &format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}", body.len()),
+            body.into_bytes(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(throttled.kind, ErrorKind::Transient, "{throttled}");
+        assert!(
+            throttled.message.contains("slow down (request id 42)"),
+            "{throttled}"
+        );
+
+        let not_utf8 = call_server("HTTP/1.1 200 OK\r\nContent-Length: 2", vec![0xff, 0xfe])
+            .await
+            .unwrap_err();
+        assert_eq!(not_utf8.kind, ErrorKind::Permanent);
+        assert!(not_utf8.message.contains("not UTF-8"), "{not_utf8}");
+    }
+
+    #[tokio::test]
+    async fn responses_over_the_size_cap_are_refused() {
+        // Chunked, so no Content-Length announces the size: the cap must hold while reading.
+        let chunk = vec![b'x'; 1024 * 1024];
+        let mut body = Vec::new();
+        for _ in 0..=MAX_RESPONSE_BYTES / chunk.len() {
+            body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            body.extend_from_slice(&chunk);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let err = call_server("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", body)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+        assert!(err.message.contains("exceeds"), "{err}");
     }
 
     #[test]
