@@ -1,20 +1,32 @@
-//! Prometheus metrics for a running pipeline, served over plain HTTP at `/metrics`.
+//! Prometheus metrics for a running pipeline, served over HTTP at `/metrics`.
 //!
 //! The numbers come straight from the pipeline's live [`Stats`] counters and the queue-depth
-//! estimate, rendered in the Prometheus text exposition format (version 0.0.4) on each scrape,
-//! so there is no second bookkeeping to drift from the summary. The HTTP side is deliberately
-//! tiny — one GET per connection, answered and closed — because a scraper is the only client;
-//! it also answers `/healthz` for container probes.
+//! estimate: a `prometheus-client` [`Collector`] reads them on each scrape and the crate renders
+//! them in the Prometheus text exposition format (version 0.0.4), so there is no second
+//! bookkeeping to drift from the summary. `hyper` serves them, with `/healthz` for container
+//! probes; connections are capped and idle ones dropped, because a scraper is the only client.
 
 use crate::progress::QueueDepth;
 use crate::stats::{LATENCY_BUCKETS_MS, Stats};
-use std::fmt::Write as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::borrow::Cow;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,140 +47,168 @@ pub enum MetricsError {
 /// What `/metrics` reports: one pipeline's counters and its queue-depth estimate.
 pub struct Metrics {
     pipeline: String,
-    stats: Arc<Stats>,
-    depth: Arc<QueueDepth>,
+    registry: Registry,
 }
 
-/// The `Content-Type` of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The `Content-Type` of the text exposition format (version 0.0.4), which every Prometheus
+/// version scrapes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// A request head larger than this is not a scrape; refusing it bounds memory per connection.
+/// A request head larger than this is not a scrape; hyper answers 431 instead of buffering more.
+/// (8 KiB is also the smallest buffer hyper accepts.)
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client that has not sent its request by then is dropped, so idle sockets cannot pile up.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrapes are rare; this bounds the work a misbehaving client can cause.
-const MAX_CONNECTIONS: usize = 32;
+
+/// How much a client may cost the process.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// A client that has not sent a whole request head by then (first or next on a kept-alive
+    /// connection) is dropped, so idle sockets cannot pile up and hold connection slots.
+    read_timeout: Duration,
+    /// Scrapes are rare; this bounds the work a misbehaving client can cause.
+    max_connections: usize,
+}
+
+/// The limits `serve` uses; tests shrink them to observe them quickly.
+const LIMITS: Limits = Limits {
+    read_timeout: Duration::from_secs(5),
+    max_connections: 32,
+};
+
+/// Picks one live counter out of [`Stats`].
+type LiveCounter = fn(&Stats) -> &AtomicU64;
+
+/// Counters: the name without `_total` (the encoder appends it, as Prometheus naming requires),
+/// the help text, and the live counter it reads.
+const COUNTERS: [(&str, &str, LiveCounter); 8] = [
+    (
+        "etl_messages_received",
+        "Messages received from the source.",
+        |s| &s.received,
+    ),
+    (
+        "etl_rows_written",
+        "Rows committed to the target table.",
+        |s| &s.rows,
+    ),
+    (
+        "etl_messages_rejected",
+        "Messages that can never succeed, committed to the rejects table.",
+        |s| &s.rejects,
+    ),
+    (
+        "etl_duplicates_skipped",
+        "Redelivered messages already in the ledger, skipped without a second row.",
+        |s| &s.duplicates,
+    ),
+    (
+        "etl_messages_deleted",
+        "Messages deleted from the queue after their commit.",
+        |s| &s.deleted,
+    ),
+    (
+        "etl_messages_released",
+        "Messages handed back to the queue (visibility 0) after a batch could not be written.",
+        |s| &s.released,
+    ),
+    ("etl_retries", "Retried SQS and Postgres calls.", |s| {
+        &s.retries
+    }),
+    (
+        "etl_vault_rows_written",
+        "Encrypted originals written to the vault.",
+        |s| &s.vault_rows,
+    ),
+];
 
 impl Metrics {
     /// Metrics for the pipeline named `pipeline` (the spec's `name`, used as a label).
     pub fn new(pipeline: impl Into<String>, stats: Arc<Stats>, depth: Arc<QueueDepth>) -> Self {
-        Self {
-            pipeline: pipeline.into(),
-            stats,
-            depth,
-        }
+        let pipeline = pipeline.into();
+        // A registry-wide label puts `pipeline` on every series, escaped by the crate.
+        let label = (Cow::Borrowed("pipeline"), Cow::Owned(pipeline.clone()));
+        let mut registry = Registry::with_labels(std::iter::once(label));
+        registry.register_collector(Box::new(LiveStats { stats, depth }));
+        Self { pipeline, registry }
     }
 
     /// Renders the current values in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let s = &self.stats;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let label = format!("pipeline=\"{}\"", escape_label(&self.pipeline));
+    ///
+    /// Writing to a `String` cannot fail; the error is the encoder's signature, passed on so the
+    /// server can answer 500 rather than a truncated exposition.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{label}}} {value}"
-            );
-        };
-        metric(
-            "etl_messages_received_total",
-            "counter",
-            "Messages received from the source.",
-            g(&s.received).to_string(),
-        );
-        metric(
-            "etl_rows_written_total",
-            "counter",
-            "Rows committed to the target table.",
-            g(&s.rows).to_string(),
-        );
-        metric(
-            "etl_messages_rejected_total",
-            "counter",
-            "Messages that can never succeed, committed to the rejects table.",
-            g(&s.rejects).to_string(),
-        );
-        metric(
-            "etl_duplicates_skipped_total",
-            "counter",
-            "Redelivered messages already in the ledger, skipped without a second row.",
-            g(&s.duplicates).to_string(),
-        );
-        metric(
-            "etl_messages_deleted_total",
-            "counter",
-            "Messages deleted from the queue after their commit.",
-            g(&s.deleted).to_string(),
-        );
-        metric(
-            "etl_messages_released_total",
-            "counter",
-            "Messages handed back to the queue (visibility 0) after a batch could not be written.",
-            g(&s.released).to_string(),
-        );
-        metric(
-            "etl_retries_total",
-            "counter",
-            "Retried SQS and Postgres calls.",
-            g(&s.retries).to_string(),
-        );
-        metric(
-            "etl_vault_rows_written_total",
-            "counter",
-            "Encrypted originals written to the vault.",
-            g(&s.vault_rows).to_string(),
-        );
-        metric(
-            "etl_messages_in_flight",
-            "gauge",
-            "Messages received and not yet deleted.",
-            g(&s.in_flight).to_string(),
-        );
-        if let Some(v) = self.depth.visible() {
-            metric(
-                "etl_queue_messages_visible",
-                "gauge",
-                "Queue depth estimate: ApproximateNumberOfMessages, polled every 2 seconds.",
-                v.to_string(),
-            );
-        }
-        if let Some(v) = self.depth.not_visible() {
-            metric(
-                "etl_queue_messages_not_visible",
-                "gauge",
-                "Messages in flight on the queue (all consumers): ApproximateNumberOfMessagesNotVisible.",
-                v.to_string(),
-            );
-        }
-
-        // Buckets are read before the count: the pipeline counts a batch before filing it in a
-        // bucket, so a scrape racing a commit still sees count >= every bucket.
-        let buckets: Vec<u64> = s.commit_buckets.iter().map(g).collect();
-        let sum_secs = g(&s.commit_micros_sum) as f64 / 1e6;
-        let count = g(&s.batches).max(buckets.last().copied().unwrap_or(0));
-        let name = "etl_batch_commit_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time to write and commit one batch (rows, vault, rejects, ledger)."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (ms, n) in LATENCY_BUCKETS_MS.iter().zip(&buckets) {
-            let le = *ms as f64 / 1000.0;
-            let _ = writeln!(out, "{name}_bucket{{{label},le=\"{le}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{label}}} {sum_secs}");
-        let _ = writeln!(out, "{name}_count{{{label}}} {count}");
-        out
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
     }
 }
 
-/// Escapes a label value as the text format requires (backslash, double quote, newline).
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Reads the live counters at scrape time; it holds no values of its own.
+#[derive(Debug)]
+struct LiveStats {
+    stats: Arc<Stats>,
+    depth: Arc<QueueDepth>,
+}
+
+impl Collector for LiveStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &*self.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, counter) in COUNTERS {
+            let c = ConstCounter::new(g(counter(s)));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let gauges = [
+            (
+                "etl_messages_in_flight",
+                "Messages received and not yet deleted.",
+                Some(g(&s.in_flight)),
+            ),
+            (
+                "etl_queue_messages_visible",
+                "Queue depth estimate: ApproximateNumberOfMessages, polled every 2 seconds.",
+                self.depth.visible(),
+            ),
+            (
+                "etl_queue_messages_not_visible",
+                "Messages in flight on the queue (all consumers): ApproximateNumberOfMessagesNotVisible.",
+                self.depth.not_visible(),
+            ),
+        ];
+        // An unknown depth (not polled yet, or a file source) is left out rather than shown as 0.
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let c = ConstGauge::new(v);
+                c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+        }
+
+        // The pipeline keeps cumulative bucket counts; the encoder wants each bucket's own count
+        // and sums them back up. A bucket read lower than the one before it (a commit racing the
+        // scrape) is raised to it, so the series stays cumulative.
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
+            .iter()
+            .zip(&s.commit_buckets)
+            .map(|(ms, n)| {
+                let n = g(n).max(below);
+                let own = n - below;
+                below = n;
+                (*ms as f64 / 1000.0, own)
+            })
+            .collect();
+        // Buckets are read before the count: the pipeline counts a batch before filing it in a
+        // bucket, so a scrape racing a commit still sees count >= every bucket.
+        let count = g(&s.batches).max(below);
+        let sum_secs = g(&s.commit_micros_sum) as f64 / 1e6;
+        encoder
+            .encode_descriptor(
+                "etl_batch_commit_seconds",
+                "Time to write and commit one batch (rows, vault, rejects, ledger).",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum_secs, count, &buckets, None)
+    }
 }
 
 /// A running metrics endpoint.
@@ -184,7 +224,7 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops accepting scrapes and waits for the accept loop to end.
+    /// Stops accepting scrapes, lets open ones finish (briefly), and releases the port.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -196,6 +236,15 @@ impl MetricsServer {
 /// Binding happens before this returns, so a bad `--metrics-addr` fails the run at once
 /// instead of after the pipeline has started.
 pub async fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, MetricsError> {
+    serve_with(addr, metrics, LIMITS).await
+}
+
+/// [`serve`] with explicit limits.
+async fn serve_with(
+    addr: &str,
+    metrics: Metrics,
+    limits: Limits,
+) -> Result<MetricsServer, MetricsError> {
     let bind_err = |source| MetricsError::Bind {
         addr: addr.to_string(),
         source,
@@ -204,7 +253,12 @@ pub async fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, Metric
     let local = listener.local_addr().map_err(bind_err)?;
     tracing::info!(addr = %local, pipeline = %metrics.pipeline, "Serving metrics.");
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(listener, Arc::new(metrics), stop.clone()));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        Arc::new(metrics),
+        stop.clone(),
+        limits,
+    ));
     Ok(MetricsServer {
         addr: local,
         stop,
@@ -212,12 +266,23 @@ pub async fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, Metric
     })
 }
 
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts connections until `stop`, each served by hyper on its own task, then waits (at most
+/// one read timeout) for those still open to finish.
+async fn accept_loop(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -233,125 +298,89 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, stop: Cancell
             continue;
         };
         let metrics = metrics.clone();
+        let service = service_fn(move |req| {
+            let response = respond(&metrics, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics).await {
-                tracing::debug!(%peer, error = %e, "A metrics request failed.");
+            let mut conn = std::pin::pin!(conn);
+            let mut stopping = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    // Finishes a response under way, then closes; an idle connection closes now.
+                    _ = stop.cancelled(), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "A metrics connection failed.");
             }
             drop(permit);
         });
     }
+    // The listener is dropped here, releasing the port. Every slot back means every connection
+    // has ended; a client that will not finish is not worth holding up shutdown for.
+    drop(listener);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits.read_timeout, slots.acquire_many(all)).await;
 }
 
-/// Reads one request head and answers it; the connection is closed afterwards.
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(h))) => h,
-        Ok(Ok(None)) => {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request too large\n",
-                false,
-            )
-            .await;
-        }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Ok(()),
-    };
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n",
-            false,
-        )
-        .await;
+/// Answers one request: `/metrics`, `/healthz`, a pointer at `/`, 404 elsewhere.
+fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<String> {
+    // hyper sends headers only for HEAD, with the length the GET body would have.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET or HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    match path {
-        "/metrics" => {
-            respond(
-                &mut stream,
-                "200 OK",
-                CONTENT_TYPE,
-                &metrics.render(),
-                head_only,
-            )
-            .await
-        }
-        "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n", head_only).await,
-        "/" => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain",
-                "etl-engine: metrics at /metrics\n",
-                head_only,
-            )
-            .await
-        }
-        _ => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                "not found; metrics are at /metrics\n",
-                head_only,
-            )
-            .await
-        }
+    match req.uri().path() {
+        "/metrics" => match metrics.render() {
+            Ok(body) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Rendering metrics failed.");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n")
+            }
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/" => text(StatusCode::OK, "etl-engine: metrics at /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        ),
     }
 }
 
-/// Reads until the blank line that ends an HTTP request head; `None` if it grows too large.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            // Closed early: answer whatever arrived (an empty head gets a 405).
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
+/// A plain-text response that no cache keeps (every scrape must see live values).
+fn text(status: StatusCode, body: impl Into<String>) -> Response<String> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.flush().await?;
-    stream.shutdown().await
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    fn sample() -> Metrics {
+    fn sample_stats() -> Arc<Stats> {
         let stats = Arc::new(Stats::default());
         stats.received.store(150, Ordering::Relaxed);
         stats.rows.store(130, Ordering::Relaxed);
@@ -363,9 +392,58 @@ mod tests {
             let n = [4u64, 12, 29].iter().filter(|ms| *ms <= b).count() as u64;
             stats.commit_buckets[i].store(n, Ordering::Relaxed);
         }
-        let depth = Arc::new(QueueDepth::default());
-        Metrics::new("log\"ins", stats, depth)
+        stats
     }
+
+    fn sample() -> Metrics {
+        Metrics::new("log\"ins", sample_stats(), Arc::new(QueueDepth::default()))
+    }
+
+    /// What the hand-written renderer printed for [`sample`] before the crate took over:
+    /// dashboards and alerts see the same names, labels, help, types and buckets.
+    const BEFORE: &str = r#"# HELP etl_messages_received_total Messages received from the source.
+# TYPE etl_messages_received_total counter
+etl_messages_received_total{pipeline="log\"ins"} 150
+# HELP etl_rows_written_total Rows committed to the target table.
+# TYPE etl_rows_written_total counter
+etl_rows_written_total{pipeline="log\"ins"} 130
+# HELP etl_messages_rejected_total Messages that can never succeed, committed to the rejects table.
+# TYPE etl_messages_rejected_total counter
+etl_messages_rejected_total{pipeline="log\"ins"} 20
+# HELP etl_duplicates_skipped_total Redelivered messages already in the ledger, skipped without a second row.
+# TYPE etl_duplicates_skipped_total counter
+etl_duplicates_skipped_total{pipeline="log\"ins"} 0
+# HELP etl_messages_deleted_total Messages deleted from the queue after their commit.
+# TYPE etl_messages_deleted_total counter
+etl_messages_deleted_total{pipeline="log\"ins"} 0
+# HELP etl_messages_released_total Messages handed back to the queue (visibility 0) after a batch could not be written.
+# TYPE etl_messages_released_total counter
+etl_messages_released_total{pipeline="log\"ins"} 0
+# HELP etl_retries_total Retried SQS and Postgres calls.
+# TYPE etl_retries_total counter
+etl_retries_total{pipeline="log\"ins"} 0
+# HELP etl_vault_rows_written_total Encrypted originals written to the vault.
+# TYPE etl_vault_rows_written_total counter
+etl_vault_rows_written_total{pipeline="log\"ins"} 0
+# HELP etl_messages_in_flight Messages received and not yet deleted.
+# TYPE etl_messages_in_flight gauge
+etl_messages_in_flight{pipeline="log\"ins"} 0
+# HELP etl_batch_commit_seconds Time to write and commit one batch (rows, vault, rejects, ledger).
+# TYPE etl_batch_commit_seconds histogram
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.005"} 1
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.01"} 1
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.025"} 2
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.05"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.1"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.25"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="0.5"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="1"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="2.5"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="10"} 3
+etl_batch_commit_seconds_bucket{pipeline="log\"ins",le="+Inf"} 3
+etl_batch_commit_seconds_sum{pipeline="log\"ins"} 0.045
+etl_batch_commit_seconds_count{pipeline="log\"ins"} 3
+"#;
 
     fn value(text: &str, series: &str) -> f64 {
         text.lines()
@@ -375,66 +453,64 @@ mod tests {
             .unwrap()
     }
 
+    /// Sends one raw request and reads until the server closes the connection.
+    async fn raw(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     #[test]
-    fn renders_counters_histogram_and_escaped_labels() {
-        let text = sample().render();
-        let l = r#"pipeline="log\"ins""#;
-        assert_eq!(
-            value(&text, &format!("etl_messages_received_total{{{l}}}")),
-            150.0
-        );
-        assert_eq!(
-            value(&text, &format!("etl_rows_written_total{{{l}}}")),
-            130.0
-        );
-        assert_eq!(
-            value(&text, &format!("etl_messages_rejected_total{{{l}}}")),
-            20.0
-        );
-        assert_eq!(
-            value(
-                &text,
-                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.005\"}}")
-            ),
-            1.0
-        );
-        assert_eq!(
-            value(
-                &text,
-                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.025\"}}")
-            ),
-            2.0
-        );
-        assert_eq!(
-            value(
-                &text,
-                &format!("etl_batch_commit_seconds_bucket{{{l},le=\"0.05\"}}")
-            ),
-            3.0
-        );
+    fn exposition_is_unchanged_from_the_hand_written_one() {
+        assert_eq!(sample().render().unwrap(), BEFORE);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let stats = Arc::new(Stats::default());
+        let m = Metrics::new("a\\b\nc\"d", stats, Arc::new(QueueDepth::default()));
+        let text = m.render().unwrap();
+        let l = r#"pipeline="a\\b\nc\"d""#;
+        assert_eq!(value(&text, &format!("etl_retries_total{{{l}}}")), 0.0);
         assert_eq!(
             value(
                 &text,
                 &format!("etl_batch_commit_seconds_bucket{{{l},le=\"+Inf\"}}")
             ),
-            3.0
+            0.0
         );
+    }
+
+    #[test]
+    fn a_racing_commit_never_makes_buckets_decrease() {
+        let stats = sample_stats();
+        // Read mid-commit: a wider bucket not yet bumped, and the count not yet either.
+        stats.commit_buckets[4].store(2, Ordering::Relaxed);
+        stats.commit_buckets[5].store(4, Ordering::Relaxed);
+        stats.batches.store(3, Ordering::Relaxed);
+        let m = Metrics::new("p", stats, Arc::new(QueueDepth::default()));
+        let text = m.render().unwrap();
+        let bucket = |le: &str| {
+            value(
+                &text,
+                &format!("etl_batch_commit_seconds_bucket{{pipeline=\"p\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.1"), 3.0);
+        assert_eq!(bucket("0.25"), 4.0);
+        assert_eq!(bucket("10"), 4.0);
+        assert_eq!(bucket("+Inf"), 4.0);
         assert_eq!(
-            value(&text, &format!("etl_batch_commit_seconds_count{{{l}}}")),
-            3.0
+            value(&text, "etl_batch_commit_seconds_count{pipeline=\"p\"}"),
+            4.0
         );
-        assert!(
-            (value(&text, &format!("etl_batch_commit_seconds_sum{{{l}}}")) - 0.045).abs() < 1e-9
-        );
-        assert!(text.contains("# TYPE etl_batch_commit_seconds histogram"));
-        assert!(text.contains("# TYPE etl_messages_in_flight gauge"));
-        // Unknown depth is left out rather than reported as 0.
-        assert!(!text.contains("etl_queue_messages_visible"));
     }
 
     #[test]
     fn every_sample_line_has_a_type_line() {
-        let text = sample().render();
+        let text = sample().render().unwrap();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let base = ["_bucket", "_sum", "_count"]
@@ -448,48 +524,132 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_metrics_and_rejects_other_requests() {
-        let server = serve("127.0.0.1:0", sample()).await.unwrap();
+    async fn serves_live_values_and_answers_other_requests() {
+        let stats = sample_stats();
+        let metrics = Metrics::new("logins", stats.clone(), Arc::new(QueueDepth::default()));
+        let server = serve("127.0.0.1:0", metrics).await.unwrap();
         let addr = server.local_addr();
-        let get = |req: &'static str| async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(req.as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains(CONTENT_TYPE));
-        let body = ok.split("\r\n\r\n").nth(1).unwrap();
-        let len: usize = ok
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
+        assert_ne!(addr.port(), 0);
+        let client = reqwest::Client::new();
+        let get = |path: &'static str| client.get(format!("http://{addr}{path}")).send();
+
+        let ok = get("/metrics").await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.headers()["content-type"], CONTENT_TYPE);
+        assert_eq!(ok.headers()["cache-control"], "no-store");
+        let body = ok.text().await.unwrap();
+        let received = r#"etl_messages_received_total{pipeline="logins"}"#;
+        assert_eq!(value(&body, received), 150.0);
+        assert_eq!(
+            value(
+                &body,
+                r#"etl_batch_commit_seconds_count{pipeline="logins"}"#
+            ),
+            3.0
+        );
+
+        // A scrape reads the pipeline's counters as they are now.
+        stats.received.fetch_add(7, Ordering::Relaxed);
+        stats.in_flight.store(5, Ordering::Relaxed);
+        let body = get("/metrics").await.unwrap().text().await.unwrap();
+        assert_eq!(value(&body, received), 157.0);
+        assert_eq!(
+            value(&body, r#"etl_messages_in_flight{pipeline="logins"}"#),
+            5.0
+        );
+
+        let health = get("/healthz").await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.text().await.unwrap(), "ok\n");
+        assert_eq!(get("/").await.unwrap().status(), 200);
+        assert_eq!(get("/nope").await.unwrap().status(), 404);
+        let post = client
+            .post(format!("http://{addr}/metrics"))
+            .send()
+            .await
             .unwrap();
-        assert_eq!(len, body.len());
-        assert!(body.contains("etl_messages_received_total"));
+        assert_eq!(post.status(), 405);
+        assert_eq!(post.headers()["allow"], "GET, HEAD");
+
+        // HEAD: the GET's headers, no body.
+        let head = raw(
+            addr,
+            "HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
-            get("GET /nope HTTP/1.1\r\n\r\n")
-                .await
-                .starts_with("HTTP/1.1 404")
-        );
-        assert!(
-            get("POST /metrics HTTP/1.1\r\n\r\n")
-                .await
-                .starts_with("HTTP/1.1 405")
-        );
-        let head = get("HEAD /healthz HTTP/1.1\r\n\r\n").await;
-        assert!(
-            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            head.to_ascii_lowercase().contains("content-length: 3\r\n"),
             "{head}"
         );
-        server.stop().await;
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+
+        // A request head past the limit is refused instead of buffered.
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST_HEAD * 2)
+        );
+        assert!(raw(addr, &huge).await.starts_with("HTTP/1.1 431"));
+
+        // The pooled keep-alive connection does not hold up the stop.
+        tokio::time::timeout(Duration::from_secs(2), server.stop())
+            .await
+            .expect("stop closes idle connections at once");
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "the port is released after stop"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_and_excess_connections_are_dropped() {
+        let limits = Limits {
+            read_timeout: Duration::from_millis(300),
+            max_connections: 1,
+        };
+        let server = serve_with("127.0.0.1:0", sample(), limits).await.unwrap();
+        let addr = server.local_addr();
+        // How long the server takes to close `s` (None: not within `within`); what it sent.
+        let closed_after = |mut s: TcpStream, within: Duration| async move {
+            let start = std::time::Instant::now();
+            let mut got = Vec::new();
+            let closed = tokio::time::timeout(within, s.read_to_end(&mut got)).await;
+            closed
+                .ok()
+                .map(|_| (start.elapsed(), String::from_utf8_lossy(&got).into_owned()))
+        };
+
+        // An idle client takes the only slot, so the next connection is closed at once...
+        let idle = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let excess = TcpStream::connect(addr).await.unwrap();
+        let (_, sent) = closed_after(excess, Duration::from_millis(250))
+            .await
+            .expect("an excess connection is closed at once");
+        assert_eq!(sent, "");
+        // ...and the idle one is dropped once the read timeout passes, freeing the slot.
+        let (after, _) = closed_after(idle, Duration::from_secs(3))
+            .await
+            .expect("an idle connection is closed");
+        assert!(
+            after >= Duration::from_millis(150),
+            "closed after {after:?}"
+        );
+
+        // A kept-alive connection gets its answer, then the same timeout for its next request.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (after, sent) = closed_after(kept, Duration::from_secs(3))
+            .await
+            .expect("an idle kept-alive connection is closed");
+        assert!(sent.starts_with("HTTP/1.1 200 OK\r\n"), "{sent}");
+        assert!(
+            after >= Duration::from_millis(250),
+            "closed after {after:?}"
+        );
+        server.stop().await;
     }
 
     #[tokio::test]
