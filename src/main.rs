@@ -273,7 +273,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         Command::Schema => cmd::spec_tools::cmd_schema(),
         Command::Test { specs } => cmd::spec_tools::cmd_test(&specs),
         Command::Preview { spec, input, limit } => {
-            cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit)
+            cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit).await
         }
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
         Command::Rejects(args) => cmd::rejects::cmd_rejects(args).await,
