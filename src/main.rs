@@ -129,7 +129,8 @@ enum Command {
     Send {
         /// The spec whose source queue to send to.
         spec: PathBuf,
-        /// JSON Lines file; each non-empty line becomes one message body, sent as is.
+        /// JSON Lines file; each non-empty line becomes one message body, sent as is. Lines that
+        /// are not UTF-8 or longer than 1 MiB are reported by number and not sent (exit 1).
         input: PathBuf,
         /// Create the queue first if it does not exist.
         #[arg(long)]
