@@ -129,7 +129,8 @@ enum Command {
     Send {
         /// The spec whose source queue to send to.
         spec: PathBuf,
-        /// JSON Lines file; each non-empty line becomes one message body, sent as is.
+        /// JSON Lines file; each non-empty line becomes one message body, sent as is. Lines that
+        /// are not UTF-8 or longer than 1 MiB are reported by number and not sent (exit 1).
         input: PathBuf,
         /// Create the queue first if it does not exist.
         #[arg(long)]
@@ -273,7 +274,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         Command::Schema => cmd::spec_tools::cmd_schema(),
         Command::Test { specs } => cmd::spec_tools::cmd_test(&specs),
         Command::Preview { spec, input, limit } => {
-            cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit)
+            cmd::spec_tools::cmd_preview(&spec, input.as_deref(), limit).await
         }
         Command::PruneLedger(args) => cmd::ledger::cmd_prune(args).await,
         Command::Rejects(args) => cmd::rejects::cmd_rejects(args).await,

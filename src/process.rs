@@ -5,9 +5,13 @@
 use crate::decode::decode;
 use crate::extract::extract;
 use crate::source::ReceivedMessage;
+use crate::source::file::{INVALID_UTF8_ATTRIBUTE, OVERSIZED_LINE_ATTRIBUTE};
+use crate::source::jsonl::MAX_LINE_BYTES;
 use crate::spec::Column;
 use crate::transform::{Context, PendingVault, Tokenizer, Transform};
 use crate::value::Val;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use std::sync::Arc;
 
 /// What became of one message.
@@ -103,10 +107,21 @@ impl Processor {
                 "received {count} times, more than source.max_receive_count ({limit})"
             ));
         }
-        if msg
-            .attributes
-            .contains_key(crate::source::file::INVALID_UTF8_ATTRIBUTE)
-        {
+        let not_utf8 = msg.attributes.contains_key(INVALID_UTF8_ATTRIBUTE);
+        if let Some(len) = msg.attributes.get(OVERSIZED_LINE_ATTRIBUTE) {
+            // The body is only the line's start (the reader never held the rest); the reason
+            // says so, with sizes only, so nobody mistakes it for the whole message.
+            let (kept, encoding) = if not_utf8 {
+                let kept = B64.decode(&msg.body).map_or(0, |raw| raw.len());
+                (kept, ", base64-encoded as they are not valid UTF-8")
+            } else {
+                (msg.body.len(), "")
+            };
+            return reject(format!(
+                "decode: the line is {len} bytes, over the {MAX_LINE_BYTES}-byte limit; the reject keeps its first {kept} bytes{encoding}"
+            ));
+        }
+        if not_utf8 {
             return reject(
                 "decode: the line is not valid UTF-8 (the reject body holds the raw line, base64-encoded)"
                     .into(),
@@ -143,5 +158,80 @@ impl Processor {
             values.push(v);
         }
         Outcome::Row { values, vault }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn message(body: &str, attributes: &[(&str, &str)]) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: "in.jsonl:3".into(),
+            receipt_handle: String::new(),
+            body: body.into(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message_attributes: HashMap::new(),
+        }
+    }
+
+    fn reason(p: Processed) -> String {
+        match p.outcome {
+            Outcome::Reject { reason } => reason,
+            Outcome::Row { .. } => panic!("expected a reject"),
+        }
+    }
+
+    #[test]
+    fn an_oversized_line_is_a_reject_naming_sizes_only() {
+        // No columns: without the marker, `{}` would be a row.
+        let processor = Processor::new(Vec::new(), None, None).unwrap();
+        assert!(matches!(
+            processor.process(message("{}", &[])).outcome,
+            Outcome::Row { .. }
+        ));
+
+        let prefix = format!(
+            "{{\"email\": \"secret@example.com\", \"pad\": \"{}",
+            "x".repeat(4000)
+        );
+        let p = processor.process(message(&prefix, &[(OVERSIZED_LINE_ATTRIBUTE, "2000000")]));
+        assert_eq!(p.body, prefix, "the reject body is the kept prefix");
+        let r = reason(p);
+        assert_eq!(
+            r,
+            format!(
+                "decode: the line is 2000000 bytes, over the 1048576-byte limit; the reject keeps its first {} bytes",
+                prefix.len()
+            )
+        );
+        assert!(!r.contains("secret"));
+
+        // A prefix that is not UTF-8 is base64 in the body; the reason counts the raw bytes.
+        let p = processor.process(message(
+            &B64.encode(b"{\"a\": \"\xff"),
+            &[
+                (OVERSIZED_LINE_ATTRIBUTE, "1048577"),
+                (INVALID_UTF8_ATTRIBUTE, "true"),
+            ],
+        ));
+        assert_eq!(
+            reason(p),
+            "decode: the line is 1048577 bytes, over the 1048576-byte limit; the reject keeps its first 8 bytes, base64-encoded as they are not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_reject() {
+        let processor = Processor::new(Vec::new(), None, None).unwrap();
+        let p = processor.process(message(
+            &B64.encode(b"\xff"),
+            &[(INVALID_UTF8_ATTRIBUTE, "true")],
+        ));
+        assert!(reason(p).starts_with("decode: the line is not valid UTF-8"));
     }
 }

@@ -1,7 +1,8 @@
 //! The file source end to end against real Postgres: the example logins as a JSON Lines file go
 //! through the same transforms, sink, ledger and rejects as SQS messages; a second run of the same
 //! file adds nothing (message ids are file name + line number); a line that is not UTF-8 is a
-//! reject that keeps its bytes; a missing file is a clear error.
+//! reject that keeps its bytes, one over the line cap a reject that keeps its start; a missing
+//! file is a clear error.
 
 mod common;
 use common::*;
@@ -79,9 +80,16 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
     }
     bytes.extend_from_slice(bad_line);
     bytes.push(b'\n');
+    // And one over the 1 MiB line cap: a reject keeping only its first 4096 bytes.
+    let long_line_no = bad_line_no + 1;
+    let mut long_line = b"{\"user_id\": \"".to_vec();
+    long_line.resize(3 << 20, b'x');
+    long_line.extend_from_slice(b"\"}");
+    bytes.extend_from_slice(&long_line);
+    bytes.push(b'\n');
     std::fs::write(&input, bytes).unwrap();
-    lines += 1;
-    let invalid = invalid + 1;
+    lines += 2;
+    let invalid = invalid + 2;
     let spec = file_spec(dir.path(), &input, &db);
 
     let first = summary(dir.path(), &spec, &keyring, "first.json");
@@ -148,6 +156,36 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
         .decode(shown[0]["body"].as_str().unwrap())
         .unwrap();
     assert_eq!(raw, bad_line);
+
+    // The oversized line's reject says why and holds the line's start only.
+    let out = run_engine(
+        &[
+            "rejects",
+            spec.to_str().unwrap(),
+            "--message-id",
+            &format!("logins.jsonl:{long_line_no}"),
+            "--show-bodies",
+            "--reason",
+            "test: oversized line",
+            "--format",
+            "json",
+        ],
+        &[("ETL_KEYRING", keyring.to_str().unwrap())],
+        true,
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        shown[0]["reason"],
+        format!(
+            "decode: the line is {} bytes, over the 1048576-byte limit; the reject keeps its first 4096 bytes",
+            long_line.len()
+        ),
+        "{shown}"
+    );
+    assert_eq!(
+        shown[0]["body"].as_str().map(str::as_bytes),
+        Some(&long_line[..4096])
+    );
 
     // The same file again: everything is a duplicate, nothing is added.
     let second = summary(dir.path(), &spec, &keyring, "second.json");

@@ -369,3 +369,71 @@ async fn missing_keyring_is_a_one_line_error_before_any_service() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn send_reports_lines_that_cannot_be_bodies_and_sends_the_rest() {
+    let endpoint = sqs_endpoint();
+    let (name, url) = fresh_queue(&endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    // `send` never touches Postgres.
+    let spec = logins_spec(
+        dir.path(),
+        &endpoint,
+        &name,
+        "postgres://u:p@127.0.0.1:9/none",
+        "auto",
+    );
+    let text = std::fs::read_to_string(example_logins()).unwrap();
+    let examples: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // 12 lines, a blank line (skipped, as always), a line that is not UTF-8 (line 14), a line
+    // over the 1 MiB SQS limit (15), then 12 more lines: 24 bodies in three batches.
+    let secret = "send-secret-marker";
+    let mut bytes = Vec::new();
+    for l in &examples[..12] {
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(b"  \n");
+    bytes.extend_from_slice(format!("{{\"user_id\": \"{secret}").as_bytes());
+    bytes.extend_from_slice(b"\xff\"}\n");
+    let mut long = format!("{{\"user_id\": \"{secret}").into_bytes();
+    long.resize(2 << 20, b'x');
+    long.extend_from_slice(b"\"}\n");
+    bytes.extend_from_slice(&long);
+    for l in &examples[12..24] {
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    let input = dir.path().join("mixed.jsonl");
+    std::fs::write(&input, &bytes).unwrap();
+
+    let out = run_engine(
+        &["send", spec.to_str().unwrap(), input.to_str().unwrap()],
+        &[],
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("Sent 24 messages"), "{stdout}\n{stderr}");
+    let i = input.display();
+    assert!(
+        stderr.contains(&format!("{i}: line 14 is not valid UTF-8; not sent")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{i}: line 15 is {} bytes, over the 1048576-byte SQS message limit; not sent",
+            long.len() - 1
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 lines of"), "{stderr}");
+    assert!(
+        !stdout.contains(secret) && !stderr.contains(secret),
+        "line contents reached the output"
+    );
+    assert_eq!(queue_depth(&endpoint, &url).await, (24, 0));
+}

@@ -312,3 +312,63 @@ fn preview_of_a_queue_spec_needs_an_input_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--input"), "{}", stderr(&out));
 }
+
+#[test]
+fn preview_shows_lines_that_are_not_utf8_or_too_long_as_rejects() {
+    const CAP: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example_logins()).unwrap();
+    let valid = text.lines().next().unwrap();
+    // Lines 1 and 6 valid, 2 and 3 not UTF-8, 4 blank, 5 one byte over the cap (with "\r\n").
+    let secret = "preview-secret-marker";
+    let mut bytes = format!("{valid}\n{{\"user_id\": \"{secret}").into_bytes();
+    bytes.extend_from_slice(b"\xff\"}\n{\"user_id\": \"\xff\xfe\"}\r\n\n");
+    let mut long = format!("{{\"user_id\": \"{secret}\", \"pad\": \"").into_bytes();
+    long.resize(CAP - 1, b'x');
+    long.extend_from_slice(b"\"}");
+    assert_eq!(long.len(), CAP + 1);
+    bytes.extend_from_slice(&long);
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(format!("{valid}\n").as_bytes());
+    let input = dir.path().join("mixed.jsonl");
+    std::fs::write(&input, &bytes).unwrap();
+
+    let spec = root().join("specs/logins.yaml");
+    let out = run_engine(
+        &[
+            "preview",
+            spec.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        &[],
+        true,
+    );
+    let (out_text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        !out_text.contains(secret) && !err.contains(secret),
+        "line contents reached the output"
+    );
+    let lines: Vec<serde_json::Value> = out_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |n: u64| -> &serde_json::Value {
+        lines
+            .iter()
+            .find(|l| l["line"] == n)
+            .unwrap_or_else(|| panic!("no line {n} in {lines:?}"))
+    };
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(at(1).get("row").is_some(), "{}", at(1));
+    for n in [2, 3] {
+        let reject = at(n)["reject"].as_str().unwrap_or_default();
+        assert!(reject.contains("not valid UTF-8"), "line {n}: {reject}");
+    }
+    assert_eq!(
+        at(5)["reject"],
+        "decode: the line is 1048577 bytes, over the 1048576-byte limit; the reject keeps its first 4096 bytes"
+    );
+    assert!(at(6).get("row").is_some(), "{}", at(6));
+    assert!(err.contains("2 rows, 3 rejects"), "{err}");
+}

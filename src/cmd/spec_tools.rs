@@ -6,12 +6,12 @@ use super::{load, usage};
 use anyhow::{Context, Result};
 use etl_engine::crypto::{Keyring, KeyringError};
 use etl_engine::process::{Outcome, Processor};
-use etl_engine::source::ReceivedMessage;
+use etl_engine::source::file;
+use etl_engine::source::jsonl::JsonLinesReader;
 use etl_engine::spec::{SourceConfig, Spec, SpecConfig};
 use etl_engine::spec_test::run_spec_tests;
 use etl_engine::transform::Tokenizer;
-use std::collections::HashMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 /// The JSON Schema of spec files, generated from the spec types.
@@ -105,8 +105,13 @@ enum Previewed {
 }
 
 /// `etl-engine preview SPEC [--input FILE] [--limit N]`: transforms messages from a JSON Lines
-/// file and prints rows and rejects, writing nothing anywhere.
-pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>) -> Result<u8> {
+/// file and prints rows and rejects, writing nothing anywhere. Lines are read as the file source
+/// reads them, so a line that is not UTF-8 or too long shows as the reject `run` would write.
+pub async fn cmd_preview(
+    spec_path: &Path,
+    input: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<u8> {
     let spec = load(spec_path)?;
     let input: PathBuf = match (input, &spec.source) {
         (Some(p), _) => p.to_path_buf(),
@@ -118,7 +123,8 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
             )));
         }
     };
-    let file = std::fs::File::open(&input)
+    let file = tokio::fs::File::open(&input)
+        .await
         .map_err(|e| usage(format!("cannot read --input {}: {e}", input.display())))?;
     let tokenizer = preview_tokenizer(&spec)?;
     let sqs = matches!(spec.source, SourceConfig::Sqs(_));
@@ -129,37 +135,27 @@ pub fn cmd_preview(spec_path: &Path, input: Option<&Path>, limit: Option<usize>)
     }
     let processor =
         Processor::new(spec.columns.clone(), tokenizer, None).map_err(anyhow::Error::msg)?;
-    let name = input
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| input.display().to_string());
+    let name = file::file_name(&input);
     let now = chrono::Utc::now().timestamp_millis().to_string();
 
+    let mut lines = JsonLinesReader::new(tokio::io::BufReader::new(file));
     let mut results: Vec<(u64, Previewed)> = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        if limit.is_some_and(|l| results.len() >= l) {
+    while limit.is_none_or(|l| results.len() < l) {
+        let Some(line) = lines
+            .next_line()
+            .await
+            .with_context(|| format!("reading {}", input.display()))?
+        else {
             break;
-        }
-        let line_no = i as u64 + 1;
-        let line = line.with_context(|| format!("reading {} line {line_no}", input.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let attributes = if sqs {
-            HashMap::from([
-                ("SentTimestamp".to_string(), now.clone()),
-                ("ApproximateReceiveCount".to_string(), "1".to_string()),
-            ])
-        } else {
-            HashMap::new()
         };
-        let msg = ReceivedMessage {
-            message_id: format!("{name}:{line_no}"),
-            receipt_handle: String::new(),
-            body: line,
-            attributes,
-            message_attributes: HashMap::new(),
-        };
+        let line_no = line.number;
+        let mut msg = file::line_message(&name, line);
+        if sqs {
+            msg.attributes
+                .insert("SentTimestamp".to_string(), now.clone());
+            msg.attributes
+                .insert("ApproximateReceiveCount".to_string(), "1".to_string());
+        }
         let p = match processor.process(msg).outcome {
             Outcome::Row { values, .. } => {
                 Previewed::Row(values.iter().map(|v| v.to_json()).collect())

@@ -1,5 +1,6 @@
 //! Where messages come from: the queue-client abstraction shared by both SQS wire
-//! protocols, the received-message type every later stage reads, and the file source.
+//! protocols, the received-message type every later stage reads, the file source, and the
+//! JSON Lines reader it shares with `preview` and `send`.
 //!
 //! The pipeline talks to a queue only through [`QueueClient`], so the JSON protocol
 //! (aws-sdk-sqs), the query protocol (old LocalStack) and in-memory fakes in unit tests
@@ -7,6 +8,7 @@
 //! upstream never has to parse messages.
 
 pub mod file;
+pub mod jsonl;
 pub mod sqs;
 pub mod sqs_json;
 pub mod sqs_query;
