@@ -47,6 +47,16 @@ pub enum SourceConfig {
     File(FileSourceConfig),
 }
 
+impl SourceConfig {
+    /// The in-flight memory budget in bytes (`source.max_in_flight_bytes`).
+    pub fn max_in_flight_bytes(&self) -> u64 {
+        match self {
+            SourceConfig::Sqs(s) => s.max_in_flight_bytes,
+            SourceConfig::File(f) => f.max_in_flight_bytes,
+        }
+    }
+}
+
 /// SQS source settings.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +87,10 @@ pub struct SqsSourceConfig {
     /// A message received more often than this goes to rejects instead of looping forever.
     #[serde(default = "default_max_receive_count")]
     pub max_receive_count: u32,
+    /// Memory budget for messages received and not yet written, in bytes (each message is
+    /// charged twice its body plus 1 KiB). Receiving waits while the budget is spent.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
 }
 
 /// SQS wire protocol.
@@ -98,6 +112,9 @@ pub enum SqsProtocol {
 pub struct FileSourceConfig {
     /// Path of the JSON Lines file; relative paths are relative to the working directory.
     pub path: String,
+    /// Memory budget for lines read and not yet written, in bytes (as for SQS).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
 }
 
 /// Postgres target settings.
@@ -295,6 +312,11 @@ fn default_max_messages() -> u32 {
 fn default_pollers() -> u32 {
     4
 }
+/// 64 MiB: ample for thousands of small messages in flight, and bounds a queue of large ones.
+fn default_max_in_flight_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
 fn default_max_receive_count() -> u32 {
     10
 }
