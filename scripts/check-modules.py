@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when the top-level modules of src/ (the library crate) depend on each other in a cycle.
+"""Fails when the top-level modules of src/ (the library crate) depend on each other in a cycle,
+or when a file under src/ has more than 600 lines before its `#[cfg(test)]` part.
 
 A module's dependencies are the `crate::NAME` references in its files, outside their
 `#[cfg(test)]` part (tests may reach anywhere). The binary's modules (`main.rs`, `cmd/`) sit above
@@ -13,6 +14,7 @@ import sys
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
 BINARY_ONLY = {"main", "cmd"}
+MAX_LINES = 600
 REF = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\bcrate::\{([^}]*)\}", re.S)
@@ -32,7 +34,26 @@ def code_before_tests(text):
     return "\n".join(line.split("//", 1)[0] for line in text.splitlines())
 
 
+def long_files():
+    """Files under src/ (binary included) with more than MAX_LINES lines before their tests."""
+    out = []
+    for dirpath, _, files in os.walk(SRC):
+        for name in files:
+            if name.endswith(".rs"):
+                path = os.path.join(dirpath, name)
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+                cut = text.find("#[cfg(test)]")
+                n = len((text[:cut] if cut >= 0 else text).splitlines())
+                if n > MAX_LINES:
+                    out.append((os.path.relpath(path, os.path.join(SRC, "..")), n))
+    return sorted(out)
+
+
 def main():
+    too_long = long_files()
+    for path, n in too_long:
+        print(f"{path}: {n} lines before its tests (at most {MAX_LINES}); split it along its concepts")
     graph = {}
     for dirpath, _, files in os.walk(SRC):
         for name in files:
@@ -90,6 +111,8 @@ def main():
             for m in c:
                 inside = sorted(d for d in graph[m] if d in c)
                 print(f"  {m} uses {', '.join(inside)}")
+        return 1
+    if too_long:
         return 1
     # Layers: a module's layer is one more than the highest layer it uses.
     layer = {}
