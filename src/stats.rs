@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one written batch did, as counted in [`Stats`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub struct Stats {
     pub commit_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     /// Encryptions by key id since start (nonce budget), flushed to the key-usage table.
     pub encryptions: std::sync::Mutex<HashMap<String, u64>>,
+    /// When the last batch was written: the summary's rate counts time up to here, not the
+    /// empty polls that end a drain.
+    pub last_write: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Upper bounds (ms) of the commit-latency histogram buckets.
@@ -66,6 +69,9 @@ impl Stats {
                 self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
+        if let Ok(mut last) = self.last_write.lock() {
+            *last = Some(Instant::now());
+        }
         if !encryptions.is_empty()
             && let Ok(mut e) = self.encryptions.lock()
         {
@@ -75,10 +81,18 @@ impl Stats {
         }
     }
 
-    /// A snapshot for the summary.
-    pub fn summary(&self, elapsed: Duration) -> Summary {
+    /// A snapshot for the summary of a run that started at `started`.
+    pub fn summary(&self, started: Instant) -> Summary {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64().max(1e-9);
+        let elapsed = started.elapsed();
+        // Busy time: up to the last write (the empty polls that end a drain are not work).
+        let active = self
+            .last_write
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map_or(elapsed, |l| l.saturating_duration_since(started));
+        let secs = active.as_secs_f64().max(1e-9);
         Summary {
             received: g(&self.received),
             rows: g(&self.rows),
@@ -89,9 +103,11 @@ impl Stats {
             retries: g(&self.retries),
             batches: g(&self.batches),
             elapsed_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            active_secs: (active.as_secs_f64() * 1000.0).round() / 1000.0,
             messages_per_sec: ((g(&self.rows) + g(&self.rejects) + g(&self.duplicates)) as f64
                 / secs)
                 .round(),
+            left_in_queue: None,
         }
     }
 }
@@ -108,15 +124,22 @@ pub struct Summary {
     pub released: u64,
     pub retries: u64,
     pub batches: u64,
+    /// Wall time of the whole run.
     pub elapsed_secs: f64,
+    /// Time from start to the last write: what `messages_per_sec` is computed over.
+    pub active_secs: f64,
     pub messages_per_sec: f64,
+    /// With `--drain` on SQS: messages the queue still counted when the run ended (0 when it
+    /// drained completely; absent when the counts could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_in_queue: Option<u64>,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "received {}, written {}, rejected {}, duplicates skipped {}, deleted {}, released {}, retries {} in {:.1} s ({} msgs/s)",
+            "received {}, written {}, rejected {}, duplicates skipped {}, deleted {}, released {}, retries {} in {:.1} s ({} msgs/s over {:.1} s of writing)",
             self.received,
             self.rows,
             self.rejects,
@@ -125,7 +148,12 @@ impl std::fmt::Display for Summary {
             self.released,
             self.retries,
             self.elapsed_secs,
-            self.messages_per_sec
-        )
+            self.messages_per_sec,
+            self.active_secs
+        )?;
+        match self.left_in_queue {
+            Some(n) if n > 0 => write!(f, "; {n} message(s) left in the queue"),
+            _ => Ok(()),
+        }
     }
 }

@@ -12,6 +12,9 @@ use etl_engine::sink::{self, Sink};
 use etl_engine::source::{self, QueueClient, SqsError};
 use etl_engine::spec::SourceConfig;
 use etl_engine::stats::Stats;
+
+/// Exit code of `run --drain` when the queue still counted messages at the end.
+pub const EXIT_DRAIN_INCOMPLETE: u8 = 4;
 use etl_engine::transform::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -207,5 +210,16 @@ pub async fn cmd_run(
         let json = serde_json::to_string_pretty(&summary)?;
         std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?;
     }
-    Ok(0)
+    // A drain that ended with messages still counted in the queue did not drain it: say so in
+    // the exit code too, so a script never takes it for a complete run.
+    match summary.left_in_queue {
+        Some(n) if n > 0 => {
+            eprintln!(
+                "{}: the drain ended with {n} message(s) still in the queue (held by another consumer, delayed, or not yet visible); run it again to take them",
+                spec.name
+            );
+            Ok(EXIT_DRAIN_INCOMPLETE)
+        }
+        _ => Ok(0),
+    }
 }

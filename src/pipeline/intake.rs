@@ -4,6 +4,7 @@
 //! stays in the queue, not in memory.
 
 use super::budget::ByteBudget;
+use super::drain::{Drain, Verdict};
 use super::{PipelineError, Queued, RECEIVE_GRACE, RunOptions, Shared};
 use crate::process::Processor;
 use crate::retry::{Backoff, retry};
@@ -95,6 +96,8 @@ pub(super) struct Poller {
     /// Messages in flight (queued + being written + being deleted) beyond which it waits.
     pub max_in_flight: usize,
     pub opts: RunOptions,
+    /// When draining: decides whether an empty receive ends this poller.
+    pub drain: Option<Arc<Drain>>,
 }
 
 /// Receives, processes and queues messages for the writers until `stop` fires, the run fails,
@@ -108,6 +111,7 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
         tx,
         max_in_flight,
         opts,
+        drain,
     } = p;
     // Draining ends once the queue stayed empty for one whole long poll; a wait of 0 (short
     // polling samples only some servers) is raised to 1 s so "empty" means empty.
@@ -158,11 +162,23 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
             }
         };
         if msgs.is_empty() {
-            if opts.drain {
-                tracing::debug!(poller = n, "Queue looks empty; poller done.");
-                break;
+            if let Some(drain) = &drain {
+                match drain.check(&shared.in_flight, queue.as_ref()).await {
+                    Verdict::Done => {
+                        tracing::debug!(
+                            poller = n,
+                            "The queue is empty and nothing is in flight; poller done."
+                        );
+                        break;
+                    }
+                    Verdict::GiveUp => break,
+                    Verdict::KeepPolling => {}
+                }
             }
             continue;
+        }
+        if let Some(drain) = &drain {
+            drain.reset();
         }
         stats
             .received

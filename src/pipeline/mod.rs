@@ -22,6 +22,7 @@
 
 mod acker;
 mod budget;
+mod drain;
 mod in_flight;
 mod intake;
 mod visibility;
@@ -216,6 +217,13 @@ pub async fn run(
         failure: failure.clone(),
     };
     let unwritten = Arc::new(AtomicU64::new(0));
+    let drain = match (&spec.source, opts.drain) {
+        (SourceConfig::Sqs(cfg), true) => Some(Arc::new(drain::Drain::new(
+            Duration::from_secs(u64::from(cfg.visibility_timeout_secs)),
+            Duration::from_secs(u64::from(cfg.wait_time_secs.max(1))),
+        ))),
+        _ => None,
+    };
 
     // Past the shutdown deadline, writes and deletes in progress are abandoned.
     let hard_stop = CancellationToken::new();
@@ -249,6 +257,7 @@ pub async fn run(
                     tx: tx.clone(),
                     max_in_flight,
                     opts,
+                    drain: drain.clone(),
                 };
                 producers.push(spawn_task(
                     "poller",
@@ -344,7 +353,9 @@ pub async fn run(
     if unwritten > 0 {
         return Err(PipelineError::ShutdownTimeout { unwritten });
     }
-    Ok(stats.summary(started.elapsed()))
+    let mut summary = stats.summary(started);
+    summary.left_in_queue = drain.and_then(|d| d.left());
+    Ok(summary)
 }
 
 /// After a failure: drops what is still queued for writers and makes every message this
