@@ -70,9 +70,10 @@ BEGIN
       END
       $body$$f$, s);
   END IF;
+  -- EXECUTE PROCEDURE, not EXECUTE FUNCTION: the same thing, and accepted by PostgreSQL 10 too.
   IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = audit AND tgname = 'etl_vault_audit_append_only') THEN
     EXECUTE format('CREATE TRIGGER etl_vault_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %I.etl_vault_audit_append_only()', audit, s);
+                   'FOR EACH STATEMENT EXECUTE PROCEDURE %I.etl_vault_audit_append_only()', audit, s);
   END IF;
 END
 $etl$;

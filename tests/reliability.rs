@@ -772,7 +772,7 @@ async fn a_permanent_postgres_error_stops_the_run_and_hands_every_message_back()
         &s.db,
         "CREATE FUNCTION deny() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
          RAISE EXCEPTION 'permission denied for table user_logins' USING ERRCODE = 'insufficient_privilege'; END $$; \
-         CREATE TRIGGER deny BEFORE INSERT ON user_logins FOR EACH ROW EXECUTE FUNCTION deny();",
+         CREATE TRIGGER deny BEFORE INSERT ON user_logins FOR EACH ROW EXECUTE PROCEDURE deny();",
     )
     .await;
     let bodies: Vec<String> = (0..20).map(|i| body("perm", i)).collect();

@@ -204,7 +204,7 @@ async fn no_audit_row_means_nothing_decrypted() {
     exec(
         &f.db,
         "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit storage is full'; END $$;
-         CREATE TRIGGER refuse_audit BEFORE INSERT ON etl_vault_audit FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+         CREATE TRIGGER refuse_audit BEFORE INSERT ON etl_vault_audit FOR EACH ROW EXECUTE PROCEDURE refuse_audit();",
     )
     .await;
     for format in ["text", "csv", "json"] {

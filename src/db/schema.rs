@@ -100,9 +100,10 @@ BEGIN
       END
       $body$$f$, s);
   END IF;
+  -- EXECUTE PROCEDURE, not EXECUTE FUNCTION: the same thing, and accepted by PostgreSQL 10 too.
   IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = audit AND tgname = '{AUDIT_TABLE}_append_only') THEN
     EXECUTE format('CREATE TRIGGER {AUDIT_TABLE}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %I.{AUDIT_TABLE}_append_only()', audit, s);
+                   'FOR EACH STATEMENT EXECUTE PROCEDURE %I.{AUDIT_TABLE}_append_only()', audit, s);
   END IF;
 END
 $etl$"#
