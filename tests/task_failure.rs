@@ -13,7 +13,7 @@ use etl_engine::pipeline::{self, PipelineError, RunOptions};
 use etl_engine::process::Processor;
 use etl_engine::sink::Sink;
 use etl_engine::source::{
-    BatchEntry, BatchFailure, QueueClient, ReceiveRequest, ReceivedMessage, SqsError,
+    BatchEntry, BatchFailure, QueueClient, ReceiveRequest, ReceivedMessage, Source, SqsError,
 };
 use etl_engine::stats::Stats;
 use etl_engine::transform::Tokenizer;
@@ -189,7 +189,13 @@ impl Setup {
             &self.spec,
             processor,
             sink,
-            Some(queue as Arc<dyn QueueClient>),
+            Source::Sqs {
+                config: match &self.spec.source {
+                    etl_engine::spec::SourceConfig::Sqs(c) => c.clone(),
+                    other => panic!("an SQS spec, not {other:?}"),
+                },
+                client: queue as Arc<dyn QueueClient>,
+            },
             RunOptions { drain: true },
             stats,
             CancellationToken::new(),

@@ -9,7 +9,7 @@ use etl_engine::process::Processor;
 use etl_engine::progress::{Progress, ProgressConfig, ProgressMode, QueueDepth};
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, Sink};
-use etl_engine::source::{self, QueueClient, SqsError};
+use etl_engine::source::{self, Source, SqsError};
 use etl_engine::spec::SourceConfig;
 use etl_engine::stats::Stats;
 
@@ -142,20 +142,20 @@ pub async fn cmd_run(
         .await
         .map_err(usage)?;
 
-    let queue: Option<Arc<dyn QueueClient>> = match &spec.source {
-        SourceConfig::Sqs(cfg) => Some(
-            retry(
-                Backoff { max_elapsed: std::time::Duration::from_secs(60), ..Backoff::SQS },
-                &cancel,
-                SqsError::is_retriable,
-                |e, attempt, _| tracing::warn!(attempt, error = %e, "SQS is not reachable yet; retrying."),
-                || source::sqs::connect(cfg),
-            )
-            .await
-            .map_err(|e| anyhow!("cannot connect to SQS queue {} (source.queue): {e}", cfg.queue))?,
-        ),
-        SourceConfig::File(_) => None,
-    };
+    let connecting = cancel.clone();
+    let source = Source::build(&spec.source, |cfg| async move {
+        retry(
+            Backoff { max_elapsed: std::time::Duration::from_secs(60), ..Backoff::SQS },
+            &connecting,
+            SqsError::is_retriable,
+            |e, attempt, _| tracing::warn!(attempt, error = %e, "SQS is not reachable yet; retrying."),
+            || source::sqs::connect(&cfg),
+        )
+        .await
+        .map_err(|e| anyhow!("cannot connect to SQS queue {} (source.queue): {e}", cfg.queue))
+    })
+    .await?;
+    let queue = source.queue();
     let max_receive = match &spec.source {
         SourceConfig::Sqs(cfg) => Some(cfg.max_receive_count),
         SourceConfig::File(_) => None,
@@ -190,7 +190,7 @@ pub async fn cmd_run(
         &spec,
         processor,
         sink,
-        queue,
+        source,
         RunOptions { drain },
         stats.clone(),
         cancel,

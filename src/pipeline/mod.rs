@@ -32,8 +32,8 @@ pub use intake::parse_redrive_policy;
 
 use crate::process::{Processed, Processor};
 use crate::sink::{Sink, SinkError};
-use crate::source::{QueueClient, SqsError};
-use crate::spec::{SourceConfig, Spec};
+use crate::source::{QueueClient, Source, SqsError};
+use crate::spec::Spec;
 use crate::stats::{Stats, Summary};
 use budget::{ByteBudget, Charge};
 use in_flight::InFlight;
@@ -174,15 +174,17 @@ const HAND_BACK_LIMIT: Duration = Duration::from_secs(15);
 
 /// How long shutdown may spend writing and deleting before it gives up and hands the rest back:
 /// half the visibility timeout, so a replacement process is not kept waiting for the messages.
-fn shutdown_deadline(spec: &Spec) -> Duration {
-    match &spec.source {
-        SourceConfig::Sqs(cfg) => (Duration::from_secs(u64::from(cfg.visibility_timeout_secs)) / 2)
-            .clamp(Duration::from_secs(1), Duration::from_secs(300)),
-        SourceConfig::File(_) => Duration::from_secs(30),
+fn shutdown_deadline(source: &Source) -> Duration {
+    match source {
+        Source::Sqs { config, .. } => {
+            (Duration::from_secs(u64::from(config.visibility_timeout_secs)) / 2)
+                .clamp(Duration::from_secs(1), Duration::from_secs(300))
+        }
+        Source::File(_) => Duration::from_secs(30),
     }
 }
 
-/// Runs a spec until drained or cancelled.
+/// Runs a spec's pipeline from `source` until drained or cancelled.
 ///
 /// Cancelling `cancel` is a graceful shutdown: receiving stops, what was received is written
 /// and deleted, and the summary is returned. If writing cannot finish within
@@ -193,12 +195,13 @@ pub async fn run(
     spec: &Spec,
     processor: Processor,
     sink: Arc<Sink>,
-    queue: Option<Arc<dyn QueueClient>>,
+    source: Source,
     opts: RunOptions,
     stats: Arc<Stats>,
     cancel: CancellationToken,
 ) -> Result<Summary, PipelineError> {
     let started = Instant::now();
+    let queue = source.queue();
     let capacity = (spec.target.batch_size * spec.target.writers as usize).max(10);
     let (tx, rx) = mpsc::channel::<Queued>(capacity);
     let rx = Arc::new(Mutex::new(rx));
@@ -217,10 +220,10 @@ pub async fn run(
         failure: failure.clone(),
     };
     let unwritten = Arc::new(AtomicU64::new(0));
-    let drain = match (&spec.source, opts.drain) {
-        (SourceConfig::Sqs(cfg), true) => Some(Arc::new(drain::Drain::new(
-            Duration::from_secs(u64::from(cfg.visibility_timeout_secs)),
-            Duration::from_secs(u64::from(cfg.wait_time_secs.max(1))),
+    let drain = match (&source, opts.drain) {
+        (Source::Sqs { config, .. }, true) => Some(Arc::new(drain::Drain::new(
+            Duration::from_secs(u64::from(config.visibility_timeout_secs)),
+            Duration::from_secs(u64::from(config.wait_time_secs.max(1))),
         ))),
         _ => None,
     };
@@ -228,8 +231,11 @@ pub async fn run(
     // Past the shutdown deadline, writes and deletes in progress are abandoned.
     let hard_stop = CancellationToken::new();
     let deadline_task = {
-        let (cancel, hard_stop, grace) =
-            (cancel.clone(), hard_stop.clone(), shutdown_deadline(spec));
+        let (cancel, hard_stop, grace) = (
+            cancel.clone(),
+            hard_stop.clone(),
+            shutdown_deadline(&source),
+        );
         tokio::spawn(async move {
             cancel.cancelled().await;
             tokio::time::sleep(grace).await;
@@ -241,13 +247,16 @@ pub async fn run(
         })
     };
 
-    if let (SourceConfig::Sqs(cfg), Some(q)) = (&spec.source, &queue) {
-        intake::check_queue_settings(spec, cfg, q.as_ref()).await;
+    if let Source::Sqs { config, client } = &source {
+        intake::check_queue_settings(spec, config, client.as_ref()).await;
     }
 
     let mut producers = Vec::new();
-    match (&spec.source, &queue) {
-        (SourceConfig::Sqs(cfg), Some(q)) => {
+    match &source {
+        Source::Sqs {
+            config: cfg,
+            client: q,
+        } => {
             for n in 0..cfg.pollers {
                 let poller = intake::Poller {
                     n,
@@ -266,7 +275,7 @@ pub async fn run(
                 ));
             }
         }
-        (SourceConfig::File(f), _) => {
+        Source::File(f) => {
             let path = f.path.clone();
             let (p, tx2, shared2, stop) = (
                 processor.clone(),
@@ -285,9 +294,6 @@ pub async fn run(
                 },
                 &failure,
             ));
-        }
-        (SourceConfig::Sqs(_), None) => {
-            unreachable!("an SQS spec is always run with a queue client")
         }
     }
     drop(tx);
@@ -317,19 +323,19 @@ pub async fn run(
         &failure,
     );
     let heartbeat_stop = CancellationToken::new();
-    let heartbeat = match (&spec.source, &queue) {
-        (SourceConfig::Sqs(cfg), Some(q)) => Some(spawn_task(
+    let heartbeat = match &source {
+        Source::Sqs { config, client } => Some(spawn_task(
             "heartbeat",
             visibility::heartbeat_loop(
-                cfg.visibility_timeout_secs,
-                q.clone(),
+                config.visibility_timeout_secs,
+                client.clone(),
                 shared.in_flight.clone(),
                 stats.clone(),
                 heartbeat_stop.clone(),
             ),
             &failure,
         )),
-        _ => None,
+        Source::File(_) => None,
     };
 
     // The supervising wrappers never panic themselves, so joining them cannot fail; failures of

@@ -7,11 +7,14 @@
 //! are interchangeable. Errors are classified here, where they occur, so retry logic
 //! upstream never has to parse messages.
 
+mod built;
 pub mod file;
 pub mod jsonl;
 pub mod sqs;
 pub mod sqs_json;
 pub mod sqs_query;
+
+pub use built::Source;
 
 use futures::future::BoxFuture;
 use std::collections::HashMap;
