@@ -97,31 +97,7 @@ enum Command {
         force: bool,
     },
     /// Recover original values of an encrypted column. Every recovery is audited.
-    VaultDecrypt {
-        /// The spec whose target table and vault to read.
-        spec: PathBuf,
-        /// The encrypted column, e.g. masked_ip.
-        #[arg(long)]
-        column: String,
-        /// Tokens to recover (the values stored in the column).
-        #[arg(long = "token")]
-        tokens: Vec<String>,
-        /// Read tokens from stdin, one per line.
-        #[arg(long)]
-        stdin: bool,
-        /// Select rows of the target table: COLUMN=VALUE (repeatable; values are bound as parameters).
-        #[arg(long = "where")]
-        selectors: Vec<String>,
-        /// Why the values are needed; recorded in the audit table. Required.
-        #[arg(long)]
-        reason: String,
-        /// Who is recovering (default: the OS user).
-        #[arg(long)]
-        actor: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
+    VaultDecrypt(cmd::decrypt::DecryptArgs),
     /// List rejected messages (id, time, reason); with --show-bodies --reason, also their
     /// original bodies, decrypted and audited.
     Rejects(cmd::rejects::RejectsArgs),
@@ -251,21 +227,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::VaultDecrypt {
-            spec,
-            column,
-            tokens,
-            stdin,
-            selectors,
-            reason,
-            actor,
-            format,
-        } => {
-            cmd::decrypt::cmd_decrypt(
-                &spec, column, tokens, stdin, selectors, reason, actor, format,
-            )
-            .await
-        }
+        Command::VaultDecrypt(args) => cmd::decrypt::cmd_decrypt(args).await,
         Command::Send {
             spec,
             input,

@@ -4,10 +4,21 @@
 use super::{load, load_keyring, usage};
 use anyhow::{Result, anyhow};
 use etl_engine::crypto::VaultCipher;
+use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, Sink};
-use etl_engine::source;
+use etl_engine::source::{self, SqsError};
 use etl_engine::spec::SourceConfig;
 use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Retrying the SQS calls: rides out throttling or a dropped connection (what the SDK's own
+/// three attempts did before they were turned off), yet a wrong endpoint still fails the check
+/// within seconds.
+const SQS_RETRY: Backoff = Backoff {
+    max_elapsed: Duration::from_secs(10),
+    ..Backoff::SQS
+};
 
 /// Runs the checks in order and stops at the first failure, which becomes the error.
 pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
@@ -54,12 +65,19 @@ pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
 
     match &spec.source {
         SourceConfig::Sqs(cfg) => {
-            let q = source::sqs::connect(cfg)
-                .await
-                .map_err(|e| anyhow!("SQS queue {} (source.queue): {e}", cfg.queue))?;
-            let attrs = q
-                .queue_attributes(vec!["ApproximateNumberOfMessages".into()])
-                .await?;
+            let cancel = CancellationToken::new();
+            let warn = |e: &SqsError, attempt: u32, _: Duration| {
+                tracing::warn!(attempt, error = %e, "An SQS call failed; retrying.");
+            };
+            let q = retry(SQS_RETRY, &cancel, SqsError::is_retriable, warn, || {
+                source::sqs::connect(cfg)
+            })
+            .await
+            .map_err(|e| anyhow!("SQS queue {} (source.queue): {e}", cfg.queue))?;
+            let attrs = retry(SQS_RETRY, &cancel, SqsError::is_retriable, warn, || {
+                q.queue_attributes(vec!["ApproximateNumberOfMessages".into()])
+            })
+            .await?;
             let depth = attrs
                 .get("ApproximateNumberOfMessages")
                 .map(String::as_str)

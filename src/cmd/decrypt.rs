@@ -1,29 +1,60 @@
 //! `etl-engine vault-decrypt`: audited recovery of original values.
 
 use super::{connect_db, load, load_keyring, usage};
+use crate::OutputFormat;
 use anyhow::{Context, Result};
 use etl_engine::crypto::VaultCipher;
 use etl_engine::sink;
 use etl_engine::vault::recover::{self, Selector};
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-#[allow(clippy::too_many_arguments)]
-pub async fn cmd_decrypt(
-    spec_path: &Path,
+/// Arguments of `etl-engine vault-decrypt`.
+#[derive(clap::Args)]
+pub struct DecryptArgs {
+    /// The spec whose target table and vault to read.
+    spec: PathBuf,
+    /// The encrypted column, e.g. masked_ip.
+    #[arg(long)]
     column: String,
-    mut tokens: Vec<String>,
+    /// Tokens to recover (the values stored in the column).
+    #[arg(long = "token")]
+    tokens: Vec<String>,
+    /// Read tokens from stdin, one per line.
+    #[arg(long)]
     stdin: bool,
+    /// Select rows of the target table: COLUMN=VALUE (repeatable; values are bound as parameters).
+    #[arg(long = "where")]
     selectors: Vec<String>,
+    /// Why the values are needed; recorded in the audit table. Required.
+    #[arg(long)]
     reason: String,
+    /// Who is recovering (default: the OS user).
+    #[arg(long)]
     actor: Option<String>,
-    format: crate::OutputFormat,
-) -> Result<u8> {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+/// Runs `etl-engine vault-decrypt`: prints the recovered values and exits 0, or 3 when a token
+/// is not in the vault.
+pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
+    let DecryptArgs {
+        spec: spec_path,
+        column,
+        mut tokens,
+        stdin,
+        selectors,
+        reason,
+        actor,
+        format,
+    } = args;
     if reason.trim().is_empty() {
         return Err(usage("--reason must say why the values are needed"));
     }
-    let spec = load(spec_path)?;
+    let spec = load(&spec_path)?;
     let ring = load_keyring(&spec)?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);
@@ -70,18 +101,18 @@ pub async fn cmd_decrypt(
     let out = recover::recover(&pool, &spec, &cipher, &req).await?;
     let mut stdout = std::io::stdout().lock();
     match format {
-        crate::OutputFormat::Text => {
+        OutputFormat::Text => {
             for r in &out.recovered {
                 writeln!(stdout, "{}\t{}", r.token, r.value.as_str())?;
             }
         }
-        crate::OutputFormat::Csv => {
+        OutputFormat::Csv => {
             writeln!(stdout, "token,value")?;
             for r in &out.recovered {
                 writeln!(stdout, "{},{}", r.token, csv_field(&r.value))?;
             }
         }
-        crate::OutputFormat::Json => {
+        OutputFormat::Json => {
             let items: Vec<serde_json::Value> = out
                 .recovered
                 .iter()

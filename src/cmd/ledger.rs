@@ -121,16 +121,22 @@ async fn check_against_queue_retention(
         return Ok(());
     };
     let cancel = CancellationToken::new();
+    let backoff = Backoff {
+        max_elapsed: Duration::from_secs(20),
+        ..Backoff::SQS
+    };
+    let warn = |e: &SqsError, attempt: u32, _: Duration| {
+        tracing::warn!(attempt, error = %e, "SQS is not reachable yet; retrying.");
+    };
     let attrs = async {
-        let queue = retry(
-            Backoff { max_elapsed: Duration::from_secs(20), ..Backoff::SQS },
-            &cancel,
-            SqsError::is_retriable,
-            |e, attempt, _| tracing::warn!(attempt, error = %e, "SQS is not reachable yet; retrying."),
-            || source::sqs::connect(cfg),
-        )
+        let queue = retry(backoff, &cancel, SqsError::is_retriable, warn, || {
+            source::sqs::connect(cfg)
+        })
         .await?;
-        queue.queue_attributes(vec!["MessageRetentionPeriod".into()]).await
+        retry(backoff, &cancel, SqsError::is_retriable, warn, || {
+            queue.queue_attributes(vec!["MessageRetentionPeriod".into()])
+        })
+        .await
     }
     .await;
     let retention_secs = match attrs.map(|a| {

@@ -15,6 +15,7 @@ use etl_engine::spec::SourceConfig;
 use futures::TryStreamExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 const BATCH: usize = 10;
 /// Batch calls in flight at once.
 const IN_FLIGHT: usize = 8;
+/// Retrying the calls that find (or create) the queue: rides out throttling and an endpoint
+/// that is still starting, as `run` does, yet a wrong endpoint fails within a minute.
+const SETUP_RETRY: Backoff = Backoff {
+    max_elapsed: Duration::from_secs(60),
+    ..Backoff::SQS
+};
 
 pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8> {
     let spec = load(spec_path)?;
@@ -39,13 +46,23 @@ pub async fn cmd_send(spec_path: &Path, input: &Path, create: bool) -> Result<u8
     let setup =
         source::sqs::aws_setup(cfg.endpoint_url.as_deref(), &cfg.region, cfg.wait_time_secs)
             .await?;
+    let cancel = CancellationToken::new();
+    let warn = |e: &SqsError, attempt: u32, _: Duration| {
+        tracing::warn!(attempt, error = %e, "SQS is not reachable yet; retrying.");
+    };
     if create && !cfg.queue.starts_with("http") {
-        source::sqs::create_queue(&setup, &cfg.queue, &[]).await?;
+        // CreateQueue with the same attributes is idempotent, so retrying it is safe.
+        retry(SETUP_RETRY, &cancel, SqsError::is_retriable, warn, || {
+            source::sqs::create_queue(&setup, &cfg.queue, &[])
+        })
+        .await?;
     }
-    let queue = source::sqs::connect_with(&setup, &cfg.queue, cfg.protocol).await?;
+    let queue = retry(SETUP_RETRY, &cancel, SqsError::is_retriable, warn, || {
+        source::sqs::connect_with(&setup, &cfg.queue, cfg.protocol)
+    })
+    .await?;
 
     let mut not_sent = 0u64;
-    let cancel = CancellationToken::new();
     let batches = futures::stream::try_unfold(
         (&mut lines, &mut not_sent),
         |(lines, not_sent)| async move {

@@ -7,6 +7,7 @@ use super::sqs_query::QueryClient;
 use super::{ErrorKind, QueueClient, SqsError};
 use crate::spec::{SqsProtocol, SqsSourceConfig};
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -65,8 +66,14 @@ pub async fn aws_setup(
     let endpoint = endpoint_url
         .map(str::to_string)
         .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+    // The SDK's own retries (standard mode: 3 attempts) are off, so the engine's retries
+    // (`retry::retry` and its `Backoff`) are the only layer: under both, each engine attempt was
+    // up to three SDK attempts, not counted in `etl_retries_total` and past the backoff's bound.
+    let sqs_conf = aws_sdk_sqs::config::Builder::from(&conf)
+        .retry_config(RetryConfig::disabled())
+        .build();
     Ok(AwsSetup {
-        sdk: aws_sdk_sqs::Client::new(&conf),
+        sdk: aws_sdk_sqs::Client::from_conf(sqs_conf),
         credentials,
         region: region.to_string(),
         endpoint,

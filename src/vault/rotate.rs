@@ -183,45 +183,66 @@ pub async fn rotate(
         ..Default::default()
     };
     let mut budget = opts.max_rows;
-    report.vault = rotate_table(
+    let run = Rotation {
         pool,
-        Kind::Vault,
-        &spec.vault.table,
-        &spec.target.table,
         cipher,
-        &active,
-        opts.batch_size,
-        &mut budget,
-        &mut report.encryptions,
-    )
-    .await?;
-    report.rejects = rotate_table(
-        pool,
-        Kind::Rejects,
-        &spec.rejects.table,
-        &spec.name,
-        cipher,
-        &active,
-        opts.batch_size,
-        &mut budget,
-        &mut report.encryptions,
-    )
-    .await?;
+        active: &active,
+        batch_size: opts.batch_size,
+    };
+    let vault = TableScope {
+        kind: Kind::Vault,
+        table: &spec.vault.table,
+        scope: &spec.target.table,
+    };
+    report.vault = rotate_table(&run, vault, &mut budget, &mut report.encryptions).await?;
+    let rejects = TableScope {
+        kind: Kind::Rejects,
+        table: &spec.rejects.table,
+        scope: &spec.name,
+    };
+    report.rejects = rotate_table(&run, rejects, &mut budget, &mut report.encryptions).await?;
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn rotate_table(
-    pool: &PgPool,
-    kind: Kind,
-    table: &str,
-    scope: &str,
-    cipher: &VaultCipher,
-    active: &str,
+/// What every table of one rotation shares.
+struct Rotation<'a> {
+    /// Connections to the database holding the tables.
+    pool: &'a PgPool,
+    /// Decrypts under the old keys and encrypts under the active one.
+    cipher: &'a VaultCipher,
+    /// The key id every rotated row ends up under.
+    active: &'a str,
+    /// Rows read and updated per transaction.
     batch_size: u32,
+}
+
+/// One table to rotate, and which of its rows belong to the spec being rotated.
+struct TableScope<'a> {
+    /// Which of the two ciphertext tables this is, which decides its statements and binding.
+    kind: Kind,
+    /// The table's name as the spec gives it.
+    table: &'a str,
+    /// The target table (vault) or pipeline name (rejects) whose rows are rotated; other specs'
+    /// rows sharing the table are left alone.
+    scope: &'a str,
+}
+
+/// Re-encrypts the rows of one table in `target` that are not under the active key, in batches,
+/// stopping when none are left or `budget` (rows, shared by both tables) runs out. Counts each
+/// encryption per key id in `encryptions`.
+async fn rotate_table(
+    run: &Rotation<'_>,
+    target: TableScope<'_>,
     budget: &mut Option<u64>,
     encryptions: &mut HashMap<String, u64>,
 ) -> Result<TableReport, RotateError> {
+    let Rotation {
+        pool,
+        cipher,
+        active,
+        batch_size,
+    } = *run;
+    let TableScope { kind, table, scope } = target;
     let db = |source: sqlx::Error| RotateError::Db {
         table: table.to_string(),
         source,

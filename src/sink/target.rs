@@ -1,0 +1,81 @@
+//! Checking, before any write, that the target table has every spec column with a type the
+//! column's values can be written to.
+
+use super::{Sink, SinkError};
+use crate::spec::Column;
+use crate::value::ValType;
+use sqlx::postgres::PgPool;
+use std::collections::HashMap;
+
+impl Sink {
+    /// Checks that the target table exists and has every spec column with a type the column's
+    /// value can be written to, naming every problem at once.
+    pub async fn check_target(
+        pool: &PgPool,
+        table: &str,
+        columns: &[Column],
+    ) -> Result<(), SinkError> {
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, table.to_string()),
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_name = $1 AND ($2::text IS NULL AND table_schema = ANY(current_schemas(false)) OR table_schema = $2)",
+        )
+        .bind(&name)
+        .bind(&schema)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(SinkError::Target {
+                table: table.to_string(),
+                problem: "does not exist (or this role cannot see it); create it first, e.g. from schema/".into(),
+            });
+        }
+        let have: HashMap<String, String> = rows.into_iter().collect();
+        let mut problems = Vec::new();
+        for c in columns {
+            match have.get(&c.name) {
+                None => problems.push(format!("has no column {}", c.name)),
+                Some(pg_type) if !type_compatible(c.out_type, pg_type) => problems.push(format!(
+                    "column {} is {pg_type}, but the spec produces {} values for it",
+                    c.name,
+                    c.out_type.name()
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = have.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        Err(SinkError::Target {
+            table: table.to_string(),
+            problem: format!("{} (it has: {})", problems.join("; "), names.join(", ")),
+        })
+    }
+}
+
+/// Whether values of `ty` can be inserted into a column of Postgres type `pg_type`
+/// (`information_schema.columns.data_type`) by an assignment cast.
+pub fn type_compatible(ty: ValType, pg_type: &str) -> bool {
+    let textual = matches!(pg_type, "text" | "character varying" | "character");
+    let numeric = matches!(
+        pg_type,
+        "integer" | "bigint" | "numeric" | "real" | "double precision"
+    );
+    textual
+        || match ty {
+            ValType::Json | ValType::Text => false,
+            ValType::Integer | ValType::BigInt => numeric,
+            ValType::Boolean => pg_type == "boolean",
+            ValType::Date | ValType::Timestamp => {
+                matches!(
+                    pg_type,
+                    "date" | "timestamp without time zone" | "timestamp with time zone"
+                )
+            }
+        }
+}
