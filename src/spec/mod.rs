@@ -6,10 +6,12 @@
 //! *every* problem is reported at once, each with its key path and, where the YAML parser
 //! knows it, the file position.
 
+mod diagnose;
 pub mod load;
 pub mod position;
 pub mod typecheck;
 pub mod types;
+mod validate;
 
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
 pub use types::*;
