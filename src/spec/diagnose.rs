@@ -2,6 +2,7 @@
 //! path and file position, with "did you mean" hints, and serde's errors turned into such
 //! problems one section at a time.
 
+use super::load::Sources;
 use super::position::Positions;
 use super::types::TransformConfig;
 use serde::de::DeserializeOwned;
@@ -105,36 +106,72 @@ fn parse_unknown(msg: &str) -> Option<(&'static str, String, Vec<String>)> {
 
 /// The problems found so far, each placed at its key path and file position.
 pub(super) struct Diagnostics<'a> {
-    pub(super) issues: Vec<SpecIssue>,
-    pub(super) positions: &'a Positions,
-    /// Keys overridden from the environment, so their problems name the variable, not a line.
-    pub(super) env: Vec<(String, String)>,
+    issues: Vec<SpecIssue>,
+    /// The spec text, indexed for positions only when the first problem needs one.
+    text: &'a str,
+    positions: Option<Positions>,
+    /// What figment loaded: a problem with a key a variable set names the variable, not a line.
+    sources: &'a Sources,
 }
 
-impl Diagnostics<'_> {
+impl<'a> Diagnostics<'a> {
+    /// No problems yet, for `text` as figment loaded it into `sources`.
+    pub(super) fn new(text: &'a str, sources: &'a Sources) -> Self {
+        Self {
+            issues: Vec::new(),
+            text,
+            positions: None,
+            sources,
+        }
+    }
+
+    /// The problems found.
+    pub(super) fn into_issues(self) -> Vec<SpecIssue> {
+        self.issues
+    }
+
     /// Records a problem with the key at `path`.
     pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         let mut message = message.into();
-        let from_env = self.env.iter().find(|(p, _)| {
-            p == &path
-                || path.starts_with(&format!("{p}."))
-                || path.starts_with(&format!("{p}["))
-                // A key that exists only because a variable set something below it.
-                || (p.starts_with(&format!("{path}.")) && self.positions.exact(&path).is_none())
-        });
-        let position = match from_env {
-            Some((_, var)) => {
+        let vars = self.sources.env_vars(&path);
+        let position = match vars.as_slice() {
+            [] => self.position(&path),
+            [var] => {
                 message.push_str(&format!(" (set by environment variable {var})"));
                 None
             }
-            None => self.positions.find(&path),
+            many => {
+                message.push_str(&format!(
+                    " (set by environment variables {})",
+                    many.join(", ")
+                ));
+                None
+            }
         };
         self.issues.push(SpecIssue {
             path,
             message,
             position,
         });
+    }
+
+    /// Records a problem with the key at `path`, placed at `position` (for a key that is not
+    /// in the file at all).
+    pub(super) fn issue_at(&mut self, path: &str, message: String, position: (usize, usize)) {
+        self.issues.push(SpecIssue {
+            path: path.to_string(),
+            message,
+            position: Some(position),
+        });
+    }
+
+    /// Where `path` (or its closest ancestor) is in the text. The span-aware YAML pass runs here,
+    /// once, at the first problem that needs a position: a valid spec never pays for it.
+    fn position(&mut self, path: &str) -> Option<(usize, usize)> {
+        self.positions
+            .get_or_insert_with(|| Positions::index(self.text))
+            .find(path)
     }
 
     /// Deserializes `value` as `T`, reporting every unknown key (with a suggestion) and the

@@ -1,22 +1,27 @@
-//! Loading a spec: YAML + environment overrides through figment, then validation that
-//! collects every problem with its key path and file position before anything runs.
+//! Loading a spec: figment parses the YAML and merges the environment overrides once; then
+//! validation collects every problem with its key path and file position before anything runs.
 //!
 //! Environment overrides: `ETL_SPEC_<KEY>__<SUBKEY>...`, e.g. `ETL_SPEC_TARGET__URL` for
-//! `target.url` or `ETL_SPEC_SOURCE__POLLERS=8`. Keys are matched lowercased.
+//! `target.url` or `ETL_SPEC_SOURCE__POLLERS=8`. Keys are matched lowercased; values are parsed
+//! by figment (numbers, booleans). Which key came from which variable is figment's own record
+//! (each value's tag and its provider's [`Metadata`]), never re-derived from the environment.
 
 use super::Spec;
 use super::diagnose::Diagnostics;
 pub use super::diagnose::{SpecError, SpecIssue, suggest};
-use super::position::Positions;
 pub use super::validate::TEST_META_KEYS;
 use super::validate::Validator;
-use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde_json::Value as J;
 use std::path::Path;
 
 /// Prefix of environment variables that override spec keys.
 pub const ENV_PREFIX: &str = "ETL_SPEC_";
+
+/// The name of the environment provider's metadata: how a value's tag is known to be a variable.
+const ENV_SOURCE: &str = "`ETL_SPEC_` environment variables";
 
 /// Loads and validates a spec file, applying environment overrides.
 pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
@@ -27,75 +32,207 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
     parse_spec_str(&text, path, true)
 }
 
-/// Validates spec text; `file` is used for messages and the default pipeline name.
+/// Validates spec text; `file` is used for messages.
 pub fn parse_spec_str(text: &str, file: &Path, with_env: bool) -> Result<Spec, SpecError> {
-    // serde_yaml reports syntax errors with a position; figment's message would not.
-    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        let position = e.location().map(|l| (l.line(), l.column()));
-        return Err(SpecError::Syntax {
-            file: file.to_path_buf(),
-            message: strip_location(&e.to_string()),
-            position,
-        });
-    }
-    let mut fig = Figment::from(Yaml::string(text));
-    if with_env {
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
-    }
-    let root: J = fig.extract().map_err(|e| SpecError::Syntax {
-        file: file.to_path_buf(),
-        message: e.to_string(),
-        position: None,
-    })?;
-    let positions = Positions::index(text);
-    let env = if with_env {
-        // `vars()` panics on a variable that is not UTF-8 anywhere in the environment; only
-        // our own prefix matters, and figment skips such variables too.
-        env_overrides(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        )
+    // The only YAML parse of the spec. figment's YAML provider is serde_yaml, which is deprecated
+    // upstream; a maintained fork (e.g. serde_yaml_ng or serde_norway) slots in here as a small
+    // `figment::providers::Format` implementation in place of `Yaml`, nothing else changes.
+    let from_file = Figment::from(Yaml::string(text));
+    let merged = if with_env {
+        from_file.clone().merge(EnvOverrides)
     } else {
-        Vec::new()
+        from_file.clone()
     };
+    let root: J = merged.extract().map_err(|e| syntax_error(file, e))?;
+    let sources = Sources { from_file, merged };
     let mut v = Validator {
-        d: Diagnostics {
-            issues: Vec::new(),
-            positions: &positions,
-            env,
-        },
+        d: Diagnostics::new(text, &sources),
     };
     let spec = v.spec(&root, file);
+    let issues = v.d.into_issues();
     match spec {
-        Some(s) if v.d.issues.is_empty() => Ok(s),
+        Some(s) if issues.is_empty() => Ok(s),
         _ => Err(SpecError::Invalid {
             file: file.to_path_buf(),
-            issues: v.d.issues,
+            issues,
         }),
     }
 }
 
-/// serde_yaml's message without its " at line L column C" (the position is reported apart).
-fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+/// figment's error as a syntax error. The YAML provider's error is serde_yaml's message, which
+/// ends with " at line L column C": that is the position (1-based, as serde_yaml counts).
+fn syntax_error(file: &Path, err: figment::Error) -> SpecError {
+    // figment chains the errors of several providers; the first is the one that stopped it.
+    let Some(first) = err.into_iter().next() else {
+        return SpecError::Syntax {
+            file: file.to_path_buf(),
+            message: "cannot be read".into(),
+            position: None,
+        };
+    };
+    let from_yaml = first
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.starts_with(Yaml::NAME));
+    let (message, position) = match &first.kind {
+        figment::error::Kind::Message(m) if from_yaml => split_location(m),
+        _ => (first.to_string(), None),
+    };
+    SpecError::Syntax {
+        file: file.to_path_buf(),
+        message,
+        position,
     }
 }
 
-/// The spec keys set from the environment: (key path, variable name), as figment maps them.
-fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
-    vars.into_iter()
-        .filter_map(|(name, _)| {
-            let key = name.strip_prefix(ENV_PREFIX)?;
-            (!key.is_empty()).then(|| {
-                (
-                    key.to_lowercase().split("__").collect::<Vec<_>>().join("."),
-                    name.clone(),
-                )
-            })
+/// serde_yaml's "message at line L column C[, while …]" as the message and (line, column).
+fn split_location(msg: &str) -> (String, Option<(usize, usize)>) {
+    let Some(i) = msg.find(" at line ") else {
+        return (msg.to_string(), None);
+    };
+    let mut words = msg[i + " at line ".len()..].split([' ', ',']);
+    let line = words.next().and_then(|l| l.parse().ok());
+    let column = match (words.next(), words.next()) {
+        (Some("column"), Some(c)) => c.parse().ok(),
+        _ => None,
+    };
+    (msg[..i].to_string(), line.zip(column))
+}
+
+/// The `ETL_SPEC_*` variables: figment's `Env` provider, with metadata that names a key's variable.
+///
+/// `Env`'s own metadata interpolates `target.url` as `TARGET.URL` (it knows neither the prefix
+/// nor the `__` split); this one gives `ETL_SPEC_TARGET__URL`, the name a person set.
+struct EnvOverrides;
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_SOURCE).interpolater(|_: &Profile, keys: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("{ENV_PREFIX}{}", keys.join("__"))
         })
-        .collect()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        // figment reads the environment with `vars_os`, so a variable that is not UTF-8
+        // (anywhere in the environment) is no panic.
+        Env::prefixed(ENV_PREFIX).split("__").data()
+    }
+}
+
+/// What figment loaded: to tell, for a key path, whether its value is the file's or a variable's.
+pub(super) struct Sources {
+    /// The file alone: a mapping that figment merged with variables carries the variables' tag,
+    /// so only this says whether the mapping was in the file. (A clone of parsed data, not a
+    /// second parse.)
+    from_file: Figment,
+    /// The file with the variables merged over it: what was validated.
+    merged: Figment,
+}
+
+/// One step of a key path: `columns`, `transforms[0]`'s `0`.
+enum Step<'p> {
+    Key(&'p str),
+    Index(usize),
+}
+
+/// `columns.c.transforms[0].type` as steps.
+fn steps(path: &str) -> Vec<Step<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !key.is_empty() {
+            out.push(Step::Key(key));
+        }
+        out.extend(
+            indexes
+                .split(['[', ']'])
+                .filter_map(|i| i.parse().ok())
+                .map(Step::Index),
+        );
+    }
+    out
+}
+
+/// The value one step below `v`.
+fn child<'v>(v: &'v Value, step: &Step<'_>) -> Option<&'v Value> {
+    match (v, step) {
+        (Value::Dict(_, d), Step::Key(k)) => d.get(*k),
+        (Value::Array(_, a), Step::Index(i)) => a.get(*i),
+        _ => None,
+    }
+}
+
+impl Sources {
+    /// The variables that set the value at `path` (or at its closest existing ancestor), by
+    /// name; empty when the value is the file's.
+    pub(super) fn env_vars(&self, path: &str) -> Vec<String> {
+        let Ok(root) = self.merged.find_value("") else {
+            return Vec::new();
+        };
+        let steps = steps(path);
+        let mut node = &root;
+        let mut depth = 0;
+        while let Some(next) = steps.get(depth).and_then(|s| child(node, s)) {
+            node = next;
+            depth += 1;
+        }
+        if !self.is_env(node) {
+            return Vec::new();
+        }
+        if matches!(node, Value::Dict(..)) {
+            let in_file = self.from_file.find_value("").ok().is_some_and(|f| {
+                let mut cur = Some(&f);
+                for s in &steps[..depth] {
+                    cur = cur.and_then(|c| child(c, s));
+                }
+                cur.is_some()
+            });
+            if in_file {
+                return Vec::new();
+            }
+        }
+        let mut keys: Vec<String> = steps[..depth]
+            .iter()
+            .map(|s| match s {
+                Step::Key(k) => k.to_string(),
+                Step::Index(i) => i.to_string(),
+            })
+            .collect();
+        let mut vars = Vec::new();
+        self.env_leaves(node, &mut keys, &mut vars);
+        vars
+    }
+
+    /// Whether figment's tag on `v` is the environment provider's.
+    fn is_env(&self, v: &Value) -> bool {
+        self.env_metadata(v).is_some()
+    }
+
+    /// The environment provider's metadata, when `v` came from it.
+    fn env_metadata(&self, v: &Value) -> Option<&Metadata> {
+        self.merged
+            .get_metadata(v.tag())
+            .filter(|m| m.name == ENV_SOURCE)
+    }
+
+    /// The variable names of the values under `v` (at key path `keys`) that variables set.
+    fn env_leaves(&self, v: &Value, keys: &mut Vec<String>, out: &mut Vec<String>) {
+        match v {
+            Value::Dict(_, d) => {
+                for (k, child) in d {
+                    keys.push(k.clone());
+                    self.env_leaves(child, keys, out);
+                    keys.pop();
+                }
+            }
+            leaf => {
+                if let Some(m) = self.env_metadata(leaf) {
+                    out.push(m.interpolate(&Profile::Default, keys));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -199,17 +336,33 @@ columns:
 
     #[test]
     fn syntax_errors_have_positions() {
+        // figment's YAML provider carries serde_yaml's location in its message.
         let err = parse("source: [unclosed\n").unwrap_err();
         assert!(
             matches!(
                 err,
                 SpecError::Syntax {
-                    position: Some(_),
+                    position: Some((2, 1)),
                     ..
                 }
             ),
-            "{err}"
+            "{err:?}"
         );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("specs/t.yaml:2:1: invalid YAML: "),
+            "{text}"
+        );
+        assert!(!text.contains(" at line "), "{text}");
+
+        let err = parse("name: t\n  source: x\n").unwrap_err();
+        assert!(err.to_string().starts_with("specs/t.yaml:2:9: "), "{err}");
+    }
+
+    #[test]
+    fn a_spec_that_is_not_a_mapping_is_an_error() {
+        let err = parse("- a\n- b\n").unwrap_err();
+        assert!(err.to_string().starts_with("specs/t.yaml"), "{err}");
     }
 
     /// Tests that set `ETL_SPEC_*` variables hold this lock: every `with_env` parse sees them.
@@ -223,6 +376,28 @@ columns:
         let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
         unsafe { std::env::remove_var("ETL_SPEC_TARGET__TABLE") };
         assert_eq!(s.unwrap().target.table, "other_table");
+    }
+
+    #[test]
+    fn env_override_values_are_parsed_and_other_variables_may_be_any_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let junk = std::ffi::OsString::from_vec(vec![0xff, 0xfe]);
+        // Safety: tests that touch the environment are serialized by ENV_LOCK.
+        unsafe {
+            std::env::set_var("ETL_SPEC_SOURCE__POLLERS", "8");
+            std::env::set_var("ETL_SPECLOAD_TEST_NOT_UTF8", &junk);
+        }
+        let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
+        unsafe {
+            std::env::remove_var("ETL_SPEC_SOURCE__POLLERS");
+            std::env::remove_var("ETL_SPECLOAD_TEST_NOT_UTF8");
+        }
+        let s = s.unwrap();
+        let crate::spec::SourceConfig::Sqs(sqs) = &s.source else {
+            panic!("{:?}", s.source)
+        };
+        assert_eq!(sqs.pollers, 8);
     }
 
     /// Parses `text` with the given `ETL_SPEC_*` variables set; returns the error text.
@@ -265,6 +440,37 @@ columns:
 
         let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGT__URL", "postgres://x/y")]);
         assert!(text.contains("targt: unknown key `targt` (did you mean `target`?) (set by environment variable ETL_SPEC_TARGT__URL)"), "{text}");
+
+        // A key that exists only because variables set keys below it names them all.
+        let (text, issues) = env_error(
+            GOOD,
+            &[
+                ("ETL_SPEC_VAUL__TABLE", "v"),
+                ("ETL_SPEC_VAUL__KEYRING", "k"),
+            ],
+        );
+        assert!(
+            text.contains("vaul: unknown key `vaul` (did you mean `vault`?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "(set by environment variables ETL_SPEC_VAUL__KEYRING, ETL_SPEC_VAUL__TABLE)"
+            ),
+            "{text}"
+        );
+        assert_eq!(issues[0].position, None);
+
+        // A mapping that is in the file, with a key a variable set: the mapping's problems are
+        // the file's.
+        let (text, _) = env_error(
+            &GOOD.replace("  table: user_logins\n", ""),
+            &[("ETL_SPEC_TARGET__URL", "postgres://x/y")],
+        );
+        assert!(
+            text.contains("specs/t.yaml:6:1: target: missing key `table`"),
+            "{text}"
+        );
 
         let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGET__TABEL", "x")]);
         assert!(text.contains("target.tabel: unknown key `tabel` (did you mean `table`?) (set by environment variable ETL_SPEC_TARGET__TABEL)"), "{text}");
