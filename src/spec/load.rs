@@ -261,6 +261,7 @@ columns:
     transforms:
       - type: from_epoch
         to: date
+name: t
 "#;
 
     fn parse(text: &str) -> Result<Spec, SpecError> {
@@ -306,6 +307,27 @@ columns:
             .unwrap();
         assert_eq!(t.position, Some((16, 9)));
         assert!(text.contains("specs/t.yaml:16:9"), "{text}");
+    }
+
+    #[test]
+    fn name_is_required() {
+        let (text, issues) = issues_of(&GOOD.replace("name: t\n", ""));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(text.contains("specs/t.yaml:1:1: name: required: the pipeline name scopes the ledger and rejects; set it once and never change it (it was \"t\" by default before)"), "{text}");
+        let (text, _) = issues_of(&GOOD.replace("name: t\n", "name:\n"));
+        assert!(
+            text.contains("specs/t.yaml:22:1: name: required: "),
+            "{text}"
+        );
+        let (text, _) = issues_of(&GOOD.replace("name: t\n", "name: 3\n"));
+        assert!(text.contains("name: must be a non-empty string"), "{text}");
+        // A misspelled name is one problem, the misspelling.
+        let (text, issues) = issues_of(&GOOD.replace("name: t\n", "nmae: t\n"));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(
+            text.contains("nmae: unknown key `nmae` (did you mean `name`?)"),
+            "{text}"
+        );
     }
 
     #[test]

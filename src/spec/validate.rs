@@ -70,11 +70,27 @@ impl Validator<'_> {
         };
 
         let name = match map.get("name") {
-            None | Some(J::Null) => file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "pipeline".into()),
             Some(J::String(s)) if !s.is_empty() => s.clone(),
+            // It used to default to the file name, so renaming a file silently moved the
+            // pipeline to a new ledger scope (exactly-once lost) and hid its old rejects.
+            None | Some(J::Null) if !suggested.contains(&"name") => {
+                let was = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "required: the pipeline name scopes the ledger and rejects; set it once and \
+                     never change it (it was {was:?} by default before)"
+                );
+                if map.contains_key("name") {
+                    self.d.issue("name", msg);
+                } else {
+                    // Not in the file at all: the file as a whole is at fault.
+                    self.d.issue_at("name", msg, (1, 1));
+                }
+                String::new()
+            }
+            None | Some(J::Null) => String::new(),
             Some(_) => {
                 self.d.issue("name", "must be a non-empty string");
                 String::new()
