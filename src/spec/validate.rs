@@ -292,7 +292,6 @@ impl Validator<'_> {
         /// A column with transforms left loose, so each transform is checked on its own.
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
         struct LooseColumn {
             #[serde(default)]
             path: Option<String>,
