@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct SpecIssue {
     /// Key path, e.g. `columns.app_version.transforms[0]`.
     pub path: String,
+    /// What is wrong, with a hint where one helps.
     pub message: String,
     /// 1-based line and column, where known.
     pub position: Option<(usize, usize)>,
@@ -24,17 +25,20 @@ pub struct SpecIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("cannot read spec {file}: {source}")]
+    /// The file could not be read.
     Read {
         file: PathBuf,
         source: std::io::Error,
     },
     #[error("{file}{}: invalid YAML: {message}", position_suffix(*position))]
+    /// The text is not YAML (or not a mapping), or an override could not be merged.
     Syntax {
         file: PathBuf,
         message: String,
         position: Option<(usize, usize)>,
     },
     #[error("{}", render_issues(file, issues))]
+    /// The spec is YAML but has problems: all of them, in the order found.
     Invalid {
         file: PathBuf,
         issues: Vec<SpecIssue>,

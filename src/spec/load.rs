@@ -132,7 +132,9 @@ pub(super) struct Sources {
 
 /// One step of a key path: `columns`, `transforms[0]`'s `0`.
 enum Step<'p> {
+    /// A mapping key.
     Key(&'p str),
+    /// A sequence index.
     Index(usize),
 }
 

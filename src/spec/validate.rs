@@ -30,6 +30,7 @@ fn is_identifier(s: &str) -> bool {
 
 /// Walks the merged tree, recording problems in `d`.
 pub(super) struct Validator<'a> {
+    /// Where problems are recorded.
     pub(super) d: Diagnostics<'a>,
 }
 
@@ -43,6 +44,7 @@ impl Validator<'_> {
             );
             return None;
         };
+        /// The top-level keys.
         const TOP: &[&str] = &[
             "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
         ];
@@ -156,63 +158,7 @@ impl Validator<'_> {
             }
         };
         if let Some(tests) = &tests {
-            for (i, t) in tests.iter().enumerate() {
-                let p = format!("tests[{i}]");
-                if t.expect_row.is_some() == t.expect_reject.is_some() {
-                    self.d.issue(
-                        p.clone(),
-                        "needs exactly one of `expect_row` and `expect_reject`",
-                    );
-                }
-                if t.raw && !t.body.is_string() {
-                    self.d.issue(
-                        format!("{p}.body"),
-                        "with `raw: true` the body must be a string (the exact message text)",
-                    );
-                }
-                for (k, v) in &t.meta {
-                    let ok = match k.as_str() {
-                        "message_id" => v.is_string(),
-                        "sent_timestamp" | "receive_count" => {
-                            v.as_u64().is_some()
-                                || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
-                        }
-                        "attributes" | "message_attributes" => v.as_object().is_some_and(|m| {
-                            m.values()
-                                .all(|x| !x.is_object() && !x.is_array() && !x.is_null())
-                        }),
-                        _ => {
-                            self.d.issue(
-                                format!("{p}.meta.{k}"),
-                                with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS),
-                            );
-                            continue;
-                        }
-                    };
-                    if !ok {
-                        let want = match k.as_str() {
-                            "message_id" => "a string",
-                            "sent_timestamp" => "epoch milliseconds (a whole number)",
-                            "receive_count" => "a whole number",
-                            _ => "a mapping of name to a string, number or boolean",
-                        };
-                        self.d
-                            .issue(format!("{p}.meta.{k}"), format!("must be {want}"));
-                    }
-                }
-                if let Some(row) = &t.expect_row {
-                    for k in row.keys() {
-                        if !columns.iter().any(|c| &c.name == k) {
-                            let names: Vec<&str> =
-                                columns.iter().map(|c| c.name.as_str()).collect();
-                            self.d.issue(
-                                format!("{p}.expect_row.{k}"),
-                                with_suggestion(format!("no column `{k}`"), k, &names),
-                            );
-                        }
-                    }
-                }
-            }
+            self.check_tests(tests, &columns);
         }
         Some(Spec {
             file: file.to_path_buf(),
@@ -227,6 +173,66 @@ impl Validator<'_> {
         })
     }
 
+    /// The spec's own tests: one expectation each, raw bodies, metadata, columns they name.
+    fn check_tests(&mut self, tests: &[SpecTestConfig], columns: &[Column]) {
+        for (i, t) in tests.iter().enumerate() {
+            let p = format!("tests[{i}]");
+            if t.expect_row.is_some() == t.expect_reject.is_some() {
+                self.d.issue(
+                    p.clone(),
+                    "needs exactly one of `expect_row` and `expect_reject`",
+                );
+            }
+            if t.raw && !t.body.is_string() {
+                self.d.issue(
+                    format!("{p}.body"),
+                    "with `raw: true` the body must be a string (the exact message text)",
+                );
+            }
+            for (k, v) in &t.meta {
+                let ok = match k.as_str() {
+                    "message_id" => v.is_string(),
+                    "sent_timestamp" | "receive_count" => {
+                        v.as_u64().is_some() || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
+                    }
+                    "attributes" | "message_attributes" => v.as_object().is_some_and(|m| {
+                        m.values()
+                            .all(|x| !x.is_object() && !x.is_array() && !x.is_null())
+                    }),
+                    _ => {
+                        self.d.issue(
+                            format!("{p}.meta.{k}"),
+                            with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS),
+                        );
+                        continue;
+                    }
+                };
+                if !ok {
+                    let want = match k.as_str() {
+                        "message_id" => "a string",
+                        "sent_timestamp" => "epoch milliseconds (a whole number)",
+                        "receive_count" => "a whole number",
+                        _ => "a mapping of name to a string, number or boolean",
+                    };
+                    self.d
+                        .issue(format!("{p}.meta.{k}"), format!("must be {want}"));
+                }
+            }
+            if let Some(row) = &t.expect_row {
+                for k in row.keys() {
+                    if !columns.iter().any(|c| &c.name == k) {
+                        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                        self.d.issue(
+                            format!("{p}.expect_row.{k}"),
+                            with_suggestion(format!("no column `{k}`"), k, &names),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// SQS limits and settings that serde cannot express.
     fn check_sqs(&mut self, s: &SqsSourceConfig) {
         if s.queue.trim().is_empty() {
             self.d
@@ -265,6 +271,7 @@ impl Validator<'_> {
         }
     }
 
+    /// The target's URL, table name and limits.
     fn check_target(&mut self, t: &TargetConfig) {
         if !(t.url.starts_with("postgres://") || t.url.starts_with("postgresql://")) {
             self.d.issue("target.url", "must be a postgres:// URL");
@@ -288,6 +295,7 @@ impl Validator<'_> {
         }
     }
 
+    /// Compiles each column: its source, then its transforms type-checked in order.
     fn columns(&mut self, cols: &serde_json::Map<String, J>) -> Vec<Column> {
         /// A column with transforms left loose, so each transform is checked on its own.
         #[derive(serde::Deserialize)]
