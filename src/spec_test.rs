@@ -246,6 +246,7 @@ mod tests {
     use std::path::Path;
 
     const SPEC: &str = r#"
+name: t
 source: {type: sqs, queue: q}
 target: {url: "postgres://u@h/db", table: t}
 columns:

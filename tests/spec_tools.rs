@@ -217,6 +217,38 @@ fn misspelled_keys_point_at_file_line_and_column() {
     assert!(err.contains("has 2 problems"), "{err}");
 }
 
+#[test]
+fn a_spec_without_a_name_is_an_error_and_other_variables_may_be_any_bytes() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("specs/logins.yaml")).unwrap();
+    let bad = dir.path().join("logins.yaml");
+    std::fs::write(&bad, text.replace("name: logins\n", "")).unwrap();
+    // A variable that is not UTF-8 elsewhere in the environment is no panic; an override is
+    // still applied and named.
+    let out = engine()
+        .args(["validate", bad.to_str().unwrap()])
+        .env(
+            "SPEC_TOOLS_TEST_NOT_UTF8",
+            std::ffi::OsString::from_vec(vec![0xff, 0xfe]),
+        )
+        .env("ETL_SPEC_SOURCE__POLLERS", "100")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let b = bad.display();
+    assert!(
+        err.contains(&format!("{b}:1:1: name: required: the pipeline name scopes the ledger and rejects; set it once and never change it (it was \"logins\" by default before)")),
+        "{err}"
+    );
+    assert!(
+        err.contains("source.pollers: must be between 1 and 64 (set by environment variable ETL_SPEC_SOURCE__POLLERS)"),
+        "{err}"
+    );
+    assert!(err.contains("has 2 problems"), "{err}");
+}
+
 /// Preview output (stdout is a pipe here, so JSON lines).
 fn preview(args: &[&str], envs: &[(&str, &str)]) -> (Vec<serde_json::Value>, String) {
     let out = run_engine(args, envs, true);

@@ -1,90 +1,27 @@
-//! Loading a spec: YAML + environment overrides through figment, then validation that
-//! collects every problem with its key path and file position before anything runs.
+//! Loading a spec: figment parses the YAML and merges the environment overrides once; then
+//! validation collects every problem with its key path and file position before anything runs.
 //!
 //! Environment overrides: `ETL_SPEC_<KEY>__<SUBKEY>...`, e.g. `ETL_SPEC_TARGET__URL` for
-//! `target.url` or `ETL_SPEC_SOURCE__POLLERS=8`. Keys are matched lowercased.
+//! `target.url` or `ETL_SPEC_SOURCE__POLLERS=8`. Keys are matched lowercased; values are parsed
+//! by figment (numbers, booleans). Which key came from which variable is figment's own record
+//! (each value's tag and its provider's [`Metadata`]), never re-derived from the environment.
 
-use super::position::Positions;
-use super::{Column, ColumnSource, MetaField, Spec, types::*};
-use crate::value::ValType;
-use figment::Figment;
+use super::Spec;
+use super::diagnose::Diagnostics;
+pub use super::diagnose::{SpecError, SpecIssue, suggest};
+pub use super::validate::TEST_META_KEYS;
+use super::validate::Validator;
 use figment::providers::{Env, Format, Yaml};
-use serde::de::DeserializeOwned;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde_json::Value as J;
-use std::fmt;
-use std::path::{Path, PathBuf};
-
-/// The keys of a spec test's `meta:`.
-pub const TEST_META_KEYS: &[&str] = &[
-    "message_id",
-    "sent_timestamp",
-    "receive_count",
-    "attributes",
-    "message_attributes",
-];
+use std::path::Path;
 
 /// Prefix of environment variables that override spec keys.
 pub const ENV_PREFIX: &str = "ETL_SPEC_";
 
-/// One problem in a spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpecIssue {
-    /// Key path, e.g. `columns.app_version.transforms[0]`.
-    pub path: String,
-    pub message: String,
-    /// 1-based line and column, where known.
-    pub position: Option<(usize, usize)>,
-}
-
-/// Why a spec could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("cannot read spec {file}: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{file}{}: invalid YAML: {message}", position_suffix(*position))]
-    Syntax {
-        file: PathBuf,
-        message: String,
-        position: Option<(usize, usize)>,
-    },
-    #[error("{}", render_issues(file, issues))]
-    Invalid {
-        file: PathBuf,
-        issues: Vec<SpecIssue>,
-    },
-}
-
-fn position_suffix(p: Option<(usize, usize)>) -> String {
-    p.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default()
-}
-
-fn render_issues(file: &Path, issues: &[SpecIssue]) -> String {
-    let mut out = format!(
-        "spec {} has {} problem{}:",
-        file.display(),
-        issues.len(),
-        if issues.len() == 1 { "" } else { "s" }
-    );
-    for i in issues {
-        out.push_str(&format!(
-            "\n  {}{}: {}: {}",
-            file.display(),
-            position_suffix(i.position),
-            i.path,
-            i.message
-        ));
-    }
-    out
-}
-
-impl fmt::Display for SpecIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
+/// The name of the environment provider's metadata: how a value's tag is known to be a variable.
+const ENV_SOURCE: &str = "`ETL_SPEC_` environment variables";
 
 /// Loads and validates a spec file, applying environment overrides.
 pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
@@ -95,736 +32,215 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
     parse_spec_str(&text, path, true)
 }
 
-/// Validates spec text; `file` is used for messages and the default pipeline name.
+/// Validates spec text; `file` is used for messages.
 pub fn parse_spec_str(text: &str, file: &Path, with_env: bool) -> Result<Spec, SpecError> {
-    // serde_yaml reports syntax errors with a position; figment's message would not.
-    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        let position = e.location().map(|l| (l.line(), l.column()));
-        return Err(SpecError::Syntax {
-            file: file.to_path_buf(),
-            message: strip_location(&e.to_string()),
-            position,
-        });
-    }
-    let mut fig = Figment::from(Yaml::string(text));
-    if with_env {
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
-    }
-    let root: J = fig.extract().map_err(|e| SpecError::Syntax {
-        file: file.to_path_buf(),
-        message: e.to_string(),
-        position: None,
-    })?;
-    let positions = Positions::index(text);
-    let env = if with_env {
-        // `vars()` panics on a variable that is not UTF-8 anywhere in the environment; only
-        // our own prefix matters, and figment skips such variables too.
-        env_overrides(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        )
+    // The only YAML parse of the spec. figment's YAML provider is serde_yaml, which is deprecated
+    // upstream; a maintained fork (e.g. serde_yaml_ng or serde_norway) slots in here as a small
+    // `figment::providers::Format` implementation in place of `Yaml`, nothing else changes.
+    let from_file = Figment::from(Yaml::string(text));
+    let merged = if with_env {
+        from_file.clone().merge(EnvOverrides)
     } else {
-        Vec::new()
+        from_file.clone()
     };
+    let root: J = merged.extract().map_err(|e| syntax_error(file, e))?;
+    let sources = Sources { from_file, merged };
     let mut v = Validator {
-        issues: Vec::new(),
-        positions: &positions,
-        env,
+        d: Diagnostics::new(text, &sources),
     };
     let spec = v.spec(&root, file);
+    let issues = v.d.into_issues();
     match spec {
-        Some(s) if v.issues.is_empty() => Ok(s),
+        Some(s) if issues.is_empty() => Ok(s),
         _ => Err(SpecError::Invalid {
             file: file.to_path_buf(),
-            issues: v.issues,
+            issues,
         }),
     }
 }
 
-fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
-}
-
-/// Closest name within a small edit distance, for "did you mean" hints.
-pub fn suggest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(wrong, c), c))
-        .filter(|(d, c)| *d <= 3.max(c.len() / 3) && *d < c.len())
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-fn with_suggestion(msg: String, wrong: &str, candidates: &[&str]) -> String {
-    match suggest(wrong, candidates.iter().copied()) {
-        Some(s) => format!("{msg} (did you mean `{s}`?)"),
-        None => format!("{msg} (expected one of: {})", candidates.join(", ")),
-    }
-}
-
-/// Parses serde's "unknown field `x`, expected one of `a`, `b`" / "unknown variant" messages.
-fn parse_unknown(msg: &str) -> Option<(&'static str, String, Vec<String>)> {
-    let kind = if msg.starts_with("unknown field") {
-        "field"
-    } else if msg.starts_with("unknown variant") {
-        "variant"
-    } else {
-        return None;
-    };
-    let mut ticks = msg.split('`').skip(1).step_by(2);
-    let wrong = ticks.next()?.to_string();
-    Some((kind, wrong, ticks.map(str::to_string).collect()))
-}
-
-fn is_identifier(s: &str) -> bool {
-    let part_ok = |p: &str| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && p.len() <= 63
-    };
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| part_ok(p))
-}
-
-/// The spec keys set from the environment: (key path, variable name), as figment maps them.
-fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
-    vars.into_iter()
-        .filter_map(|(name, _)| {
-            let key = name.strip_prefix(ENV_PREFIX)?;
-            (!key.is_empty()).then(|| {
-                (
-                    key.to_lowercase().split("__").collect::<Vec<_>>().join("."),
-                    name.clone(),
-                )
-            })
-        })
-        .collect()
-}
-
-struct Validator<'a> {
-    issues: Vec<SpecIssue>,
-    positions: &'a Positions,
-    /// Keys overridden from the environment, so their problems name the variable, not a line.
-    env: Vec<(String, String)>,
-}
-
-impl Validator<'_> {
-    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        let path = path.into();
-        let mut message = message.into();
-        let from_env = self.env.iter().find(|(p, _)| {
-            p == &path
-                || path.starts_with(&format!("{p}."))
-                || path.starts_with(&format!("{p}["))
-                // A key that exists only because a variable set something below it.
-                || (p.starts_with(&format!("{path}.")) && self.positions.exact(&path).is_none())
-        });
-        let position = match from_env {
-            Some((_, var)) => {
-                message.push_str(&format!(" (set by environment variable {var})"));
-                None
-            }
-            None => self.positions.find(&path),
-        };
-        self.issues.push(SpecIssue {
-            path,
-            message,
-            position,
-        });
-    }
-
-    /// Deserializes `value` as `T`, reporting every unknown key (with a suggestion) and the
-    /// first other error, each at its own key path.
-    fn section<T: DeserializeOwned>(&mut self, value: &J, path: &str) -> Option<T> {
-        let mut value = value.clone();
-        // Names already suggested for a misspelled key: their "missing key" follow-up is noise.
-        let mut suggested: Vec<String> = Vec::new();
-        loop {
-            let res: Result<T, _> = serde_path_to_error::deserialize(&value);
-            let err = match res {
-                Ok(t) => return Some(t),
-                Err(e) => e,
-            };
-            let inner = err.inner().to_string();
-            let sub = err.path().to_string();
-            let mut full = if sub == "." || sub.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}.{sub}")
-            };
-            full = full.trim_start_matches('.').replace(".[", "[");
-            // Internally tagged enums (`type: ...`) buffer their content before deserializing it,
-            // so the path stops at the enum; the offending key inside it is found by looking.
-            let node = node_at(&mut value, err.path()).map(|n| n.clone());
-            let inside_enum = |key: Option<String>, full: &str| match key {
-                Some(k) => join_key(full, &k),
-                None => full.to_string(),
-            };
-            match parse_unknown(&inner) {
-                Some(("field", wrong, expected)) => {
-                    let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
-                    let ends_at_key = matches!(err.path().iter().next_back(), Some(serde_path_to_error::Segment::Map { key }) if *key == wrong);
-                    let key_path = if ends_at_key {
-                        full.clone()
-                    } else {
-                        join_key(&full, &wrong)
-                    };
-                    if let Some(s) = suggest(&wrong, cands.iter().copied()) {
-                        suggested.push(s.to_string());
-                    }
-                    self.issue(
-                        key_path,
-                        with_suggestion(format!("unknown key `{wrong}`"), &wrong, &cands),
-                    );
-                    // Drop the unknown key and try again, to find the next problem too.
-                    let removed = if ends_at_key {
-                        remove_at(&mut value, err.path(), &wrong)
-                    } else {
-                        match node_at(&mut value, err.path()) {
-                            Some(J::Object(m)) => m.remove(&wrong).is_some(),
-                            _ => false,
-                        }
-                    };
-                    if !removed {
-                        return None;
-                    }
-                }
-                Some((_, wrong, expected)) => {
-                    let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
-                    let key = match &node {
-                        Some(J::Object(m)) => m
-                            .iter()
-                            .find(|(_, v)| v.as_str() == Some(wrong.as_str()))
-                            .map(|(k, _)| k.clone()),
-                        _ => None,
-                    };
-                    let key_path = inside_enum(key, &full);
-                    let what = if key_path.ends_with(".type") || key_path == "type" {
-                        if cands.iter().all(|c| TransformConfig::NAMES.contains(c)) {
-                            "transform"
-                        } else {
-                            "type"
-                        }
-                    } else {
-                        "value"
-                    };
-                    self.issue(
-                        key_path,
-                        with_suggestion(format!("unknown {what} \"{wrong}\""), &wrong, &cands),
-                    );
-                    return None;
-                }
-                None => {
-                    if let Some(missing) = inner
-                        .strip_prefix("missing field `")
-                        .and_then(|r| r.split('`').next())
-                    {
-                        if !suggested.iter().any(|s| s == missing) {
-                            self.issue(full, format!("missing key `{missing}`"));
-                        }
-                        return None;
-                    }
-                    let key = match &node {
-                        Some(J::Object(m)) => offending_key(&inner, m),
-                        _ => None,
-                    };
-                    self.issue(inside_enum(key, &full), friendly_type_error(&inner));
-                    return None;
-                }
-            }
-        }
-    }
-
-    fn spec(&mut self, root: &J, file: &Path) -> Option<Spec> {
-        let Some(map) = root.as_object() else {
-            self.issue(
-                "",
-                "a spec must be a YAML mapping with keys source, target, columns",
-            );
-            return None;
-        };
-        const TOP: &[&str] = &[
-            "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
-        ];
-        // A misspelled required key is reported once, as the misspelling.
-        let mut suggested = Vec::new();
-        for k in map.keys() {
-            if !TOP.contains(&k.as_str()) {
-                suggested.extend(suggest(k, TOP.iter().copied()));
-                self.issue(
-                    k.clone(),
-                    with_suggestion(format!("unknown key `{k}`"), k, TOP),
-                );
-            }
-        }
-        let missing = |v: &mut Self, key: &str| {
-            if !suggested.contains(&key) {
-                v.issue(key, format!("missing key `{key}`"));
-            }
-        };
-        let get = |k: &str| map.get(k).cloned().unwrap_or(J::Null);
-        let opt = |k: &str| {
-            map.get(k)
-                .cloned()
-                .unwrap_or_else(|| J::Object(Default::default()))
-        };
-
-        let name = match map.get("name") {
-            None | Some(J::Null) => file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "pipeline".into()),
-            Some(J::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => {
-                self.issue("name", "must be a non-empty string");
-                String::new()
-            }
-        };
-        let source = if map.contains_key("source") {
-            self.section::<SourceConfig>(&get("source"), "source")
-        } else {
-            missing(self, "source");
-            None
-        };
-        let target = if map.contains_key("target") {
-            self.section::<TargetConfig>(&get("target"), "target")
-        } else {
-            missing(self, "target");
-            None
-        };
-        let vault = self.section::<VaultConfig>(&opt("vault"), "vault");
-        let rejects = self.section::<RejectsConfig>(&opt("rejects"), "rejects");
-        let ledger = self.section::<LedgerConfig>(&opt("ledger"), "ledger");
-        let tests = match map.get("tests") {
-            None | Some(J::Null) => Some(Vec::new()),
-            Some(t) => self.section::<Vec<SpecTestConfig>>(t, "tests"),
-        };
-
-        if let Some(SourceConfig::Sqs(s)) = &source {
-            self.check_sqs(s);
-        }
-        if let Some(t) = &target {
-            self.check_target(t);
-        }
-        for (path, table) in [
-            ("vault.table", vault.as_ref().map(|v| &v.table)),
-            ("rejects.table", rejects.as_ref().map(|r| &r.table)),
-            ("ledger.table", ledger.as_ref().map(|l| &l.table)),
-        ] {
-            if let Some(t) = table
-                && !is_identifier(t)
-            {
-                self.issue(
-                    path,
-                    "must be a table name (letters, digits, _; optionally schema.table)",
-                );
-            }
-        }
-
-        let columns = match map.get("columns") {
-            Some(J::Object(cols)) if !cols.is_empty() => self.columns(cols),
-            Some(J::Object(_)) => {
-                self.issue("columns", "needs at least one column");
-                Vec::new()
-            }
-            Some(_) => {
-                self.issue(
-                    "columns",
-                    "must be a mapping of column name to column settings",
-                );
-                Vec::new()
-            }
-            None => {
-                missing(self, "columns");
-                Vec::new()
-            }
-        };
-        if let Some(tests) = &tests {
-            for (i, t) in tests.iter().enumerate() {
-                let p = format!("tests[{i}]");
-                if t.expect_row.is_some() == t.expect_reject.is_some() {
-                    self.issue(
-                        p.clone(),
-                        "needs exactly one of `expect_row` and `expect_reject`",
-                    );
-                }
-                if t.raw && !t.body.is_string() {
-                    self.issue(
-                        format!("{p}.body"),
-                        "with `raw: true` the body must be a string (the exact message text)",
-                    );
-                }
-                for (k, v) in &t.meta {
-                    let ok = match k.as_str() {
-                        "message_id" => v.is_string(),
-                        "sent_timestamp" | "receive_count" => {
-                            v.as_u64().is_some()
-                                || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
-                        }
-                        "attributes" | "message_attributes" => v.as_object().is_some_and(|m| {
-                            m.values()
-                                .all(|x| !x.is_object() && !x.is_array() && !x.is_null())
-                        }),
-                        _ => {
-                            self.issue(
-                                format!("{p}.meta.{k}"),
-                                with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS),
-                            );
-                            continue;
-                        }
-                    };
-                    if !ok {
-                        let want = match k.as_str() {
-                            "message_id" => "a string",
-                            "sent_timestamp" => "epoch milliseconds (a whole number)",
-                            "receive_count" => "a whole number",
-                            _ => "a mapping of name to a string, number or boolean",
-                        };
-                        self.issue(format!("{p}.meta.{k}"), format!("must be {want}"));
-                    }
-                }
-                if let Some(row) = &t.expect_row {
-                    for k in row.keys() {
-                        if !columns.iter().any(|c| &c.name == k) {
-                            let names: Vec<&str> =
-                                columns.iter().map(|c| c.name.as_str()).collect();
-                            self.issue(
-                                format!("{p}.expect_row.{k}"),
-                                with_suggestion(format!("no column `{k}`"), k, &names),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        Some(Spec {
+/// figment's error as a syntax error. The YAML provider's error is serde_yaml's message, which
+/// ends with " at line L column C": that is the position (1-based, as serde_yaml counts).
+fn syntax_error(file: &Path, err: figment::Error) -> SpecError {
+    // figment chains the errors of several providers; the first is the one that stopped it.
+    let Some(first) = err.into_iter().next() else {
+        return SpecError::Syntax {
             file: file.to_path_buf(),
-            name,
-            source: source?,
-            target: target?,
-            vault: vault?,
-            rejects: rejects?,
-            ledger: ledger?,
-            columns,
-            tests: tests?,
+            message: "cannot be read".into(),
+            position: None,
+        };
+    };
+    let from_yaml = first
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.starts_with(Yaml::NAME));
+    let (message, position) = match &first.kind {
+        figment::error::Kind::Message(m) if from_yaml => split_location(m),
+        _ => (first.to_string(), None),
+    };
+    SpecError::Syntax {
+        file: file.to_path_buf(),
+        message,
+        position,
+    }
+}
+
+/// serde_yaml's "message at line L column C[, while …]" as the message and (line, column).
+fn split_location(msg: &str) -> (String, Option<(usize, usize)>) {
+    let Some(i) = msg.find(" at line ") else {
+        return (msg.to_string(), None);
+    };
+    let mut words = msg[i + " at line ".len()..].split([' ', ',']);
+    let line = words.next().and_then(|l| l.parse().ok());
+    let column = match (words.next(), words.next()) {
+        (Some("column"), Some(c)) => c.parse().ok(),
+        _ => None,
+    };
+    (msg[..i].to_string(), line.zip(column))
+}
+
+/// The `ETL_SPEC_*` variables: figment's `Env` provider, with metadata that names a key's variable.
+///
+/// `Env`'s own metadata interpolates `target.url` as `TARGET.URL` (it knows neither the prefix
+/// nor the `__` split); this one gives `ETL_SPEC_TARGET__URL`, the name a person set.
+struct EnvOverrides;
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_SOURCE).interpolater(|_: &Profile, keys: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("{ENV_PREFIX}{}", keys.join("__"))
         })
     }
 
-    fn check_sqs(&mut self, s: &SqsSourceConfig) {
-        if s.queue.trim().is_empty() {
-            self.issue("source.queue", "must name a queue or give its URL");
-        }
-        if !(1..=10).contains(&s.max_messages) {
-            self.issue(
-                "source.max_messages",
-                "must be between 1 and 10 (an SQS limit)",
-            );
-        }
-        if s.wait_time_secs > 20 {
-            self.issue(
-                "source.wait_time_secs",
-                "must be between 0 and 20 (an SQS limit)",
-            );
-        }
-        if !(1..=43_200).contains(&s.visibility_timeout_secs) {
-            self.issue(
-                "source.visibility_timeout_secs",
-                "must be between 1 and 43200 (12 hours, an SQS limit)",
-            );
-        }
-        if !(1..=64).contains(&s.pollers) {
-            self.issue("source.pollers", "must be between 1 and 64");
-        }
-        if s.max_receive_count == 0 {
-            self.issue("source.max_receive_count", "must be at least 1");
-        }
-        if let Some(e) = &s.endpoint_url
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            self.issue("source.endpoint_url", "must start with http:// or https://");
-        }
-    }
-
-    fn check_target(&mut self, t: &TargetConfig) {
-        if !(t.url.starts_with("postgres://") || t.url.starts_with("postgresql://")) {
-            self.issue("target.url", "must be a postgres:// URL");
-        }
-        if !is_identifier(&t.table) {
-            self.issue(
-                "target.table",
-                "must be a table name (letters, digits, _; optionally schema.table)",
-            );
-        }
-        if !(1..=50_000).contains(&t.batch_size) {
-            self.issue("target.batch_size", "must be between 1 and 50000");
-        }
-        if t.flush_interval_ms == 0 {
-            self.issue("target.flush_interval_ms", "must be at least 1");
-        }
-        if !(1..=32).contains(&t.writers) {
-            self.issue("target.writers", "must be between 1 and 32");
-        }
-    }
-
-    fn columns(&mut self, cols: &serde_json::Map<String, J>) -> Vec<Column> {
-        /// A column with transforms left loose, so each transform is checked on its own.
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct LooseColumn {
-            #[serde(default)]
-            path: Option<String>,
-            #[serde(default)]
-            meta: Option<String>,
-            #[serde(default)]
-            required: bool,
-            #[serde(default)]
-            transforms: Vec<J>,
-        }
-        let mut out = Vec::new();
-        for (name, value) in cols {
-            let base = format!("columns.{name}");
-            if !is_identifier(name) || name.contains('.') {
-                self.issue(
-                    base.clone(),
-                    "column name must be letters, digits and _ (a Postgres column)",
-                );
-            }
-            let Some(col) = self.section::<LooseColumn>(value, &base) else {
-                continue;
-            };
-            let (source, mut ty) = match (&col.path, &col.meta) {
-                (Some(p), None) => match jsonpath_rust::parser::parse_json_path(p) {
-                    Ok(query) => (
-                        Some(ColumnSource::Path {
-                            text: p.clone(),
-                            query,
-                        }),
-                        ValType::Json,
-                    ),
-                    Err(e) => {
-                        self.issue(
-                            format!("{base}.path"),
-                            format!(
-                                "invalid JSONPath `{p}`: {}",
-                                one_line_parse_error(&e.to_string())
-                            ),
-                        );
-                        (None, ValType::Json)
-                    }
-                },
-                (None, Some(m)) => match MetaField::parse(m) {
-                    Some(f) => {
-                        let t = f.val_type();
-                        (Some(ColumnSource::Meta(f)), t)
-                    }
-                    None => {
-                        // `atributes.Foo`: suggest on the part before the dot, keep the name.
-                        let hint = m.split_once('.').and_then(|(pre, name)| {
-                            suggest(pre, ["attributes", "message_attributes"])
-                                .map(|s| format!("{s}.{name}"))
-                        });
-                        let msg = format!("unknown metadata field \"{m}\"");
-                        let msg = match hint {
-                            Some(h) if !name_is_empty(&h) => format!("{msg} (did you mean `{h}`?)"),
-                            _ => with_suggestion(msg, m, MetaField::NAMES),
-                        };
-                        self.issue(format!("{base}.meta"), msg);
-                        (None, ValType::Text)
-                    }
-                },
-                (Some(_), Some(_)) => {
-                    self.issue(base.clone(), "give either `path` or `meta`, not both");
-                    (None, ValType::Json)
-                }
-                (None, None) => {
-                    self.issue(
-                        base.clone(),
-                        "needs `path` (JSONPath into the body) or `meta` (message metadata)",
-                    );
-                    (None, ValType::Json)
-                }
-            };
-            let mut transforms = Vec::new();
-            let mut chain_ok = true;
-            for (i, t) in col.transforms.iter().enumerate() {
-                let tp = format!("{base}.transforms[{i}]");
-                if let Some(tname) = t.get("type").and_then(J::as_str) {
-                    if !TransformConfig::NAMES.contains(&tname) {
-                        self.issue(
-                            format!("{tp}.type"),
-                            with_suggestion(
-                                format!("unknown transform \"{tname}\""),
-                                tname,
-                                TransformConfig::NAMES,
-                            ),
-                        );
-                        chain_ok = false;
-                        continue;
-                    }
-                } else {
-                    self.issue(
-                        tp.clone(),
-                        "a transform needs `type:` (e.g. `- type: hash`)",
-                    );
-                    chain_ok = false;
-                    continue;
-                }
-                let Some(cfg) = self.section::<TransformConfig>(t, &tp) else {
-                    chain_ok = false;
-                    continue;
-                };
-                if !chain_ok {
-                    continue;
-                }
-                match super::typecheck::output_type(&cfg, ty) {
-                    Ok(out) => {
-                        transforms.push(cfg);
-                        ty = out;
-                    }
-                    Err(msg) => {
-                        self.issue(tp, msg);
-                        chain_ok = false;
-                    }
-                }
-            }
-            if let Some(source) = source {
-                out.push(Column {
-                    name: name.clone(),
-                    source,
-                    required: col.required,
-                    transforms,
-                    out_type: ty,
-                });
-            }
-        }
-        out
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        // figment reads the environment with `vars_os`, so a variable that is not UTF-8
+        // (anywhere in the environment) is no panic.
+        Env::prefixed(ENV_PREFIX).split("__").data()
     }
 }
 
-/// Removes key `key` from its object inside `value`; `at` is the path to the key itself.
-fn remove_at(value: &mut J, at: &serde_path_to_error::Path, key: &str) -> bool {
-    use serde_path_to_error::Segment;
-    let mut cur = value;
-    let segs: Vec<&Segment> = at.iter().collect();
-    let parent = segs.len().saturating_sub(1);
-    for seg in segs.into_iter().take(parent) {
-        cur = match (seg, cur) {
-            (Segment::Map { key }, J::Object(m)) => match m.get_mut(key) {
-                Some(v) => v,
-                None => return false,
-            },
-            (Segment::Seq { index }, J::Array(a)) => match a.get_mut(*index) {
-                Some(v) => v,
-                None => return false,
-            },
-            (Segment::Enum { .. }, c) => c,
-            _ => return false,
+/// What figment loaded: to tell, for a key path, whether its value is the file's or a variable's.
+pub(super) struct Sources {
+    /// The file alone: a mapping that figment merged with variables carries the variables' tag,
+    /// so only this says whether the mapping was in the file. (A clone of parsed data, not a
+    /// second parse.)
+    from_file: Figment,
+    /// The file with the variables merged over it: what was validated.
+    merged: Figment,
+}
+
+/// One step of a key path: `columns`, `transforms[0]`'s `0`.
+enum Step<'p> {
+    /// A mapping key.
+    Key(&'p str),
+    /// A sequence index.
+    Index(usize),
+}
+
+/// `columns.c.transforms[0].type` as steps.
+fn steps(path: &str) -> Vec<Step<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !key.is_empty() {
+            out.push(Step::Key(key));
+        }
+        out.extend(
+            indexes
+                .split(['[', ']'])
+                .filter_map(|i| i.parse().ok())
+                .map(Step::Index),
+        );
+    }
+    out
+}
+
+/// The value one step below `v`.
+fn child<'v>(v: &'v Value, step: &Step<'_>) -> Option<&'v Value> {
+    match (v, step) {
+        (Value::Dict(_, d), Step::Key(k)) => d.get(*k),
+        (Value::Array(_, a), Step::Index(i)) => a.get(*i),
+        _ => None,
+    }
+}
+
+impl Sources {
+    /// The variables that set the value at `path` (or at its closest existing ancestor), by
+    /// name; empty when the value is the file's.
+    pub(super) fn env_vars(&self, path: &str) -> Vec<String> {
+        let Ok(root) = self.merged.find_value("") else {
+            return Vec::new();
         };
+        let steps = steps(path);
+        let mut node = &root;
+        let mut depth = 0;
+        while let Some(next) = steps.get(depth).and_then(|s| child(node, s)) {
+            node = next;
+            depth += 1;
+        }
+        if !self.is_env(node) {
+            return Vec::new();
+        }
+        if matches!(node, Value::Dict(..)) {
+            let in_file = self.from_file.find_value("").ok().is_some_and(|f| {
+                let mut cur = Some(&f);
+                for s in &steps[..depth] {
+                    cur = cur.and_then(|c| child(c, s));
+                }
+                cur.is_some()
+            });
+            if in_file {
+                return Vec::new();
+            }
+        }
+        let mut keys: Vec<String> = steps[..depth]
+            .iter()
+            .map(|s| match s {
+                Step::Key(k) => k.to_string(),
+                Step::Index(i) => i.to_string(),
+            })
+            .collect();
+        let mut vars = Vec::new();
+        self.env_leaves(node, &mut keys, &mut vars);
+        vars
     }
-    match cur {
-        J::Object(m) => m.remove(key).is_some(),
-        _ => false,
+
+    /// Whether figment's tag on `v` is the environment provider's.
+    fn is_env(&self, v: &Value) -> bool {
+        self.env_metadata(v).is_some()
     }
-}
 
-/// The node `at` points to (enum segments are transparent in a JSON tree).
-fn node_at<'v>(value: &'v mut J, at: &serde_path_to_error::Path) -> Option<&'v mut J> {
-    use serde_path_to_error::Segment;
-    let mut cur = value;
-    for seg in at.iter() {
-        cur = match (seg, cur) {
-            (Segment::Map { key }, J::Object(m)) => m.get_mut(key)?,
-            (Segment::Seq { index }, J::Array(a)) => a.get_mut(*index)?,
-            (Segment::Enum { .. }, c) => c,
-            _ => return None,
-        };
+    /// The environment provider's metadata, when `v` came from it.
+    fn env_metadata(&self, v: &Value) -> Option<&Metadata> {
+        self.merged
+            .get_metadata(v.tag())
+            .filter(|m| m.name == ENV_SOURCE)
     }
-    Some(cur)
-}
 
-/// `base.key`, or `key` at the top.
-fn join_key(base: &str, key: &str) -> String {
-    if base.is_empty() {
-        key.to_string()
-    } else {
-        format!("{base}.{key}")
-    }
-}
-
-fn name_is_empty(meta: &str) -> bool {
-    meta.ends_with('.')
-}
-
-/// serde names Rust types ("expected u32"); a spec author thinks in YAML values.
-fn friendly_type_error(msg: &str) -> String {
-    let Some((head, expected)) = msg.split_once(", expected ") else {
-        return msg.to_string();
-    };
-    let want = match expected {
-        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)",
-        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
-        "f32" | "f64" => "a number",
-        "a boolean" => "true or false",
-        other => other,
-    };
-    format!("{head}, expected {want}")
-}
-
-/// The JSONPath parser's multi-line error as one line: "expected selector at character 3".
-fn one_line_parse_error(msg: &str) -> String {
-    let at = msg
-        .split("-->")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|lc| lc.split(':').nth(1));
-    let what = msg.lines().rev().find_map(|l| l.trim().strip_prefix("= "));
-    match (what, at) {
-        (Some(w), Some(c)) => format!("{w} at character {c}"),
-        (Some(w), None) => w.to_string(),
-        _ => msg.split_whitespace().collect::<Vec<_>>().join(" "),
-    }
-}
-
-/// How serde describes a JSON value in "invalid type: ..., expected ..." messages.
-fn describe_unexpected(v: &J) -> String {
-    match v {
-        J::Null => "null".into(),
-        J::Bool(b) => format!("boolean `{b}`"),
-        J::Number(n) if n.is_f64() => format!("floating point `{n}`"),
-        J::Number(n) => format!("integer `{n}`"),
-        J::String(s) => format!("string {s:?}"),
-        J::Array(_) => "sequence".into(),
-        J::Object(_) => "map".into(),
-    }
-}
-
-/// For an "invalid type/value" error inside a tagged enum: the one key whose value serde
-/// complained about (none when it is ambiguous).
-fn offending_key(msg: &str, obj: &serde_json::Map<String, J>) -> Option<String> {
-    let what = msg
-        .strip_prefix("invalid type: ")
-        .or_else(|| msg.strip_prefix("invalid value: "))?;
-    let what = what.split(", expected").next()?;
-    let mut hits = obj
-        .iter()
-        .filter(|(k, v)| *k != "type" && describe_unexpected(v) == what)
-        .map(|(k, _)| k.clone());
-    let first = hits.next()?;
-    if hits.next().is_some() {
-        None
-    } else {
-        Some(first)
+    /// The variable names of the values under `v` (at key path `keys`) that variables set.
+    fn env_leaves(&self, v: &Value, keys: &mut Vec<String>, out: &mut Vec<String>) {
+        match v {
+            Value::Dict(_, d) => {
+                for (k, child) in d {
+                    keys.push(k.clone());
+                    self.env_leaves(child, keys, out);
+                    keys.pop();
+                }
+            }
+            leaf => {
+                if let Some(m) = self.env_metadata(leaf) {
+                    out.push(m.interpolate(&Profile::Default, keys));
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::ValType;
 
     const GOOD: &str = r#"
 source:
@@ -847,6 +263,7 @@ columns:
     transforms:
       - type: from_epoch
         to: date
+name: t
 "#;
 
     fn parse(text: &str) -> Result<Spec, SpecError> {
@@ -895,6 +312,27 @@ columns:
     }
 
     #[test]
+    fn name_is_required() {
+        let (text, issues) = issues_of(&GOOD.replace("name: t\n", ""));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(text.contains("specs/t.yaml:1:1: name: required: the pipeline name scopes the ledger and rejects; set it once and never change it (it was \"t\" by default before)"), "{text}");
+        let (text, _) = issues_of(&GOOD.replace("name: t\n", "name:\n"));
+        assert!(
+            text.contains("specs/t.yaml:22:1: name: required: "),
+            "{text}"
+        );
+        let (text, _) = issues_of(&GOOD.replace("name: t\n", "name: 3\n"));
+        assert!(text.contains("name: must be a non-empty string"), "{text}");
+        // A misspelled name is one problem, the misspelling.
+        let (text, issues) = issues_of(&GOOD.replace("name: t\n", "nmae: t\n"));
+        assert_eq!(issues.len(), 1, "{text}");
+        assert!(
+            text.contains("nmae: unknown key `nmae` (did you mean `name`?)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn wrong_type_transforms_are_spec_errors() {
         let bad = GOOD.replace(
             "- type: version_to_int",
@@ -922,17 +360,33 @@ columns:
 
     #[test]
     fn syntax_errors_have_positions() {
+        // figment's YAML provider carries serde_yaml's location in its message.
         let err = parse("source: [unclosed\n").unwrap_err();
         assert!(
             matches!(
                 err,
                 SpecError::Syntax {
-                    position: Some(_),
+                    position: Some((2, 1)),
                     ..
                 }
             ),
-            "{err}"
+            "{err:?}"
         );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("specs/t.yaml:2:1: invalid YAML: "),
+            "{text}"
+        );
+        assert!(!text.contains(" at line "), "{text}");
+
+        let err = parse("name: t\n  source: x\n").unwrap_err();
+        assert!(err.to_string().starts_with("specs/t.yaml:2:9: "), "{err}");
+    }
+
+    #[test]
+    fn a_spec_that_is_not_a_mapping_is_an_error() {
+        let err = parse("- a\n- b\n").unwrap_err();
+        assert!(err.to_string().starts_with("specs/t.yaml"), "{err}");
     }
 
     /// Tests that set `ETL_SPEC_*` variables hold this lock: every `with_env` parse sees them.
@@ -946,6 +400,28 @@ columns:
         let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
         unsafe { std::env::remove_var("ETL_SPEC_TARGET__TABLE") };
         assert_eq!(s.unwrap().target.table, "other_table");
+    }
+
+    #[test]
+    fn env_override_values_are_parsed_and_other_variables_may_be_any_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let junk = std::ffi::OsString::from_vec(vec![0xff, 0xfe]);
+        // Safety: tests that touch the environment are serialized by ENV_LOCK.
+        unsafe {
+            std::env::set_var("ETL_SPEC_SOURCE__POLLERS", "8");
+            std::env::set_var("ETL_SPECLOAD_TEST_NOT_UTF8", &junk);
+        }
+        let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
+        unsafe {
+            std::env::remove_var("ETL_SPEC_SOURCE__POLLERS");
+            std::env::remove_var("ETL_SPECLOAD_TEST_NOT_UTF8");
+        }
+        let s = s.unwrap();
+        let crate::spec::SourceConfig::Sqs(sqs) = &s.source else {
+            panic!("{:?}", s.source)
+        };
+        assert_eq!(sqs.pollers, 8);
     }
 
     /// Parses `text` with the given `ETL_SPEC_*` variables set; returns the error text.
@@ -988,6 +464,37 @@ columns:
 
         let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGT__URL", "postgres://x/y")]);
         assert!(text.contains("targt: unknown key `targt` (did you mean `target`?) (set by environment variable ETL_SPEC_TARGT__URL)"), "{text}");
+
+        // A key that exists only because variables set keys below it names them all.
+        let (text, issues) = env_error(
+            GOOD,
+            &[
+                ("ETL_SPEC_VAUL__TABLE", "v"),
+                ("ETL_SPEC_VAUL__KEYRING", "k"),
+            ],
+        );
+        assert!(
+            text.contains("vaul: unknown key `vaul` (did you mean `vault`?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "(set by environment variables ETL_SPEC_VAUL__KEYRING, ETL_SPEC_VAUL__TABLE)"
+            ),
+            "{text}"
+        );
+        assert_eq!(issues[0].position, None);
+
+        // A mapping that is in the file, with a key a variable set: the mapping's problems are
+        // the file's.
+        let (text, _) = env_error(
+            &GOOD.replace("  table: user_logins\n", ""),
+            &[("ETL_SPEC_TARGET__URL", "postgres://x/y")],
+        );
+        assert!(
+            text.contains("specs/t.yaml:6:1: target: missing key `table`"),
+            "{text}"
+        );
 
         let (text, _) = env_error(GOOD, &[("ETL_SPEC_TARGET__TABEL", "x")]);
         assert!(text.contains("target.tabel: unknown key `tabel` (did you mean `table`?) (set by environment variable ETL_SPEC_TARGET__TABEL)"), "{text}");

@@ -4,12 +4,15 @@
 //! Loading is two-phase (see [`load`]): the YAML plus environment overrides are merged by
 //! figment into a loose JSON tree, then each section is deserialized on its own so that
 //! *every* problem is reported at once, each with its key path and, where the YAML parser
-//! knows it, the file position.
+//! knows it, the file position. [`load`] holds the entry points and what figment loaded,
+//! `validate` checks section by section, `diagnose` places and words each problem.
 
+mod diagnose;
 pub mod load;
 pub mod position;
 pub mod typecheck;
 pub mod types;
+mod validate;
 
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
 pub use types::*;

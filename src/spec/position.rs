@@ -1,8 +1,8 @@
 //! Maps key paths (`columns.app_version.transforms[0]`) to line and column in the YAML text,
 //! so spec errors can point at the spot in the file.
 //!
-//! serde_yaml does not expose spans, so the text is walked once with yaml-rust2's event
-//! parser, which does.
+//! figment's YAML provider (serde_yaml) does not expose spans, so the text is walked with
+//! yaml-rust2's event parser, which does; only when a problem must be placed (see `diagnose`).
 
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser};

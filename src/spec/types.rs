@@ -14,9 +14,9 @@ pub use crate::value::CastType;
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecConfig {
-    /// Pipeline name; scopes the ledger and rejects. Defaults to the file name without extension.
-    #[serde(default)]
-    pub name: Option<String>,
+    /// Pipeline name (required): scopes the ledger (exactly-once) and rejects, and is bound into
+    /// the encryption of reject bodies. Set it once and never change it.
+    pub name: String,
     /// Where messages come from.
     pub source: SourceConfig,
     /// Where rows go.

@@ -1,0 +1,453 @@
+//! Validating a spec section by section, building the compiled [`Spec`]: limits, table and
+//! column names, sources, transform chains (type-checked) and the spec's own tests.
+
+use super::diagnose::{Diagnostics, suggest, with_suggestion};
+use super::{Column, ColumnSource, MetaField, Spec, types::*};
+use crate::value::ValType;
+use serde_json::Value as J;
+use std::path::Path;
+
+/// The keys of a spec test's `meta:`.
+pub const TEST_META_KEYS: &[&str] = &[
+    "message_id",
+    "sent_timestamp",
+    "receive_count",
+    "attributes",
+    "message_attributes",
+];
+
+/// A Postgres identifier, optionally schema-qualified (`schema.table`).
+fn is_identifier(s: &str) -> bool {
+    let part_ok = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= 63
+    };
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part_ok(p))
+}
+
+/// Walks the merged tree, recording problems in `d`.
+pub(super) struct Validator<'a> {
+    /// Where problems are recorded.
+    pub(super) d: Diagnostics<'a>,
+}
+
+impl Validator<'_> {
+    /// Validates the merged tree section by section; `None` when something essential is broken.
+    pub(super) fn spec(&mut self, root: &J, file: &Path) -> Option<Spec> {
+        let Some(map) = root.as_object() else {
+            self.d.issue(
+                "",
+                "a spec must be a YAML mapping with keys source, target, columns",
+            );
+            return None;
+        };
+        /// The top-level keys.
+        const TOP: &[&str] = &[
+            "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
+        ];
+        // A misspelled required key is reported once, as the misspelling.
+        let mut suggested = Vec::new();
+        for k in map.keys() {
+            if !TOP.contains(&k.as_str()) {
+                suggested.extend(suggest(k, TOP.iter().copied()));
+                self.d.issue(
+                    k.clone(),
+                    with_suggestion(format!("unknown key `{k}`"), k, TOP),
+                );
+            }
+        }
+        let missing = |v: &mut Self, key: &str| {
+            if !suggested.contains(&key) {
+                v.d.issue(key, format!("missing key `{key}`"));
+            }
+        };
+        let get = |k: &str| map.get(k).cloned().unwrap_or(J::Null);
+        let opt = |k: &str| {
+            map.get(k)
+                .cloned()
+                .unwrap_or_else(|| J::Object(Default::default()))
+        };
+
+        let name = match map.get("name") {
+            Some(J::String(s)) if !s.is_empty() => s.clone(),
+            // It used to default to the file name, so renaming a file silently moved the
+            // pipeline to a new ledger scope (exactly-once lost) and hid its old rejects.
+            None | Some(J::Null) if !suggested.contains(&"name") => {
+                let was = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "required: the pipeline name scopes the ledger and rejects; set it once and \
+                     never change it (it was {was:?} by default before)"
+                );
+                if map.contains_key("name") {
+                    self.d.issue("name", msg);
+                } else {
+                    // Not in the file at all: the file as a whole is at fault.
+                    self.d.issue_at("name", msg, (1, 1));
+                }
+                String::new()
+            }
+            None | Some(J::Null) => String::new(),
+            Some(_) => {
+                self.d.issue("name", "must be a non-empty string");
+                String::new()
+            }
+        };
+        let source = if map.contains_key("source") {
+            self.d.section::<SourceConfig>(&get("source"), "source")
+        } else {
+            missing(self, "source");
+            None
+        };
+        let target = if map.contains_key("target") {
+            self.d.section::<TargetConfig>(&get("target"), "target")
+        } else {
+            missing(self, "target");
+            None
+        };
+        let vault = self.d.section::<VaultConfig>(&opt("vault"), "vault");
+        let rejects = self.d.section::<RejectsConfig>(&opt("rejects"), "rejects");
+        let ledger = self.d.section::<LedgerConfig>(&opt("ledger"), "ledger");
+        let tests = match map.get("tests") {
+            None | Some(J::Null) => Some(Vec::new()),
+            Some(t) => self.d.section::<Vec<SpecTestConfig>>(t, "tests"),
+        };
+
+        if let Some(SourceConfig::Sqs(s)) = &source {
+            self.check_sqs(s);
+        }
+        if let Some(t) = &target {
+            self.check_target(t);
+        }
+        for (path, table) in [
+            ("vault.table", vault.as_ref().map(|v| &v.table)),
+            ("rejects.table", rejects.as_ref().map(|r| &r.table)),
+            ("ledger.table", ledger.as_ref().map(|l| &l.table)),
+        ] {
+            if let Some(t) = table
+                && !is_identifier(t)
+            {
+                self.d.issue(
+                    path,
+                    "must be a table name (letters, digits, _; optionally schema.table)",
+                );
+            }
+        }
+
+        let columns = match map.get("columns") {
+            Some(J::Object(cols)) if !cols.is_empty() => self.columns(cols),
+            Some(J::Object(_)) => {
+                self.d.issue("columns", "needs at least one column");
+                Vec::new()
+            }
+            Some(_) => {
+                self.d.issue(
+                    "columns",
+                    "must be a mapping of column name to column settings",
+                );
+                Vec::new()
+            }
+            None => {
+                missing(self, "columns");
+                Vec::new()
+            }
+        };
+        if let Some(tests) = &tests {
+            self.check_tests(tests, &columns);
+        }
+        Some(Spec {
+            file: file.to_path_buf(),
+            name,
+            source: source?,
+            target: target?,
+            vault: vault?,
+            rejects: rejects?,
+            ledger: ledger?,
+            columns,
+            tests: tests?,
+        })
+    }
+
+    /// The spec's own tests: one expectation each, raw bodies, metadata, columns they name.
+    fn check_tests(&mut self, tests: &[SpecTestConfig], columns: &[Column]) {
+        for (i, t) in tests.iter().enumerate() {
+            let p = format!("tests[{i}]");
+            if t.expect_row.is_some() == t.expect_reject.is_some() {
+                self.d.issue(
+                    p.clone(),
+                    "needs exactly one of `expect_row` and `expect_reject`",
+                );
+            }
+            if t.raw && !t.body.is_string() {
+                self.d.issue(
+                    format!("{p}.body"),
+                    "with `raw: true` the body must be a string (the exact message text)",
+                );
+            }
+            for (k, v) in &t.meta {
+                let ok = match k.as_str() {
+                    "message_id" => v.is_string(),
+                    "sent_timestamp" | "receive_count" => {
+                        v.as_u64().is_some() || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
+                    }
+                    "attributes" | "message_attributes" => v.as_object().is_some_and(|m| {
+                        m.values()
+                            .all(|x| !x.is_object() && !x.is_array() && !x.is_null())
+                    }),
+                    _ => {
+                        self.d.issue(
+                            format!("{p}.meta.{k}"),
+                            with_suggestion(format!("unknown key `{k}`"), k, TEST_META_KEYS),
+                        );
+                        continue;
+                    }
+                };
+                if !ok {
+                    let want = match k.as_str() {
+                        "message_id" => "a string",
+                        "sent_timestamp" => "epoch milliseconds (a whole number)",
+                        "receive_count" => "a whole number",
+                        _ => "a mapping of name to a string, number or boolean",
+                    };
+                    self.d
+                        .issue(format!("{p}.meta.{k}"), format!("must be {want}"));
+                }
+            }
+            if let Some(row) = &t.expect_row {
+                for k in row.keys() {
+                    if !columns.iter().any(|c| &c.name == k) {
+                        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                        self.d.issue(
+                            format!("{p}.expect_row.{k}"),
+                            with_suggestion(format!("no column `{k}`"), k, &names),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// SQS limits and settings that serde cannot express.
+    fn check_sqs(&mut self, s: &SqsSourceConfig) {
+        if s.queue.trim().is_empty() {
+            self.d
+                .issue("source.queue", "must name a queue or give its URL");
+        }
+        if !(1..=10).contains(&s.max_messages) {
+            self.d.issue(
+                "source.max_messages",
+                "must be between 1 and 10 (an SQS limit)",
+            );
+        }
+        if s.wait_time_secs > 20 {
+            self.d.issue(
+                "source.wait_time_secs",
+                "must be between 0 and 20 (an SQS limit)",
+            );
+        }
+        if !(1..=43_200).contains(&s.visibility_timeout_secs) {
+            self.d.issue(
+                "source.visibility_timeout_secs",
+                "must be between 1 and 43200 (12 hours, an SQS limit)",
+            );
+        }
+        if !(1..=64).contains(&s.pollers) {
+            self.d.issue("source.pollers", "must be between 1 and 64");
+        }
+        if s.max_receive_count == 0 {
+            self.d
+                .issue("source.max_receive_count", "must be at least 1");
+        }
+        if let Some(e) = &s.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            self.d
+                .issue("source.endpoint_url", "must start with http:// or https://");
+        }
+    }
+
+    /// The target's URL, table name and limits.
+    fn check_target(&mut self, t: &TargetConfig) {
+        if !(t.url.starts_with("postgres://") || t.url.starts_with("postgresql://")) {
+            self.d.issue("target.url", "must be a postgres:// URL");
+        }
+        if !is_identifier(&t.table) {
+            self.d.issue(
+                "target.table",
+                "must be a table name (letters, digits, _; optionally schema.table)",
+            );
+        }
+        if !(1..=50_000).contains(&t.batch_size) {
+            self.d
+                .issue("target.batch_size", "must be between 1 and 50000");
+        }
+        if t.flush_interval_ms == 0 {
+            self.d
+                .issue("target.flush_interval_ms", "must be at least 1");
+        }
+        if !(1..=32).contains(&t.writers) {
+            self.d.issue("target.writers", "must be between 1 and 32");
+        }
+    }
+
+    /// Compiles each column: its source, then its transforms type-checked in order.
+    fn columns(&mut self, cols: &serde_json::Map<String, J>) -> Vec<Column> {
+        /// A column with transforms left loose, so each transform is checked on its own.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct LooseColumn {
+            #[serde(default)]
+            path: Option<String>,
+            #[serde(default)]
+            meta: Option<String>,
+            #[serde(default)]
+            required: bool,
+            #[serde(default)]
+            transforms: Vec<J>,
+        }
+        let mut out = Vec::new();
+        for (name, value) in cols {
+            let base = format!("columns.{name}");
+            if !is_identifier(name) || name.contains('.') {
+                self.d.issue(
+                    base.clone(),
+                    "column name must be letters, digits and _ (a Postgres column)",
+                );
+            }
+            let Some(col) = self.d.section::<LooseColumn>(value, &base) else {
+                continue;
+            };
+            let (source, mut ty) = match (&col.path, &col.meta) {
+                (Some(p), None) => match jsonpath_rust::parser::parse_json_path(p) {
+                    Ok(query) => (
+                        Some(ColumnSource::Path {
+                            text: p.clone(),
+                            query,
+                        }),
+                        ValType::Json,
+                    ),
+                    Err(e) => {
+                        self.d.issue(
+                            format!("{base}.path"),
+                            format!(
+                                "invalid JSONPath `{p}`: {}",
+                                one_line_parse_error(&e.to_string())
+                            ),
+                        );
+                        (None, ValType::Json)
+                    }
+                },
+                (None, Some(m)) => match MetaField::parse(m) {
+                    Some(f) => {
+                        let t = f.val_type();
+                        (Some(ColumnSource::Meta(f)), t)
+                    }
+                    None => {
+                        // `atributes.Foo`: suggest on the part before the dot, keep the name.
+                        let hint = m.split_once('.').and_then(|(pre, name)| {
+                            suggest(pre, ["attributes", "message_attributes"])
+                                .map(|s| format!("{s}.{name}"))
+                        });
+                        let msg = format!("unknown metadata field \"{m}\"");
+                        let msg = match hint {
+                            Some(h) if !name_is_empty(&h) => format!("{msg} (did you mean `{h}`?)"),
+                            _ => with_suggestion(msg, m, MetaField::NAMES),
+                        };
+                        self.d.issue(format!("{base}.meta"), msg);
+                        (None, ValType::Text)
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    self.d
+                        .issue(base.clone(), "give either `path` or `meta`, not both");
+                    (None, ValType::Json)
+                }
+                (None, None) => {
+                    self.d.issue(
+                        base.clone(),
+                        "needs `path` (JSONPath into the body) or `meta` (message metadata)",
+                    );
+                    (None, ValType::Json)
+                }
+            };
+            let mut transforms = Vec::new();
+            let mut chain_ok = true;
+            for (i, t) in col.transforms.iter().enumerate() {
+                let tp = format!("{base}.transforms[{i}]");
+                if let Some(tname) = t.get("type").and_then(J::as_str) {
+                    if !TransformConfig::NAMES.contains(&tname) {
+                        self.d.issue(
+                            format!("{tp}.type"),
+                            with_suggestion(
+                                format!("unknown transform \"{tname}\""),
+                                tname,
+                                TransformConfig::NAMES,
+                            ),
+                        );
+                        chain_ok = false;
+                        continue;
+                    }
+                } else {
+                    self.d.issue(
+                        tp.clone(),
+                        "a transform needs `type:` (e.g. `- type: hash`)",
+                    );
+                    chain_ok = false;
+                    continue;
+                }
+                let Some(cfg) = self.d.section::<TransformConfig>(t, &tp) else {
+                    chain_ok = false;
+                    continue;
+                };
+                if !chain_ok {
+                    continue;
+                }
+                match super::typecheck::output_type(&cfg, ty) {
+                    Ok(out) => {
+                        transforms.push(cfg);
+                        ty = out;
+                    }
+                    Err(msg) => {
+                        self.d.issue(tp, msg);
+                        chain_ok = false;
+                    }
+                }
+            }
+            if let Some(source) = source {
+                out.push(Column {
+                    name: name.clone(),
+                    source,
+                    required: col.required,
+                    transforms,
+                    out_type: ty,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A `meta:` suggestion like `attributes.` whose name part is empty is no help.
+fn name_is_empty(meta: &str) -> bool {
+    meta.ends_with('.')
+}
+
+/// The JSONPath parser's multi-line error as one line: "expected selector at character 3".
+fn one_line_parse_error(msg: &str) -> String {
+    let at = msg
+        .split("-->")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|lc| lc.split(':').nth(1));
+    let what = msg.lines().rev().find_map(|l| l.trim().strip_prefix("= "));
+    match (what, at) {
+        (Some(w), Some(c)) => format!("{w} at character {c}"),
+        (Some(w), None) => w.to_string(),
+        _ => msg.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
