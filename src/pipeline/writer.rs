@@ -5,15 +5,21 @@
 use super::budget::Charge;
 use super::in_flight::InFlight;
 use super::{PipelineError, Queued, Shared};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, retry};
 use crate::sink::{Sink, SinkError, WriteProgress};
-use crate::source::{BatchEntry, QueueClient};
+use crate::source::{BatchEntry, QueueClient, SqsError};
 use crate::stats::{BatchCounts, Stats};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+
+/// Retries of handing messages back (visibility 0): brief, since they come back anyway.
+const RELEASE_BACKOFF: Backoff = Backoff {
+    max_elapsed: Duration::from_secs(10),
+    ..Backoff::SQS
+};
 
 /// What one writer needs besides the shared handles.
 pub(super) struct Writer {
@@ -213,6 +219,7 @@ pub(super) async fn release(
         .in_flight
         .store(in_flight.len() as u64, Ordering::Relaxed);
     let Some(q) = queue else { return };
+    let never = CancellationToken::new();
     for chunk in receipts.chunks(10) {
         let entries = chunk
             .iter()
@@ -221,8 +228,20 @@ pub(super) async fn release(
                 id: i.to_string(),
                 value: r.clone(),
             })
-            .collect();
-        match q.change_visibility_batch(entries, 0).await {
+            .collect::<Vec<_>>();
+        // A short retry: a message not handed back still returns after its visibility
+        // timeout, so this must not hold up the run for long.
+        let handed_back = retry(
+            RELEASE_BACKOFF,
+            &never,
+            SqsError::is_retriable,
+            |e, attempt, _| {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(attempt, error = %e, "Handing messages back failed; retrying.");
+            },
+            || q.change_visibility_batch(entries.clone(), 0),
+        );
+        match handed_back.await {
             Ok(failed) => {
                 // An endpoint may report more failures than entries; never wrap.
                 let released = chunk.len().saturating_sub(failed.len());

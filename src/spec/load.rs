@@ -347,7 +347,7 @@ name: t
         let bad = GOOD
             .replace(
                 "endpoint_url: http://127.0.0.1:4566",
-                "endpoint_url: http://127.0.0.1:4566\n  max_messages: 11",
+                "endpoint_url: http://127.0.0.1:4566\n  max_messages: 11\n  max_in_flight_bytes: 1000",
             )
             .replace("meta: sent_timestamp", "meta: sent_timestmp");
         let text = parse(&bad).unwrap_err().to_string();
@@ -356,6 +356,10 @@ name: t
             "{text}"
         );
         assert!(text.contains("did you mean `sent_timestamp`"), "{text}");
+        assert!(
+            text.contains("source.max_in_flight_bytes: must be between 1048576"),
+            "{text}"
+        );
     }
 
     #[test]

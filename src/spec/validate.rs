@@ -121,6 +121,9 @@ impl Validator<'_> {
         if let Some(SourceConfig::Sqs(s)) = &source {
             self.check_sqs(s);
         }
+        if let Some(s) = &source {
+            self.check_budget(s.max_in_flight_bytes());
+        }
         if let Some(t) = &target {
             self.check_target(t);
         }
@@ -268,6 +271,17 @@ impl Validator<'_> {
         {
             self.d
                 .issue("source.endpoint_url", "must start with http:// or https://");
+        }
+    }
+
+    /// The in-flight memory budget: at least 1 MiB (one message of the SQS maximum size), and
+    /// below 4 GiB (what one counter holds).
+    fn check_budget(&mut self, bytes: u64) {
+        if !(1 << 20..u64::from(u32::MAX)).contains(&bytes) {
+            self.d.issue(
+                "source.max_in_flight_bytes",
+                "must be between 1048576 (1 MiB) and 4294967294 (4 GiB)",
+            );
         }
     }
 
