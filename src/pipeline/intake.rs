@@ -85,6 +85,9 @@ pub fn parse_redrive_policy(policy: &str) -> Option<(String, u32)> {
     Some((arn, max))
 }
 
+/// Pause between empty receives while a drain waits for messages still in flight.
+const DRAIN_RECHECK: Duration = Duration::from_millis(200);
+
 /// What one poller needs besides the shared handles.
 pub(super) struct Poller {
     /// Its number, for logs.
@@ -172,7 +175,15 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
                         break;
                     }
                     Verdict::GiveUp => break,
-                    Verdict::KeepPolling => {}
+                    Verdict::KeepPolling => {
+                        // An endpoint may answer an empty receive at once (short polling, or
+                        // a queue that is not long-polled): pause so this loop never spins
+                        // and starves the writers it is waiting for.
+                        tokio::select! {
+                            _ = tokio::time::sleep(DRAIN_RECHECK) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
                 }
             }
             continue;
