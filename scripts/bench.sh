@@ -3,7 +3,8 @@
 # on the same generated data, in one run.
 #
 #   scripts/bench.sh [--messages N] [--rss-messages M] [--reference-messages K] [--repeat R]
-#                    [--latency-ms MS [--latency-messages L]] [--skip-reference] [--keep-services]
+#                    [--large-body-messages G] [--latency-ms MS [--latency-messages L]]
+#                    [--skip-reference] [--keep-services] [--only large-bodies]
 #
 #   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, at the engine's poller count
 #   B  etl-engine run specs/logins.yaml --drain: SQS -> hash + vault + casts -> Postgres
@@ -11,6 +12,11 @@
 #   D  Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows
 #   E  etl-engine run with a JSON Lines file source, same transforms
 #   R  B again on a queue of M messages, for the peak-RSS check
+#   RL B again on a queue of G messages (default 2,000; 0 skips it) whose bodies are padded to
+#      255 KiB (an extra JSON string field no column reads), for the peak-RSS check of the byte
+#      budget (source.max_in_flight_bytes, default settings). They are sent one per
+#      SendMessageBatch: classic SQS allows 256 KiB per batch in all (LocalStack 4.13: 1 MiB).
+#      --only large-bodies runs RL alone (a few minutes) and reports only it.
 #   BL, CL (with --latency-ms) B and C on L messages (default 5,000) through a proxy that delays
 #      every byte by MS in each direction, as if the endpoint were remote (informational)
 #
@@ -20,8 +26,9 @@
 # checkpoint taken, so one measurement's aftermath does not land in the next.
 #
 # N defaults to 50,000 (about 1% invalid), M to 200,000, K to N. Prints a table and the ratios
-# B/A, B/C, E/D, checks the targets (B >= 0.8 A, B >= 5 C, E >= 0.5 D, peak RSS of R <= 150 MB),
-# writes everything to $BENCH_DIR/results.json, and exits 1 if a measured target is missed.
+# B/A, B/C, E/D, checks the targets (B >= 0.8 A, B >= 5 C, E >= 0.5 D, peak RSS of R <= 150 MB,
+# peak RSS of RL <= 300 MB), writes everything to $BENCH_DIR/results.json, and exits 1 if a
+# measured target is missed.
 #
 # Services run on their own ports and state dir (BENCH_PGPORT=58432, BENCH_SQS_PORT=58566,
 # BENCH_DIR=<project>/.local/bench) and are stopped at the end unless --keep-services.
@@ -38,7 +45,11 @@ KEEP_SERVICES=0
 LATENCY_MS=0
 LATENCY_MESSAGES=5000
 REPEAT=3
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+LARGE_BODY_MESSAGES=2000
+# 255 KiB: just under SQS's 256 KiB (262,144 bytes) per message, with room for attributes.
+LARGE_BODY_BYTES=261120
+ONLY=""
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --messages) MESSAGES=${2:?}; shift 2 ;;
@@ -47,6 +58,8 @@ while [ $# -gt 0 ]; do
         --latency-ms) LATENCY_MS=${2:?}; shift 2 ;;
         --latency-messages) LATENCY_MESSAGES=${2:?}; shift 2 ;;
         --repeat) REPEAT=${2:?}; shift 2 ;;
+        --large-body-messages) LARGE_BODY_MESSAGES=${2:?}; shift 2 ;;
+        --only) ONLY=${2:?}; shift 2 ;;
         --skip-reference) SKIP_REFERENCE=1; shift ;;
         --keep-services) KEEP_SERVICES=1; shift ;;
         -h|--help) usage ;;
@@ -58,6 +71,16 @@ REFERENCE_MESSAGES=${REFERENCE_MESSAGES:-$MESSAGES}
 for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES" "$LATENCY_MESSAGES" "$REPEAT"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: message counts must be positive integers (got $n)" >&2; exit 2; }
 done
+[[ $LARGE_BODY_MESSAGES =~ ^[0-9]+$ ]] || { echo "error: --large-body-messages must be a whole number" >&2; exit 2; }
+case $ONLY in
+    "") ;;
+    large-bodies) [ "$LARGE_BODY_MESSAGES" -gt 0 ] || { echo "error: --only large-bodies needs --large-body-messages > 0" >&2; exit 2; }
+        SKIP_REFERENCE=1 ;;
+    *) echo "error: --only takes large-bodies (got $ONLY)" >&2; exit 2 ;;
+esac
+# ALL=1: every measurement; 0: only the one --only names.
+ALL=1
+[ -z "$ONLY" ] || ALL=0
 
 BENCH_PGPORT=${BENCH_PGPORT:-58432}
 BENCH_SQS_PORT=${BENCH_SQS_PORT:-58566}
@@ -93,7 +116,7 @@ fi
 
 say "building (release)"
 cargo build --release --quiet --bin etl-engine
-ENGINE="$ROOT/target/release/etl-engine"
+ENGINE="${CARGO_TARGET_DIR:-$ROOT/target}/release/etl-engine"
 # The helper is a bench target; ask cargo where its executable is.
 BENCH_BIN=$(cargo build --release --quiet --bench etl_bench --message-format=json |
     python3 -c 'import json, sys
@@ -129,17 +152,21 @@ gen() { # count -> prints the file, writes its counts next to it
     echo "$f"
 }
 valid_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["valid"])' "$1.counts"; }
-say "generating $MESSAGES and $RSS_MESSAGES messages"
-MSGS=$(gen "$MESSAGES")
-RSS_MSGS=$(gen "$RSS_MESSAGES")
-REF_MSGS=$MSGS
-[ "$REFERENCE_MESSAGES" = "$MESSAGES" ] || REF_MSGS=$(gen "$REFERENCE_MESSAGES")
+if [ "$ALL" = 1 ]; then
+    say "generating $MESSAGES and $RSS_MESSAGES messages"
+    MSGS=$(gen "$MESSAGES")
+    RSS_MSGS=$(gen "$RSS_MESSAGES")
+    REF_MSGS=$MSGS
+    [ "$REFERENCE_MESSAGES" = "$MESSAGES" ] || REF_MSGS=$(gen "$REFERENCE_MESSAGES")
+fi
+# RL's messages are these, padded by the loader as they are sent (500 MB never touch the disk).
+[ "$LARGE_BODY_MESSAGES" = 0 ] || LARGE_MSGS=$(gen "$LARGE_BODY_MESSAGES")
 
 export ETL_KEYRING="$BENCH_DIR/keyring.json"
 "$ENGINE" keygen --force "$ETL_KEYRING" >/dev/null
 # The file-source spec: specs/logins.yaml with its source block replaced, everything else as is.
 FILE_SPEC="$BENCH_DIR/logins-file.yaml"
-awk -v path="$MSGS" '
+awk -v path="${MSGS:-}" '
     /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
     skip && /^[^ #]/ { skip = 0 }
     !skip { print }' "$SPEC" >"$FILE_SPEC"
@@ -147,7 +174,9 @@ awk -v path="$MSGS" '
 {
     printf '{"messages": %s, "rss_messages": %s, "reference_messages": %s,\n' "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"
     printf ' "latency_ms_each_way": %s, "latency_messages": %s,\n' "$LATENCY_MS" "$LATENCY_MESSAGES"
-    printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$(valid_of "$MSGS")" "$(date -u +%FT%TZ)" \
+    printf ' "large_body_messages": %s, "large_body_bytes": %s, "only": %s,\n' "$LARGE_BODY_MESSAGES" "$LARGE_BODY_BYTES" \
+        "$([ -n "$ONLY" ] && printf '"%s"' "$ONLY" || echo null)"
+    printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$([ "$ALL" = 1 ] && valid_of "$MSGS" || echo null)" "$(date -u +%FT%TZ)" \
         "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     printf ' "machine": {"cpu_model": "%s", "cores": %s, "mem_total_mb": %s},\n' \
         "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" \
@@ -157,8 +186,10 @@ awk -v path="$MSGS" '
 
 # Per measurement: a fresh database, and a fresh queue holding exactly the input.
 fresh_db() { "$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$TABLE_DDL_FILE"; }
-fresh_queue() { # name file -> url
-    "$BENCH_BIN" load --endpoint "$ENDPOINT" --queue "$1-$$" --input "$2"
+fresh_queue() { # name file [load options...] -> url
+    local name=$1 file=$2
+    shift 2
+    "$BENCH_BIN" load --endpoint "$ENDPOINT" --queue "$name-$$" --input "$file" "$@"
 }
 drop_queue() { "$BENCH_BIN" delete-queue --endpoint "$ENDPOINT" --queue-url "$1" || true; }
 engine_env() { # queue-url db-url command...: runs the command with the spec pointed at them
@@ -201,6 +232,7 @@ PY
 
 say "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+if [ "$ALL" = 1 ]; then
 # ------------------------------------------------------------------ D and E (no SQS)
 for i in $(seq 1 "$REPEAT"); do
     settle
@@ -257,8 +289,24 @@ engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/r-measure.json" --log "$O
 drop_queue "$Q"
 "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$RSS_MSGS")" \
     --expect-messages "$RSS_MESSAGES" --out "$OUT/r-check.json"
+settle "$DB"
+fi
 
-if [ "$LATENCY_MS" != 0 ]; then
+if [ "$LARGE_BODY_MESSAGES" != 0 ]; then
+    say "RL: loading $LARGE_BODY_MESSAGES messages of $LARGE_BODY_BYTES bytes (one per send batch)"
+    DB=$(fresh_db bench_rl)
+    Q=$(fresh_queue bench-rl "$LARGE_MSGS" --pad-to "$LARGE_BODY_BYTES")
+    settle
+    say "RL: engine draining $LARGE_BODY_MESSAGES messages of $LARGE_BODY_BYTES bytes (peak RSS, default settings)"
+    engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/rl-measure.json" --log "$OUT/rl.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+        "$ENGINE" run "$SPEC" --drain --summary-json "$OUT/rl-summary.json"
+    drop_queue "$Q"
+    "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$LARGE_MSGS")" \
+        --expect-messages "$LARGE_BODY_MESSAGES" --out "$OUT/rl-check.json"
+    settle "$DB"
+fi
+
+if [ "$ALL" = 1 ] && [ "$LATENCY_MS" != 0 ]; then
     say "BL, CL: $LATENCY_MESSAGES messages through a proxy adding $LATENCY_MS ms each way"
     LAT_MSGS=$(gen "$LATENCY_MESSAGES")
     python3 "$ROOT/benches/latency_proxy.py" --target-port "$BENCH_SQS_PORT" --delay-ms "$LATENCY_MS" >"$OUT/proxy.port" 2>"$OUT/proxy.log" &
@@ -290,7 +338,7 @@ say "load average after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 "$BENCH_BIN" report --dir "$OUT" || status=$?
 # Every D and E run, not only the median ones, go into the results too.
-python3 - "$OUT" <<'PY'
+[ "$ALL" = 0 ] || python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 r = json.load(open(f"{out}/results.json"))

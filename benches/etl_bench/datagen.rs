@@ -135,3 +135,34 @@ pub fn write(n: usize, seed: u64, out: &mut impl Write) -> std::io::Result<Count
     out.flush()?;
     Ok(counts)
 }
+
+/// What [`pad`] adds to a JSON object besides the padding itself: `,"padding":""`.
+const PAD_FIELD_OVERHEAD: usize = r#","padding":"""#.len();
+
+/// Pads a message body to exactly `bytes` bytes (for the large-body measurement): a JSON object
+/// gets an extra string field `padding`, which no column reads, so a valid message stays valid
+/// and an invalid one stays invalid for the same reason; a body that is not a JSON object
+/// (broken JSON) gets trailing spaces, which leave it just as broken. A body already that long
+/// (or too close to it for the extra field) is returned as it is.
+pub fn pad(body: &str, bytes: usize) -> String {
+    let is_object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(body)
+        .is_ok_and(|m| !m.is_empty());
+    let trimmed = body.trim_end();
+    if is_object && trimmed.len() + PAD_FIELD_OVERHEAD <= bytes {
+        let open = &trimmed[..trimmed.len() - 1]; // without the closing brace
+        let fill = bytes - trimmed.len() - PAD_FIELD_OVERHEAD;
+        let mut s = String::with_capacity(bytes);
+        s.push_str(open);
+        s.push_str(r#","padding":""#);
+        s.extend(std::iter::repeat_n('x', fill));
+        s.push_str("\"}");
+        s
+    } else if !is_object && body.len() < bytes {
+        let mut s = String::with_capacity(bytes);
+        s.push_str(body);
+        s.extend(std::iter::repeat_n(' ', bytes - body.len()));
+        s
+    } else {
+        body.to_string()
+    }
+}

@@ -53,6 +53,12 @@ enum Cmd {
         queue: String,
         #[arg(long)]
         input: PathBuf,
+        /// Pad every body to this many bytes first (an extra JSON string field; 0: as is).
+        #[arg(long, default_value_t = 0)]
+        pad_to: usize,
+        /// At most this many bytes of bodies in one SendMessageBatch (classic SQS: 256 KiB).
+        #[arg(long, default_value_t = sqs::CLASSIC_BATCH_BYTES)]
+        batch_bytes: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
@@ -242,10 +248,13 @@ async fn run(cmd: Cmd) -> Result<u8> {
             endpoint,
             queue,
             input,
+            pad_to,
+            batch_bytes,
             concurrency,
         } => {
             let bodies = read_lines(&input)?;
-            let url = sqs::load(&endpoint, &queue, &bodies, concurrency).await?;
+            let url =
+                sqs::load(&endpoint, &queue, &bodies, pad_to, batch_bytes, concurrency).await?;
             println!("{url}");
         }
         Cmd::DeleteQueue {

@@ -5,6 +5,8 @@
 //! (so the drain mode's final empty polls do not count, for any of them); D is the COPY
 //! transactions alone; E is the engine's own pipeline time (start of reading to last commit).
 //! BL and CL (optional) repeat B and C through a proxy that adds latency to every SQS call.
+//! RL is the RSS run again on a queue of ~256 KiB bodies (the byte budget's memory check).
+//! With `--only large-bodies` (meta `only`) only RL is run, and only RL is reported.
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -49,8 +51,12 @@ pub fn report(dir: &Path) -> Result<u8> {
     let rm = read(dir, "r-measure.json");
     let (blm, clm) = (read(dir, "bl-measure.json"), read(dir, "cl-measure.json"));
     let lat_n = meta["latency_messages"].as_f64().unwrap_or(0.0);
+    let rlm = read(dir, "rl-measure.json");
+    let rl_n = meta["large_body_messages"].as_f64().unwrap_or(0.0);
+    // `--only large-bodies`: nothing but RL was run.
+    let only = meta["only"].as_str().map(str::to_string);
 
-    let lines = [
+    let lines: Vec<Line> = [
         Line {
             key: "A",
             what: "SQS ceiling: receive(10) + DeleteMessageBatch, no processing (Rust, aws-sdk-sqs)",
@@ -94,6 +100,13 @@ pub fn report(dir: &Path) -> Result<u8> {
             rss_kb: num(&rm, "peak_rss_kb"),
         },
         Line {
+            key: "RL",
+            what: "etl-engine run --drain on 255 KiB bodies (byte budget memory check)",
+            messages: rl_n,
+            secs: num(&rlm, "drained_secs"),
+            rss_kb: num(&rlm, "peak_rss_kb"),
+        },
+        Line {
             key: "BL",
             what: "B through a proxy adding latency to every SQS call (see meta)",
             messages: lat_n,
@@ -107,7 +120,10 @@ pub fn report(dir: &Path) -> Result<u8> {
             secs: num(&clm, "drained_secs"),
             rss_kb: num(&clm, "peak_rss_kb"),
         },
-    ];
+    ]
+    .into_iter()
+    .filter(|l| only.is_none() || l.key == "RL")
+    .collect();
     let rate = |k: &str| lines.iter().find(|l| l.key == k).and_then(Line::rate);
     let ratio = |x: &str, y: &str| Some(rate(x)? / rate(y)?);
 
@@ -136,6 +152,7 @@ pub fn report(dir: &Path) -> Result<u8> {
     }
 
     let r_rss_mb = num(&rm, "peak_rss_kb").map(|k| k / 1024.0);
+    let rl_rss_mb = num(&rlm, "peak_rss_kb").map(|k| k / 1024.0);
     let checks = [
         (
             "B/A",
@@ -165,6 +182,13 @@ pub fn report(dir: &Path) -> Result<u8> {
             false,
             "memory stays flat under a deep backlog",
         ),
+        (
+            "peak RSS (MB) draining RL",
+            rl_rss_mb,
+            300.0,
+            false,
+            "the byte budget bounds memory with large bodies",
+        ),
     ];
     println!();
     if let Some(r) = ratio("BL", "CL") {
@@ -178,6 +202,9 @@ pub fn report(dir: &Path) -> Result<u8> {
     let mut missed = 0;
     let mut targets = Vec::new();
     for (name, value, target, at_least, why) in checks {
+        if only.is_some() && !name.ends_with("RL") {
+            continue;
+        }
         let (shown, verdict) = match value {
             Some(v) => {
                 let ok = if at_least { v >= target } else { v <= target };
@@ -205,7 +232,8 @@ pub fn report(dir: &Path) -> Result<u8> {
                     "c_measure": cm, "c_check": read(dir, "c-check.json"), "d": d, "e_measure": em, "e_summary": es,
                     "e_check": read(dir, "e-check.json"), "r_measure": rm, "r_summary": read(dir, "r-summary.json"),
                     "r_check": read(dir, "r-check.json"), "bl_measure": blm, "bl_summary": read(dir, "bl-summary.json"),
-                    "cl_measure": clm},
+                    "cl_measure": clm, "rl_measure": rlm, "rl_summary": read(dir, "rl-summary.json"),
+                    "rl_check": read(dir, "rl-check.json")},
     });
     let out = dir.join("results.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")

@@ -18,12 +18,39 @@ pub async fn setup(endpoint: &str) -> anyhow::Result<AwsSetup> {
     Ok(aws_setup(Some(endpoint), "us-east-1", 1).await?)
 }
 
+/// What SQS accepts in one SendMessageBatch, all bodies together: 256 KiB in classic SQS
+/// (AWS raised it to 1 MiB in 2025, LocalStack 4.13 accepts 1 MiB); the loader's default, so it
+/// works against any endpoint.
+pub const CLASSIC_BATCH_BYTES: usize = 262_144;
+
+/// Groups consecutive bodies into send batches of at most 10 and at most `batch_bytes` bytes
+/// together (a body larger than that alone goes alone). Returns index ranges into `lens`.
+pub fn send_batches(lens: &[usize], batch_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &len) in lens.iter().enumerate() {
+        if i > start && (i - start == 10 || bytes + len > batch_bytes) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
+    out
+}
+
 /// Creates queue `name` (it must not hold messages) and sends every body to it, `concurrency`
-/// batches of 10 at a time. Returns the queue URL.
+/// send batches at a time (see [`send_batches`]). With `pad_to` > 0 each body is first padded
+/// to that many bytes ([`crate::datagen::pad`]), one batch at a time, so the padded bodies are
+/// never all in memory. Returns the queue URL.
 pub async fn load(
     endpoint: &str,
     name: &str,
     bodies: &[String],
+    pad_to: usize,
+    batch_bytes: usize,
     concurrency: usize,
 ) -> anyhow::Result<String> {
     let s = setup(endpoint).await?;
@@ -34,32 +61,44 @@ pub async fn load(
         visible + in_flight == 0,
         "queue {name} is not empty ({visible} visible, {in_flight} in flight)"
     );
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies.chunks(10))
-        .map(|chunk| {
+    let body = |i: usize| {
+        if pad_to > 0 {
+            crate::datagen::pad(&bodies[i], pad_to)
+        } else {
+            bodies[i].clone()
+        }
+    };
+    let lens: Vec<usize> = (0..bodies.len()).map(|i| body(i).len()).collect();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(send_batches(&lens, batch_bytes))
+        .map(|range| {
             let q = q.clone();
+            let mut entries: Vec<BatchEntry> = range
+                .enumerate()
+                .map(|(id, i)| BatchEntry {
+                    id: id.to_string(),
+                    value: body(i),
+                })
+                .collect();
             async move {
-                let entries: Vec<BatchEntry> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| BatchEntry {
-                        id: i.to_string(),
-                        value: b.clone(),
-                    })
-                    .collect();
-                // A local endpoint under load may fail a call now and then; try a few times.
+                // A local endpoint under load may fail a call now and then; try a few
+                // times, sending again only the entries that failed.
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
                     match q.send_batch(entries.clone()).await {
                         Ok(failed) if failed.is_empty() => return Ok(()),
-                        Ok(failed) if attempt >= 5 => anyhow::bail!(
-                            "{} entries of a send batch failed: {}",
-                            failed.len(),
-                            failed[0].message
-                        ),
+                        Ok(failed) if attempt >= 5 || failed.iter().any(|f| f.sender_fault) => {
+                            anyhow::bail!(
+                                "{} entries of a send batch failed: {}",
+                                failed.len(),
+                                failed[0].message
+                            )
+                        }
+                        Ok(failed) => entries.retain(|e| failed.iter().any(|f| f.id == e.id)),
                         Err(e) if attempt >= 5 || !e.is_retriable() => return Err(e.into()),
-                        _ => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+                        Err(_) => {}
                     }
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
             }
         })
