@@ -1016,4 +1016,237 @@ line2	&#233;&#x1F600; </Body></Message>
         let long_root = format!("<{}/>", "R".repeat(10_000));
         assert!(receive(&long_root).unwrap_err().message.len() < 400);
     }
+
+    /// Property tests: hostile documents never panic, and documents built from random
+    /// message data parse back to exactly that data. `PROPTEST_CASES` sets the case count.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        /// Escapes text as SQS does: the five predefined entities, and `\r` as a character
+        /// reference (a raw one would be read as a line break).
+        fn escape(text: &str) -> String {
+            let mut out = String::with_capacity(text.len());
+            for c in text.chars() {
+                match c {
+                    '&' => out.push_str("&amp;"),
+                    '<' => out.push_str("&lt;"),
+                    '>' => out.push_str("&gt;"),
+                    '"' => out.push_str("&quot;"),
+                    '\'' => out.push_str("&apos;"),
+                    '\r' => out.push_str("&#xD;"),
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+
+        /// Characters XML 1.0 allows in a document, which are the ones SQS allows in a body.
+        fn xml_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                prop::sample::select(vec!['&', '<', '>', '"', '\'', '\r', '\n', '\t', ' ', ']']),
+                any::<char>().prop_filter("XML 1.0 character", |&c| {
+                    matches!(c, '\t' | '\n' | '\r')
+                        || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+                }),
+            ]
+        }
+
+        fn xml_text(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(xml_char(), 0..max).prop_map(|c| c.into_iter().collect())
+        }
+
+        /// What one generated message holds.
+        #[derive(Debug, Clone)]
+        struct Generated {
+            id: String,
+            handle: String,
+            body: String,
+            attributes: BTreeMap<String, String>,
+            message_attributes: BTreeMap<String, String>,
+        }
+
+        fn generated() -> impl Strategy<Value = Generated> {
+            let system = prop::sample::select(vec![
+                "SenderId",
+                "SentTimestamp",
+                "ApproximateReceiveCount",
+                "ApproximateFirstReceiveTimestamp",
+                "MessageGroupId",
+            ]);
+            (
+                "[A-Za-z0-9-]{1,40}",
+                "[A-Za-z0-9+/=]{1,80}",
+                xml_text(64),
+                prop::collection::btree_map(
+                    system.prop_map(str::to_string),
+                    "[A-Za-z0-9:._-]{1,20}",
+                    0..4,
+                ),
+                // SQS refuses empty attribute values, so none are generated.
+                prop::collection::btree_map(
+                    "[A-Za-z][A-Za-z0-9_.-]{0,20}",
+                    xml_text(24).prop_filter("non-empty", |v| !v.is_empty()),
+                    0..4,
+                ),
+            )
+                .prop_map(|(id, handle, body, attributes, message_attributes)| {
+                    Generated {
+                        id,
+                        handle,
+                        body,
+                        attributes,
+                        message_attributes,
+                    }
+                })
+        }
+
+        /// The `<Message>` element SQS would send for `g`.
+        fn message_xml(g: &Generated) -> String {
+            let mut out = format!(
+                "<Message><MessageId>{}</MessageId><ReceiptHandle>{}</ReceiptHandle>\
+                 <MD5OfBody>0</MD5OfBody><Body>{}</Body>",
+                g.id,
+                g.handle,
+                escape(&g.body)
+            );
+            for (name, value) in &g.attributes {
+                out.push_str(&format!(
+                    "<Attribute><Name>{name}</Name><Value>{}</Value></Attribute>",
+                    escape(value)
+                ));
+            }
+            for (name, value) in &g.message_attributes {
+                out.push_str(&format!(
+                    "<MessageAttribute><Name>{name}</Name><Value><StringValue>{}</StringValue>\
+                     <DataType>String</DataType></Value></MessageAttribute>",
+                    escape(value)
+                ));
+            }
+            out.push_str("</Message>");
+            out
+        }
+
+        fn document(messages: &[Generated]) -> String {
+            receive_doc(&messages.iter().map(message_xml).collect::<String>())
+        }
+
+        /// A random element tree: SQS names and others, text with special characters.
+        fn xml_tree() -> impl Strategy<Value = String> {
+            let name = prop::sample::select(vec![
+                "ReceiveMessageResponse",
+                "ReceiveMessageResult",
+                "Message",
+                "MessageId",
+                "ReceiptHandle",
+                "Body",
+                "Attribute",
+                "MessageAttribute",
+                "Name",
+                "Value",
+                "StringValue",
+                "x",
+                "a:Body",
+            ]);
+            let leaf = prop_oneof![
+                xml_text(16).prop_map(|t| escape(&t)),
+                name.clone().prop_map(|n| format!("<{n}/>")),
+            ];
+            leaf.prop_recursive(6, 64, 5, move |inner| {
+                (name.clone(), prop::collection::vec(inner, 0..5))
+                    .prop_map(|(n, kids)| format!("<{n}>{}</{n}>", kids.concat()))
+            })
+        }
+
+        /// Runs every parser of this module on `text`; none may panic.
+        fn parse_all(text: &str) {
+            let _ = receive(text);
+            let _ = queue_url("GetQueueUrl", text);
+            let _ = message_id(text);
+            let _ = queue_attributes(text);
+            let _ = batch_failures("DeleteMessageBatch", text, &["a"]);
+            let _ = error_details(text);
+        }
+
+        proptest! {
+            #[test]
+            fn prop_random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                parse_all(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn prop_random_xml_trees_never_panic(tree in xml_tree(), wrap in any::<bool>()) {
+                let text = if wrap {
+                    format!("<ReceiveMessageResponse>{tree}</ReceiveMessageResponse>")
+                } else {
+                    tree
+                };
+                parse_all(&text);
+            }
+
+            #[test]
+            fn prop_generated_receive_round_trips(messages in prop::collection::vec(generated(), 0..4)) {
+                let parsed = receive(&document(&messages)).unwrap();
+                prop_assert_eq!(parsed.len(), messages.len());
+                for (p, g) in parsed.iter().zip(&messages) {
+                    prop_assert_eq!(&p.message_id, &g.id);
+                    prop_assert_eq!(&p.receipt_handle, &g.handle);
+                    prop_assert_eq!(&p.body, &g.body);
+                    let attributes: BTreeMap<_, _> = p.attributes.clone().into_iter().collect();
+                    prop_assert_eq!(&attributes, &g.attributes);
+                    let message_attributes: BTreeMap<_, _> =
+                        p.message_attributes.clone().into_iter().collect();
+                    prop_assert_eq!(&message_attributes, &g.message_attributes);
+                }
+            }
+
+            /// Every strict prefix is an error, and the error never quotes a body.
+            #[test]
+            fn prop_truncated_receive_is_an_error_without_body(
+                messages in prop::collection::vec(generated(), 1..3),
+                marker in "[a-z0-9]{12}",
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let marker = format!("zqmark{marker}");
+                let messages: Vec<Generated> = messages
+                    .into_iter()
+                    .map(|mut g| {
+                        g.body = format!("{}{marker}{}", g.body, g.body);
+                        g
+                    })
+                    .collect();
+                let doc = document(&messages);
+                let at = cut.index(doc.len());
+                let at = (0..=at).rev().find(|&i| doc.is_char_boundary(i)).unwrap_or(0);
+                let err = receive(&doc[..at]).unwrap_err();
+                prop_assert_eq!(err.kind, ErrorKind::Permanent, "{}", err.message);
+                prop_assert!(!err.message.contains(&marker), "{}", err.message);
+            }
+
+            /// Random edits of a valid document (a character inserted, removed or replaced).
+            #[test]
+            fn prop_mutated_receive_never_panics(
+                edits in prop::collection::vec(
+                    (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(vec![
+                        '<', '>', '/', '&', ';', '"', '=', ' ', '!', '?', '[', ']', 'x', '#',
+                    ])),
+                    1..6,
+                ),
+            ) {
+                let mut doc: Vec<char> = RECEIVE_SAMPLE.chars().collect();
+                for (i, op, c) in edits {
+                    let at = i.index(doc.len());
+                    match op {
+                        0 => doc.insert(at, c),
+                        1 => {
+                            doc.remove(at);
+                        }
+                        _ => doc[at] = c,
+                    }
+                }
+                parse_all(&doc.into_iter().collect::<String>());
+            }
+        }
+    }
 }
