@@ -363,6 +363,15 @@ name: t
     }
 
     #[test]
+    fn an_empty_top_level_key_is_named_and_placed() {
+        let text = parse(&format!("\"\": 1\n{GOOD}")).unwrap_err().to_string();
+        assert!(
+            text.contains(": \"\": an empty key is not allowed (keys: name, source"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_have_positions() {
         // figment's YAML provider carries serde_yaml's location in its message.
         let err = parse("source: [unclosed\n").unwrap_err();

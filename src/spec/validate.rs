@@ -51,6 +51,14 @@ impl Validator<'_> {
         // A misspelled required key is reported once, as the misspelling.
         let mut suggested = Vec::new();
         for k in map.keys() {
+            if k.is_empty() {
+                // An empty (or null, `: x`) key has no name to put in a key path: quote it.
+                self.d.issue(
+                    "\"\"",
+                    format!("an empty key is not allowed (keys: {})", TOP.join(", ")),
+                );
+                continue;
+            }
             if !TOP.contains(&k.as_str()) {
                 suggested.extend(suggest(k, TOP.iter().copied()));
                 self.d.issue(
