@@ -1,36 +1,17 @@
--- The engine's own tables with their default names (created by `etl-engine run` when missing).
--- Generated from src/db/schema.rs; a unit test fails when this file is stale
+-- What `etl-engine setup` applies to an empty database, with the default table names.
+-- Run `etl-engine setup SPEC` rather than this file: it also migrates older layouts.
+-- Generated from src/db/; a unit test fails when this file is stale
 -- (regenerate: UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current).
 
-CREATE TABLE IF NOT EXISTS "etl_ledger" (
-  pipeline text NOT NULL,
-  message_id text NOT NULL,
-  outcome text NOT NULL,
-  processed_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, message_id));
+BEGIN;
 
-CREATE INDEX IF NOT EXISTS "etl_ledger_processed_at" ON "etl_ledger" (processed_at);
-
-CREATE TABLE IF NOT EXISTS "etl_vault" (
-  target_table text NOT NULL,
-  column_name text NOT NULL,
-  token text NOT NULL,
-  key_id text NOT NULL,
-  nonce bytea NOT NULL,
-  ciphertext bytea NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  rotated_at timestamptz,
-  PRIMARY KEY (target_table, column_name, token));
-
-CREATE TABLE IF NOT EXISTS "etl_rejects" (
-  pipeline text NOT NULL,
-  message_id text NOT NULL,
-  reason text NOT NULL,
-  key_id text,
-  nonce bytea,
-  body_ciphertext bytea,
-  rejected_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, message_id));
+CREATE TABLE IF NOT EXISTS "etl_schema_version" (
+  kind text NOT NULL,
+  object text NOT NULL,
+  version integer NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  updated_by text NOT NULL DEFAULT session_user,
+  PRIMARY KEY (kind, object));
 
 CREATE TABLE IF NOT EXISTS etl_key_usage (
   key_id text PRIMARY KEY,
@@ -78,6 +59,30 @@ BEGIN
 END
 $etl$;
 
+INSERT INTO "etl_schema_version" (kind, object, version) VALUES ('shared', 'shared', 1) ON CONFLICT (kind, object) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS "etl_ledger" (
+  pipeline text NOT NULL,
+  message_id text NOT NULL,
+  outcome text NOT NULL,
+  processed_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, message_id));
+
+CREATE INDEX IF NOT EXISTS "etl_ledger_processed_at" ON "etl_ledger" (processed_at);
+
+INSERT INTO "etl_schema_version" (kind, object, version) VALUES ('ledger', 'etl_ledger', 1) ON CONFLICT (kind, object) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS "etl_vault" (
+  target_table text NOT NULL,
+  column_name text NOT NULL,
+  token text NOT NULL,
+  key_id text NOT NULL,
+  nonce bytea NOT NULL,
+  ciphertext bytea NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  rotated_at timestamptz,
+  PRIMARY KEY (target_table, column_name, token));
+
 DO $etl$
 DECLARE
   vault text := format('%I.%I', current_schema(), 'etl_vault');
@@ -109,6 +114,18 @@ BEGIN
   EXECUTE format('REVOKE ALL ON FUNCTION %s(text,text,text,text[],text,text) FROM PUBLIC', fn);
 END
 $etl$;
+
+INSERT INTO "etl_schema_version" (kind, object, version) VALUES ('vault', 'etl_vault', 1) ON CONFLICT (kind, object) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS "etl_rejects" (
+  pipeline text NOT NULL,
+  message_id text NOT NULL,
+  reason text NOT NULL,
+  key_id text,
+  nonce bytea,
+  body_ciphertext bytea,
+  rejected_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, message_id));
 
 DO $etl$
 DECLARE
@@ -146,3 +163,6 @@ BEGIN
 END
 $etl$;
 
+INSERT INTO "etl_schema_version" (kind, object, version) VALUES ('rejects', 'etl_rejects', 1) ON CONFLICT (kind, object) DO NOTHING;
+
+COMMIT;

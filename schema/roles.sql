@@ -1,6 +1,5 @@
--- Least-privilege roles for etl-engine. Run as the owner of the tables, after the engine's
--- tables exist (schema/engine.sql, or one `etl-engine` command run as the owner) and the
--- target table exists. Once per target table (re-running is harmless):
+-- Least-privilege roles for etl-engine. Run as the owner of the tables, after `etl-engine setup SPEC`
+-- (run as the owner) created the engine's tables and the target table exists. Once per target table (re-running is harmless):
 --
 --   psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -v target=user_logins -f schema/roles.sql
 --
@@ -70,8 +69,11 @@ SET LOCAL search_path = :"schema";
 GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery;
 
 -- Start from nothing, so re-running after a change of this file takes privileges away too.
-REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit
+REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit, etl_schema_version
   FROM etl_writer, etl_analyst, etl_recovery;
+
+-- Every command checks the engine's schema version before it starts.
+GRANT SELECT ON etl_schema_version TO etl_writer, etl_recovery;
 REVOKE ALL ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) FROM PUBLIC, etl_writer, etl_analyst;
 REVOKE ALL ON FUNCTION :"rejects_fn"(text, text, text[], integer, text, text) FROM PUBLIC, etl_writer, etl_analyst;
 

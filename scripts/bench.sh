@@ -185,7 +185,12 @@ awk -v path="${MSGS:-}" '
 } >"$OUT/meta.json"
 
 # Per measurement: a fresh database, and a fresh queue holding exactly the input.
-fresh_db() { "$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$TABLE_DDL_FILE"; }
+fresh_db() { # name -> url of a new database with the target table and the engine's tables set up
+    local url
+    url=$("$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$TABLE_DDL_FILE")
+    ETL_SPEC_TARGET__URL="$url" "$ENGINE" setup "$SPEC" >/dev/null
+    echo "$url"
+}
 fresh_queue() { # name file [load options...] -> url
     local name=$1 file=$2
     shift 2

@@ -22,6 +22,9 @@ fi
 echo "==> loading examples/logins.jsonl into login-queue"
 ETL_ENGINE_BIN="$BIN" bash scripts/load-examples.sh
 
+echo "==> etl-engine setup specs/logins.yaml (the engine's own tables, versioned)"
+"$BIN" setup specs/logins.yaml
+
 echo "==> etl-engine run specs/logins.yaml --drain"
 "$BIN" run specs/logins.yaml --drain
 

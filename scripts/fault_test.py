@@ -317,6 +317,8 @@ def main():
     spec = os.path.join(run_dir, "fault.yaml")
     with open(spec, "w") as f:
         f.write(spec_text(queue.name, endpoint, db_url, a.visibility_timeout))
+    # The engine's own tables are an explicit, owner-run step; `run` only checks their version.
+    subprocess.run([a.engine, "setup", spec], check=True, stdout=subprocess.DEVNULL)
 
     bodies, kinds, uids = make_messages(n, invalid, rng, tag)
     valid_ids = {u for u, k in zip(uids, kinds) if k == "valid"}

@@ -59,6 +59,10 @@ enum Command {
         #[command(flatten)]
         observe: cmd::run::ObserveArgs,
     },
+    /// Create or migrate the engine's own tables and functions (ledger, vault, rejects, audit) for
+    /// each spec. Run it as the database owner before the first `run` and after every upgrade;
+    /// the other commands run no DDL and stop with a clear error when a migration is due.
+    Setup(cmd::setup::SetupArgs),
     /// Check the spec, the keyring, Postgres (target columns and types) and the queue, without receiving anything.
     Check {
         /// The spec file.
@@ -205,6 +209,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             summary_json,
             observe,
         } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
+        Command::Setup(args) => cmd::setup::setup(args).await.map(|()| 0),
         Command::Check { spec } => cmd::check::cmd_check(&spec).await,
         Command::Validate { spec } => {
             let s = cmd::load(&spec)?;

@@ -308,9 +308,7 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
         etl_engine::process::Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
     let processed: Vec<_> = msgs.into_iter().map(|m| processor.process(m)).collect();
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    etl_engine::sink::schema::ensure(&pool, &spec)
-        .await
-        .unwrap();
+    etl_engine::sink::schema::setup(&pool, &spec).await.unwrap();
     let cipher = std::sync::Arc::new(etl_engine::crypto::VaultCipher::new(&ring).unwrap());
     let sink = etl_engine::sink::Sink::new(
         pool.clone(),

@@ -620,7 +620,7 @@ fn processed(
 
 async fn sink_for(s: &Setup, bodies: &[String]) -> (Sink, Vec<Processed>) {
     let spec = etl_engine::spec::load_spec(&s.spec).unwrap();
-    etl_engine::sink::schema::ensure(&s.pool, &spec)
+    etl_engine::sink::schema::setup(&s.pool, &spec)
         .await
         .unwrap();
     let (batch, cipher) = processed(&spec, &s.keyring, bodies);
@@ -972,7 +972,7 @@ async fn prune_ledger_deletes_old_entries_in_batches_and_refuses_an_age_below_qu
     let spec = spec_file(dir.path(), &name, &db, &Knobs::default());
     let spec_s = spec.to_str().unwrap();
     let pool = PgPool::connect(&db).await.unwrap();
-    etl_engine::sink::schema::ensure(&pool, &etl_engine::spec::load_spec(&spec).unwrap())
+    etl_engine::sink::schema::setup(&pool, &etl_engine::spec::load_spec(&spec).unwrap())
         .await
         .unwrap();
     exec(

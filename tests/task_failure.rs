@@ -159,9 +159,7 @@ impl Setup {
         let spec = etl_engine::spec::load_spec(&path).unwrap();
         let ring = Keyring::from_file(&keyring).unwrap();
         let pool = sqlx::PgPool::connect(&db).await.unwrap();
-        etl_engine::sink::schema::ensure(&pool, &spec)
-            .await
-            .unwrap();
+        etl_engine::sink::schema::setup(&pool, &spec).await.unwrap();
         Setup {
             _dir: dir,
             spec,

@@ -236,7 +236,7 @@ pub async fn run(
     ];
     // The same tables the engine creates, with the same keys and indexes.
     let pool = sqlx::PgPool::connect(db_url).await?;
-    etl_engine::sink::schema::ensure(&pool, spec).await?;
+    etl_engine::sink::schema::setup(&pool, spec).await?;
     pool.close().await;
     let mut conns = Vec::new();
     for _ in 0..parts.len() {

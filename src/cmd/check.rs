@@ -49,18 +49,11 @@ pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
         "ok   postgres: table {} has every column with a compatible type",
         spec.target.table
     );
-    for table in [&spec.ledger.table, &spec.vault.table, &spec.rejects.table] {
-        let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
-            .bind(table)
-            .fetch_one(&pool)
-            .await?;
-        let state = if exists {
-            "exists"
-        } else {
-            "will be created by the first run"
-        };
-        println!("ok   postgres: engine table {table} {state}");
-    }
+    super::require_schema(&pool, &spec).await?;
+    println!(
+        "ok   postgres: engine tables {}, {}, {} set up at the current schema version",
+        spec.ledger.table, spec.vault.table, spec.rejects.table
+    );
     pool.close().await;
 
     match &spec.source {

@@ -4,7 +4,6 @@ use super::{connect_db, load, load_keyring, usage};
 use crate::OutputFormat;
 use anyhow::{Context, Result};
 use etl_engine::crypto::VaultCipher;
-use etl_engine::sink;
 use etl_engine::vault::recover::{self, Selector};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -89,9 +88,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
     let actor = super::actor_or_os_user(actor);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     let req = recover::Request {
         column,
         selector,

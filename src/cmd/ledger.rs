@@ -10,7 +10,6 @@ use super::{connect_db, load, usage};
 use anyhow::{Context, Result, anyhow};
 use etl_engine::db::quote_ident;
 use etl_engine::retry::{Backoff, retry};
-use etl_engine::sink;
 use etl_engine::source::{self, SqsError};
 use etl_engine::spec::{SourceConfig, Spec};
 use sqlx::AssertSqlSafe;
@@ -50,9 +49,7 @@ pub async fn cmd_prune(args: PruneArgs) -> Result<u8> {
 
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 1, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     let table = quote_ident(&spec.ledger.table);
     let hours_i64 =
         i64::try_from(hours).map_err(|_| usage(format!("{hours_flag} is too large: {hours}")))?;

@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod rejects;
 pub mod run;
 pub mod send;
+pub mod setup;
 pub mod spec_tools;
 pub mod vault;
 
@@ -76,4 +77,15 @@ pub async fn connect_db(
     )
     .await
     .map_err(|e| anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}"))
+}
+
+/// Stops with a clear error (exit 2) unless `spec`'s engine tables are set up at the version
+/// this engine needs. Commands other than `setup` run no DDL.
+pub async fn require_schema(pool: &sqlx::PgPool, spec: &Spec) -> Result<()> {
+    use etl_engine::db::migrate::MigrateError;
+    match sink::schema::check(pool, spec).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::Db(e)) => Err(anyhow!("checking the engine's schema version: {e}")),
+        Err(e) => Err(usage(e)),
+    }
 }

@@ -5,7 +5,6 @@ use super::decrypt::csv_field;
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result};
 use etl_engine::crypto::VaultCipher;
-use etl_engine::sink;
 use etl_engine::vault::rejects::{self, Query, RejectInfo};
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,9 +63,7 @@ pub async fn cmd_rejects(args: RejectsArgs) -> Result<u8> {
     };
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     let rows: Vec<(RejectInfo, Option<zeroize::Zeroizing<String>>)> = match body_reader {
         Some((cipher, reason)) => {
             let actor = super::actor_or_os_user(args.actor);

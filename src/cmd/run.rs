@@ -135,9 +135,7 @@ pub async fn cmd_run(
     shutdown_on_signals(cancel.clone());
 
     let pool = connect_db(&spec.target.url, spec.target.writers + 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     Sink::check_target(&pool, &spec.target.table, &spec.columns)
         .await
         .map_err(usage)?;

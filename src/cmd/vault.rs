@@ -251,9 +251,7 @@ pub async fn cmd_rotate(args: RotateArgs) -> Result<u8> {
     drop(ring);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     let opts = Options {
         batch_size: args.batch_size,
         max_rows: args.max_rows,
@@ -317,9 +315,7 @@ pub async fn cmd_retokenize(args: RetokenizeArgs) -> Result<u8> {
     drop(ring);
     let cancel = CancellationToken::new();
     let pool = connect_db(&spec.target.url, 2, &cancel).await?;
-    sink::schema::ensure(&pool, &spec)
-        .await
-        .context("creating the engine's tables")?;
+    super::require_schema(&pool, &spec).await?;
     let mut code = 0;
     for column in &args.columns {
         let r = retokenize::retokenize(&pool, &spec, column, &cipher, &tokenizer, args.batch_size)

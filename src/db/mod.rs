@@ -4,6 +4,7 @@
 //! A leaf: it knows nothing of specs, messages or keys, so the sink and the vault
 //! administration can both use it without depending on each other.
 
+pub mod migrate;
 pub mod schema;
 
 /// Quotes a validated `name` or `schema.name` as a Postgres identifier.

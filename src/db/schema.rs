@@ -1,11 +1,9 @@
 //! Every DDL statement of the engine's own objects (ledger, vault, rejects, key usage, audit,
 //! and the audited recovery functions), in one place.
 //!
-//! `schema/engine.sql` holds the same DDL with the default names, for operators who create
-//! tables ahead of time and run the engine with a role that cannot (see `schema/roles.sql`).
+//! Which statements run, in which order and at which version, is decided in [`super::migrate`].
 
 use super::{literal, qualified_expr, quote_ident};
-use sqlx::{AssertSqlSafe, PgPool};
 
 /// Name of the table counting encryptions per key (nonce budget).
 pub const KEY_USAGE_TABLE: &str = "etl_key_usage";
@@ -37,28 +35,10 @@ impl Default for EngineTables {
     }
 }
 
-/// The DDL for one pipeline's engine tables.
-pub fn ddl(tables: &EngineTables) -> Vec<String> {
-    let ledger = quote_ident(&tables.ledger);
-    let ledger_idx = quote_ident(&format!("{}_processed_at", tables.ledger.replace('.', "_")));
-    let vault = quote_ident(&tables.vault);
-    let rejects = quote_ident(&tables.rejects);
+/// The DDL of the objects every pipeline of a database shares: key-usage counters and the
+/// append-only recovery audit.
+pub fn shared_ddl() -> Vec<String> {
     vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS {ledger} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  outcome text NOT NULL,\n  \
-             processed_at timestamptz NOT NULL DEFAULT now(),\n  PRIMARY KEY (pipeline, message_id))"
-        ),
-        format!("CREATE INDEX IF NOT EXISTS {ledger_idx} ON {ledger} (processed_at)"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {vault} (\n  target_table text NOT NULL,\n  column_name text NOT NULL,\n  token text NOT NULL,\n  \
-             key_id text NOT NULL,\n  nonce bytea NOT NULL,\n  ciphertext bytea NOT NULL,\n  created_at timestamptz NOT NULL DEFAULT now(),\n  \
-             rotated_at timestamptz,\n  PRIMARY KEY (target_table, column_name, token))"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {rejects} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  reason text NOT NULL,\n  \
-             key_id text,\n  nonce bytea,\n  body_ciphertext bytea,\n  rejected_at timestamptz NOT NULL DEFAULT now(),\n  \
-             PRIMARY KEY (pipeline, message_id))"
-        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {KEY_USAGE_TABLE} (\n  key_id text PRIMARY KEY,\n  encryptions bigint NOT NULL DEFAULT 0,\n  \
              updated_at timestamptz NOT NULL DEFAULT now())"
@@ -69,8 +49,45 @@ pub fn ddl(tables: &EngineTables) -> Vec<String> {
              column_name text NOT NULL,\n  value_count integer NOT NULL,\n  reason text NOT NULL,\n  tokens text[])"
         ),
         audit_append_only_ddl(),
-        vault_recover_function_ddl(&tables.vault),
-        rejects_recover_function_ddl(&tables.rejects),
+    ]
+}
+
+/// The DDL of a ledger table.
+pub fn ledger_ddl(table: &str) -> Vec<String> {
+    let ledger = quote_ident(table);
+    let ledger_idx = quote_ident(&format!("{}_processed_at", table.replace('.', "_")));
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ledger} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  outcome text NOT NULL,\n  \
+             processed_at timestamptz NOT NULL DEFAULT now(),\n  PRIMARY KEY (pipeline, message_id))"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {ledger_idx} ON {ledger} (processed_at)"),
+    ]
+}
+
+/// The DDL of a vault table and its recovery function.
+pub fn vault_ddl(table: &str) -> Vec<String> {
+    let vault = quote_ident(table);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {vault} (\n  target_table text NOT NULL,\n  column_name text NOT NULL,\n  token text NOT NULL,\n  \
+             key_id text NOT NULL,\n  nonce bytea NOT NULL,\n  ciphertext bytea NOT NULL,\n  created_at timestamptz NOT NULL DEFAULT now(),\n  \
+             rotated_at timestamptz,\n  PRIMARY KEY (target_table, column_name, token))"
+        ),
+        vault_recover_function_ddl(table),
+    ]
+}
+
+/// The DDL of a rejects table and its body-reading function.
+pub fn rejects_ddl(table: &str) -> Vec<String> {
+    let rejects = quote_ident(table);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {rejects} (\n  pipeline text NOT NULL,\n  message_id text NOT NULL,\n  reason text NOT NULL,\n  \
+             key_id text,\n  nonce bytea,\n  body_ciphertext bytea,\n  rejected_at timestamptz NOT NULL DEFAULT now(),\n  \
+             PRIMARY KEY (pipeline, message_id))"
+        ),
+        rejects_recover_function_ddl(table),
     ]
 }
 
@@ -108,46 +125,6 @@ BEGIN
 END
 $etl$"#
     )
-}
-
-/// Creates missing engine tables. Tables that exist are left alone, so a least-privilege role
-/// that cannot create tables works once they were created ahead of time.
-pub async fn ensure(pool: &PgPool, tables: &EngineTables) -> Result<(), sqlx::Error> {
-    for stmt in ddl(tables) {
-        match sqlx::query(AssertSqlSafe(stmt)).execute(pool).await {
-            Ok(_) => {}
-            // 42501: insufficient privilege. Fine if the table is already there; the writes
-            // that follow will say so clearly if it is not.
-            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {
-                tracing::debug!(
-                    "Cannot create an engine table with this role; assuming it exists."
-                );
-            }
-            // 23505 / 42P07 / 42723 / 42710 / 42701: a concurrent process created the same table,
-            // type, function, trigger or column at the same moment.
-            Err(sqlx::Error::Database(d))
-                if matches!(
-                    d.code().as_deref(),
-                    Some("23505" | "42P07" | "42723" | "42710" | "42701")
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// The DDL with default table names, as kept in `schema/engine.sql`.
-pub fn default_ddl_text() -> String {
-    let mut out = String::from(
-        "-- The engine's own tables with their default names (created by `etl-engine run` when missing).\n\
-         -- Generated from src/db/schema.rs; a unit test fails when this file is stale\n\
-         -- (regenerate: UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current).\n\n",
-    );
-    for stmt in ddl(&EngineTables::default()) {
-        out.push_str(&stmt);
-        out.push_str(";\n\n");
-    }
-    out
 }
 
 /// The recovery function of a vault table: `<vault table>_recover`, in the same schema.
@@ -255,21 +232,6 @@ $etl$"#
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn engine_sql_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/engine.sql");
-        let want = super::default_ddl_text();
-        if std::env::var_os("UPDATE_SCHEMA").is_some() {
-            std::fs::write(&path, &want).unwrap();
-        }
-        let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(want.contains("CREATE TABLE IF NOT EXISTS \"etl_ledger\""));
-        assert_eq!(
-            have, want,
-            "schema/engine.sql is stale: run UPDATE_SCHEMA=1 cargo test --lib engine_sql_is_current"
-        );
-    }
-
     #[test]
     fn function_ddl_names_the_table_and_audits_before_returning() {
         let ddl = super::rejects_recover_function_ddl("etl_rejects");

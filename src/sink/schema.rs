@@ -1,6 +1,7 @@
-//! The engine tables a spec writes to, created if missing (the DDL itself lives in
-//! [`crate::db::schema`]).
+//! The engine tables a spec writes to: set up (migrated) by `etl-engine setup`, and checked by
+//! every other command (the DDL and the migration steps live in [`crate::db`]).
 
+use crate::db::migrate::{self, Applied, MigrateError};
 use crate::db::schema::EngineTables;
 use crate::spec::Spec;
 use sqlx::PgPool;
@@ -16,9 +17,14 @@ pub fn tables(spec: &Spec) -> EngineTables {
     }
 }
 
-/// Creates `spec`'s engine tables and functions where missing.
-pub async fn ensure(pool: &PgPool, spec: &Spec) -> Result<(), sqlx::Error> {
-    crate::db::schema::ensure(pool, &tables(spec)).await
+/// Creates or migrates `spec`'s engine tables and functions (what `etl-engine setup` does).
+pub async fn setup(pool: &PgPool, spec: &Spec) -> Result<Vec<Applied>, MigrateError> {
+    migrate::setup(pool, &tables(spec)).await
+}
+
+/// Checks that `spec`'s engine tables are set up at the version this engine needs; runs no DDL.
+pub async fn check(pool: &PgPool, spec: &Spec) -> Result<(), MigrateError> {
+    migrate::check(pool, &tables(spec)).await
 }
 
 #[cfg(test)]

@@ -28,8 +28,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Creates a fresh database and returns its URL. Tests never share tables.
+/// Creates a fresh database, sets up the engine's tables in it with their default names (as an
+/// operator would, with `etl-engine setup`), and returns its URL. Tests never share tables.
 pub async fn fresh_db() -> String {
+    let url = fresh_db_bare().await;
+    setup_default_tables(&url);
+    url
+}
+
+/// Creates a fresh, empty database (no engine tables) and returns its URL.
+pub async fn fresh_db_bare() -> String {
     let admin = sqlx::PgPool::connect(&db_url())
         .await
         .expect("test Postgres must be running (scripts/test.sh starts it)");
@@ -42,6 +50,19 @@ pub async fn fresh_db() -> String {
     let base = db_url();
     let cut = base.rfind('/').expect("db url has a path");
     format!("{}/{name}", &base[..cut])
+}
+
+/// Runs `etl-engine setup` for the default engine table names on `url`.
+pub fn setup_default_tables(url: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("setup.yaml");
+    std::fs::write(
+        &spec,
+        "name: setup\nsource: {type: file, path: none.jsonl}\ntarget: {url: 'URL', table: t}\ncolumns: {c: {path: $.c}}\n"
+            .replace("URL", url),
+    )
+    .expect("write setup spec");
+    run_engine(&["setup", spec.to_str().expect("utf-8 path")], &[], true);
 }
 
 /// The users' table.
