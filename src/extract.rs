@@ -10,55 +10,99 @@ use crate::spec::{ColumnSource, MetaField};
 use crate::value::Val;
 use serde_json::Value as J;
 
-/// Extracts one column's value.
-pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result<Val, String> {
+/// The current `for_each` element and its index, when an output fans out.
+#[derive(Debug, Clone, Copy)]
+pub struct Element<'a> {
+    /// The element's value.
+    pub value: &'a J,
+    /// Its index, from 0.
+    pub index: usize,
+}
+
+/// Extracts one column's value; `element` is the current `for_each` element, if any.
+pub fn extract(
+    source: &ColumnSource,
+    body: &J,
+    element: Option<Element<'_>>,
+    msg: &ReceivedMessage,
+) -> Result<Val, String> {
     match source {
-        ColumnSource::Path { query, .. } => {
-            if let Some(found) = singular_lookup(query, body) {
-                return Ok(match found {
-                    None | Some(J::Null) => Val::Null,
-                    Some(v) => Val::Json(v.clone()),
-                });
-            }
-            let found = jsonpath_rust::query::js_path_process(query, body)
-                .map_err(|e| format!("JSONPath failed: {e}"))?;
-            Ok(match found.len() {
-                0 => Val::Null,
-                1 if is_singular(query) => match found[0].val {
-                    J::Null => Val::Null,
-                    v => Val::Json(v.clone()),
-                },
-                _ => Val::Json(J::Array(found.iter().map(|r| r.val.clone()).collect())),
-            })
+        ColumnSource::Path { query, .. } => path_value(query, body),
+        ColumnSource::Element { query, .. } => match element {
+            Some(e) => path_value(query, e.value),
+            // Validation refuses `@` paths outside a for_each output.
+            None => Err("an `@` path outside a for_each output".into()),
+        },
+        ColumnSource::Meta(MetaField::ForEachIndex) => element
+            .map(|e| index_val(e.index))
+            .ok_or_else(|| "for_each.index outside a for_each output".to_string())?,
+        ColumnSource::Meta(MetaField::ForEachPosition) => {
+            element
+                .map(|e| index_val(e.index + 1))
+                .ok_or_else(|| "for_each.position outside a for_each output".to_string())?
         }
-        ColumnSource::Meta(field) => Ok(match field {
-            MetaField::MessageId => Val::Text(msg.message_id.clone()),
-            MetaField::SentTimestamp => match msg.attributes.get("SentTimestamp") {
-                Some(s) => Val::BigInt(
-                    s.parse()
-                        .map_err(|_| "SentTimestamp is not a number".to_string())?,
-                ),
-                None => Val::Null,
-            },
-            MetaField::ReceiveCount => match msg.attributes.get("ApproximateReceiveCount") {
-                Some(s) => Val::Int(
-                    s.parse()
-                        .map_err(|_| "ApproximateReceiveCount is not a number".to_string())?,
-                ),
-                None => Val::Null,
-            },
-            MetaField::Attribute(name) => msg
-                .attributes
-                .get(name)
-                .map(|s| Val::Text(s.clone()))
-                .unwrap_or(Val::Null),
-            MetaField::MessageAttribute(name) => msg
-                .message_attributes
-                .get(name)
-                .map(|s| Val::Text(s.clone()))
-                .unwrap_or(Val::Null),
-        }),
+        ColumnSource::Meta(field) => meta_value(field, msg),
     }
+}
+
+/// An element index as an integer value.
+fn index_val(i: usize) -> Result<Val, String> {
+    i32::try_from(i)
+        .map(Val::Int)
+        .map_err(|_| format!("for_each element {i} is past the integer range"))
+}
+
+/// Evaluates a JSONPath (see the module documentation for the shape of the result).
+pub fn path_value(query: &jsonpath_rust::parser::model::JpQuery, body: &J) -> Result<Val, String> {
+    if let Some(found) = singular_lookup(query, body) {
+        return Ok(match found {
+            None | Some(J::Null) => Val::Null,
+            Some(v) => Val::Json(v.clone()),
+        });
+    }
+    let found = jsonpath_rust::query::js_path_process(query, body)
+        .map_err(|e| format!("JSONPath failed: {e}"))?;
+    Ok(match found.len() {
+        0 => Val::Null,
+        1 if is_singular(query) => match found[0].val {
+            J::Null => Val::Null,
+            v => Val::Json(v.clone()),
+        },
+        _ => Val::Json(J::Array(found.iter().map(|r| r.val.clone()).collect())),
+    })
+}
+
+/// A metadata field's value.
+fn meta_value(field: &MetaField, msg: &ReceivedMessage) -> Result<Val, String> {
+    Ok(match field {
+        MetaField::MessageId => Val::Text(msg.message_id.clone()),
+        MetaField::SentTimestamp => match msg.attributes.get("SentTimestamp") {
+            Some(s) => Val::BigInt(
+                s.parse()
+                    .map_err(|_| "SentTimestamp is not a number".to_string())?,
+            ),
+            None => Val::Null,
+        },
+        MetaField::ReceiveCount => match msg.attributes.get("ApproximateReceiveCount") {
+            Some(s) => Val::Int(
+                s.parse()
+                    .map_err(|_| "ApproximateReceiveCount is not a number".to_string())?,
+            ),
+            None => Val::Null,
+        },
+        MetaField::Attribute(name) => msg
+            .attributes
+            .get(name)
+            .map(|s| Val::Text(s.clone()))
+            .unwrap_or(Val::Null),
+        MetaField::MessageAttribute(name) => msg
+            .message_attributes
+            .get(name)
+            .map(|s| Val::Text(s.clone()))
+            .unwrap_or(Val::Null),
+        // Handled by `extract`, which knows the element.
+        MetaField::ForEachIndex | MetaField::ForEachPosition => Val::Null,
+    })
 }
 
 /// Follows a singular query (names and indexes only) directly through the value: `Some(found)`,
@@ -128,51 +172,67 @@ mod tests {
     fn paths_and_metadata() {
         let body = json!({"a": {"b": 1}, "n": null, "items": [{"sku": "x"}, {"sku": "y"}]});
         assert_eq!(
-            extract(&path("$.a.b"), &body, &msg()).unwrap(),
+            extract(&path("$.a.b"), &body, None, &msg()).unwrap(),
             Val::Json(json!(1))
         );
         assert_eq!(
-            extract(&path("$.missing"), &body, &msg()).unwrap(),
+            extract(&path("$.missing"), &body, None, &msg()).unwrap(),
             Val::Null
         );
-        assert_eq!(extract(&path("$.n"), &body, &msg()).unwrap(), Val::Null);
         assert_eq!(
-            extract(&path("$.items[*].sku"), &body, &msg()).unwrap(),
+            extract(&path("$.n"), &body, None, &msg()).unwrap(),
+            Val::Null
+        );
+        assert_eq!(
+            extract(&path("$.items[*].sku"), &body, None, &msg()).unwrap(),
             Val::Json(json!(["x", "y"]))
         );
         assert_eq!(
-            extract(&path("$.items[0].sku"), &body, &msg()).unwrap(),
+            extract(&path("$.items[0].sku"), &body, None, &msg()).unwrap(),
             Val::Json(json!("x"))
         );
         // One match of a wildcard or filter is still a list: the shape follows the path, not the data.
         let one = json!({"items": [{"sku": "x", "gift": true}, {"sku": "y", "gift": false}]});
         assert_eq!(
-            extract(&path("$.items[?@.gift == true].sku"), &one, &msg()).unwrap(),
+            extract(&path("$.items[?@.gift == true].sku"), &one, None, &msg()).unwrap(),
             Val::Json(json!(["x"]))
         );
         assert_eq!(
-            extract(&path("$.items[1:].sku"), &one, &msg()).unwrap(),
+            extract(&path("$.items[1:].sku"), &one, None, &msg()).unwrap(),
             Val::Json(json!(["y"]))
         );
         assert_eq!(
-            extract(&path("$.items[?@.gift == 7].sku"), &one, &msg()).unwrap(),
+            extract(&path("$.items[?@.gift == 7].sku"), &one, None, &msg()).unwrap(),
             Val::Null
         );
         assert_eq!(
-            extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(),
+            extract(
+                &ColumnSource::Meta(MetaField::SentTimestamp),
+                &body,
+                None,
+                &msg()
+            )
+            .unwrap(),
             Val::BigInt(1_700_000_000_000)
         );
         assert_eq!(
             extract(
                 &ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())),
                 &body,
+                None,
                 &msg()
             )
             .unwrap(),
             Val::Text("acme".into())
         );
         assert_eq!(
-            extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(),
+            extract(
+                &ColumnSource::Meta(MetaField::ReceiveCount),
+                &body,
+                None,
+                &msg()
+            )
+            .unwrap(),
             Val::Null
         );
     }

@@ -5,11 +5,13 @@
 //!
 //! 1. [`source`] receives a batch of messages (SQS long poll, ≤10 per call) with metadata;
 //! 2. [`decode`] turns each body into JSON — bad JSON becomes a reject, not a crash;
-//! 3. [`extract`] pulls each column's value (JSONPath into the body, or metadata);
-//! 4. [`transform`] applies the column's transforms (hash, encrypt, casts, defaults, ...);
-//!    [`process`] runs 2–4 for one message and yields a row or a reject;
-//! 5. [`sink`] writes vault rows, target rows, rejects and the ledger in ONE transaction;
-//! 6. [`pipeline`] deletes the messages from SQS only after that commit.
+//! 3. [`route`] applies the spec's `filter:`, picks the outputs whose `when:` holds, and
+//!    expands `for_each:` into one row per element;
+//! 4. [`extract`] pulls each column's value (JSONPath into the body or element, or metadata);
+//! 5. [`transform`] applies the column's transforms (hash, encrypt, casts, defaults, ...);
+//!    [`process`] runs 2–5 for one message and yields its rows, a skip or a reject;
+//! 6. [`sink`] writes vault rows, every output's rows, rejects and the ledger in ONE transaction;
+//! 7. [`pipeline`] deletes the messages from SQS only after that commit.
 //!
 //! [`spec`] loads and validates the YAML that drives all of this; [`vault`] holds the keyring,
 //! the cipher and PII recovery.
@@ -23,6 +25,7 @@ pub mod pipeline;
 pub mod process;
 pub mod progress;
 pub mod retry;
+pub mod route;
 pub mod sink;
 pub mod source;
 pub mod spec;

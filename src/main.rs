@@ -214,9 +214,10 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         Command::Validate { spec } => {
             let s = cmd::load(&spec)?;
             println!(
-                "{}: OK ({} columns, pipeline {})",
+                "{}: OK ({} columns in {}, pipeline {})",
                 spec.display(),
-                s.columns.len(),
+                s.all_columns().count(),
+                s.table_names().join(", "),
                 s.name
             );
             Ok(0)

@@ -14,7 +14,6 @@ use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
 use crate::spec::{SourceConfig, Spec, SpecTestConfig};
 use crate::transform::Tokenizer;
-use crate::value::Val;
 use serde_json::Value as J;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -52,9 +51,19 @@ pub enum Failure {
     Unlisted { column: String, actual: J },
     /// A row was expected, the message was rejected.
     Rejected { reason: String },
-    /// A reject was expected, the message became a row.
-    Accepted { row: BTreeMap<String, J> },
-    /// Rejected, but for another reason.
+    /// A row or a reject was expected, the message was skipped.
+    Skipped { reason: String },
+    /// A reject or a skip was expected, the message gave rows (table, row).
+    Accepted {
+        rows: Vec<(String, BTreeMap<String, J>)>,
+    },
+    /// Another number of rows in a table than expected.
+    RowCount {
+        table: String,
+        expected: usize,
+        actual: usize,
+    },
+    /// Rejected or skipped, but for another reason.
     Reason { expected: String, actual: String },
 }
 
@@ -91,13 +100,28 @@ impl fmt::Display for Failure {
                 f,
                 "expected a row, but the message was rejected:\n  + reason:   {reason}"
             ),
-            Failure::Accepted { row } => {
-                write!(f, "expected a reject, but the message became a row:")?;
-                for (k, v) in row {
-                    write!(f, "\n  + {k}: {}", show(v))?;
+            Failure::Skipped { reason } => write!(
+                f,
+                "expected a row or a reject, but the message was skipped:\n  + reason:   {reason}"
+            ),
+            Failure::Accepted { rows } => {
+                write!(f, "expected a reject or a skip, but the message gave rows:")?;
+                for (table, row) in rows {
+                    write!(f, "\n  + {table}:")?;
+                    for (k, v) in row {
+                        write!(f, " {k}={}", show(v))?;
+                    }
                 }
                 Ok(())
             }
+            Failure::RowCount {
+                table,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "table {table}:\n  - expected: {expected} rows\n  + actual:   {actual} rows"
+            ),
             Failure::Reason { expected, actual } => {
                 write!(
                     f,
@@ -153,7 +177,7 @@ pub fn test_processor(spec: &Spec) -> Result<(Processor, Tokenizer), String> {
         SourceConfig::Sqs(s) => Some(s.max_receive_count),
         SourceConfig::File(_) => None,
     };
-    let processor = Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive)?;
+    let processor = Processor::new(spec, Some(tokenizer.clone()), max_receive)?;
     Ok((processor, tokenizer))
 }
 
@@ -178,39 +202,114 @@ fn check(
     index: usize,
 ) -> Vec<Failure> {
     let processed = processor.process(test_message(test, index));
-    let row = |values: &[Val]| -> BTreeMap<String, J> {
-        processor
-            .columns()
-            .iter()
-            .zip(values)
-            .map(|(c, v)| (c.name.clone(), v.to_json()))
-            .collect()
-    };
-    match (&processed.outcome, &test.expect_row, &test.expect_reject) {
-        (Outcome::Row { values, .. }, Some(expected), _) => {
+    let outputs = processor.outputs();
+    match (&processed.outcome, test) {
+        (Outcome::Rows { rows, .. }, t) if t.expect_row.is_some() || t.expect_rows.is_some() => {
+            // The rows by table, as JSON, in the order they were produced.
+            let mut got: BTreeMap<&str, Vec<BTreeMap<String, J>>> = BTreeMap::new();
+            for r in rows {
+                let o = &outputs[r.output];
+                got.entry(o.table.as_str()).or_default().push(
+                    o.columns
+                        .iter()
+                        .zip(&r.values)
+                        .map(|(c, v)| (c.name.clone(), v.to_json()))
+                        .collect(),
+                );
+            }
             let mut failures = Vec::new();
-            for (column, actual) in row(values) {
-                match expected.get(&column) {
-                    None => failures.push(Failure::Unlisted { column, actual }),
-                    Some(e) if !matches(e, &actual, tokenizer) => failures.push(Failure::Column {
-                        column,
-                        expected: e.clone(),
-                        actual,
+            if let Some(expected) = &t.expect_row {
+                let all: Vec<&BTreeMap<String, J>> = got.values().flatten().collect();
+                match all.as_slice() {
+                    [one] => compare_row("", expected, one, tokenizer, &mut failures),
+                    _ => failures.push(Failure::RowCount {
+                        table: got.keys().copied().collect::<Vec<_>>().join(", "),
+                        expected: 1,
+                        actual: all.len(),
                     }),
-                    Some(_) => {}
+                }
+            }
+            if let Some(expected) = &t.expect_rows {
+                for o in outputs {
+                    let want = expected.get(&o.table).map_or(&[][..], Vec::as_slice);
+                    let have = got.get(o.table.as_str()).map_or(&[][..], Vec::as_slice);
+                    if want.len() != have.len() {
+                        failures.push(Failure::RowCount {
+                            table: o.table.clone(),
+                            expected: want.len(),
+                            actual: have.len(),
+                        });
+                        continue;
+                    }
+                    for (i, (w, h)) in want.iter().zip(have).enumerate() {
+                        let at = format!("{}[{i}].", o.table);
+                        compare_row(&at, w, h, tokenizer, &mut failures);
+                    }
                 }
             }
             failures
         }
-        (Outcome::Row { values, .. }, None, _) => vec![Failure::Accepted { row: row(values) }],
-        (Outcome::Reject { reason }, _, Some(want)) if reason.contains(want.as_str()) => Vec::new(),
-        (Outcome::Reject { reason }, _, Some(want)) => vec![Failure::Reason {
-            expected: want.clone(),
-            actual: reason.clone(),
+        (Outcome::Rows { rows, .. }, _) => vec![Failure::Accepted {
+            rows: rows
+                .iter()
+                .map(|r| {
+                    let o = &outputs[r.output];
+                    (
+                        o.table.clone(),
+                        o.columns
+                            .iter()
+                            .zip(&r.values)
+                            .map(|(c, v)| (c.name.clone(), v.to_json()))
+                            .collect(),
+                    )
+                })
+                .collect(),
         }],
-        (Outcome::Reject { reason }, _, None) => vec![Failure::Rejected {
-            reason: reason.clone(),
-        }],
+        (Outcome::Reject { reason }, t) => match &t.expect_reject {
+            Some(want) if reason.contains(want.as_str()) => Vec::new(),
+            Some(want) => vec![Failure::Reason {
+                expected: want.clone(),
+                actual: reason.clone(),
+            }],
+            None => vec![Failure::Rejected {
+                reason: reason.clone(),
+            }],
+        },
+        (Outcome::Skip { reason }, t) => match &t.expect_skip {
+            Some(want) if reason.contains(want.as_str()) => Vec::new(),
+            Some(want) => vec![Failure::Reason {
+                expected: want.clone(),
+                actual: reason.clone(),
+            }],
+            None => vec![Failure::Skipped {
+                reason: reason.clone(),
+            }],
+        },
+    }
+}
+
+/// Compares one produced row with its expectation; every column must be listed.
+fn compare_row(
+    at: &str,
+    expected: &BTreeMap<String, J>,
+    actual: &BTreeMap<String, J>,
+    tokenizer: &Tokenizer,
+    failures: &mut Vec<Failure>,
+) {
+    for (column, value) in actual {
+        let column_at = format!("{at}{column}");
+        match expected.get(column) {
+            None => failures.push(Failure::Unlisted {
+                column: column_at,
+                actual: value.clone(),
+            }),
+            Some(e) if !matches(e, value, tokenizer) => failures.push(Failure::Column {
+                column: column_at,
+                expected: e.clone(),
+                actual: value.clone(),
+            }),
+            Some(_) => {}
+        }
     }
 }
 

@@ -304,18 +304,12 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
     assert_eq!(msgs.len(), 1);
     let receipt = msgs[0].receipt_handle.clone();
     let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
-    let processor =
-        etl_engine::process::Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
+    let processor = etl_engine::process::Processor::new(&spec, Some(tok), None).unwrap();
     let processed: Vec<_> = msgs.into_iter().map(|m| processor.process(m)).collect();
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     etl_engine::sink::schema::setup(&pool, &spec).await.unwrap();
     let cipher = std::sync::Arc::new(etl_engine::crypto::VaultCipher::new(&ring).unwrap());
-    let sink = etl_engine::sink::Sink::new(
-        pool.clone(),
-        &spec,
-        std::sync::Arc::new(spec.columns.clone()),
-        cipher,
-    );
+    let sink = etl_engine::sink::Sink::new(pool.clone(), &spec, cipher);
     let report = sink.write(&processed).await.unwrap();
     assert_eq!(report.rows, 1);
     q.change_visibility_batch(

@@ -143,10 +143,12 @@ fn message(body: String, attributes: HashMap<String, String>) -> ReceivedMessage
 fn process(body: String, attrs: HashMap<String, String>) -> Result<Option<String>, TestCaseError> {
     let p = processor();
     match p.process(message(body, attrs)).outcome {
-        Outcome::Row { values, .. } => {
-            prop_assert_eq!(values.len(), p.columns().len());
+        Outcome::Rows { rows, .. } => {
+            prop_assert_eq!(rows.len(), 1);
+            prop_assert_eq!(rows[0].values.len(), p.outputs()[0].columns.len());
             Ok(None)
         }
+        Outcome::Skip { reason } => Err(TestCaseError::fail(format!("unexpected skip: {reason}"))),
         Outcome::Reject { reason } => Ok(Some(reason)),
     }
 }

@@ -597,7 +597,7 @@ fn processed(
 ) -> (Vec<Processed>, Arc<etl_engine::crypto::VaultCipher>) {
     let ring = etl_engine::crypto::Keyring::from_file(keyring).unwrap();
     let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
-    let processor = Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
+    let processor = Processor::new(spec, Some(tok), None).unwrap();
     let now = chrono::Utc::now().timestamp_millis().to_string();
     let batch = bodies
         .iter()
@@ -624,15 +624,7 @@ async fn sink_for(s: &Setup, bodies: &[String]) -> (Sink, Vec<Processed>) {
         .await
         .unwrap();
     let (batch, cipher) = processed(&spec, &s.keyring, bodies);
-    (
-        Sink::new(
-            s.pool.clone(),
-            &spec,
-            Arc::new(spec.columns.clone()),
-            cipher,
-        ),
-        batch,
-    )
+    (Sink::new(s.pool.clone(), &spec, cipher), batch)
 }
 
 #[tokio::test]

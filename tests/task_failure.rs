@@ -175,14 +175,9 @@ impl Setup {
         stats: Arc<Stats>,
     ) -> Result<etl_engine::stats::Summary, PipelineError> {
         let tok = Tokenizer::new(self.ring.active_hash_key().unwrap());
-        let processor = Processor::new(self.spec.columns.clone(), Some(tok), Some(10)).unwrap();
+        let processor = Processor::new(&self.spec, Some(tok), Some(10)).unwrap();
         let cipher = Arc::new(VaultCipher::new(&self.ring).unwrap());
-        let sink = Arc::new(Sink::new(
-            self.pool.clone(),
-            &self.spec,
-            Arc::new(self.spec.columns.clone()),
-            cipher,
-        ));
+        let sink = Arc::new(Sink::new(self.pool.clone(), &self.spec, cipher));
         let run = pipeline::run(
             &self.spec,
             processor,

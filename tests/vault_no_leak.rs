@@ -205,7 +205,7 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
     let spec = etl_engine::spec::load_spec(&spec_path).unwrap();
     let tok = Tokenizer::new(ring.active_hash_key().unwrap());
     check("Tokenizer", format!("{tok:?}"));
-    let p = Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
+    let p = Processor::new(&spec, Some(tok), None).unwrap();
     let mut attrs = HashMap::new();
     attrs.insert("SentTimestamp".to_string(), "1700000000000".to_string());
     let row = p.process(ReceivedMessage {
@@ -213,7 +213,7 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
         ..msg.clone()
     });
     assert!(
-        matches!(row.outcome, etl_engine::process::Outcome::Row { .. }),
+        matches!(row.outcome, etl_engine::process::Outcome::Rows { .. }),
         "{row:?}"
     );
     check("Processed (row)", format!("{row:?}"));
@@ -254,6 +254,7 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
         ),
     );
     let req = Request {
+        output: None,
         column: "masked_ip".into(),
         selector: Selector::Where(vec![("user_id".into(), ip.into())]),
         actor: "a".into(),

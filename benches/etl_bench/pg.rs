@@ -117,8 +117,11 @@ pub async fn run(
     let ring = Keyring::load(spec.vault.keyring.as_deref().map(std::path::Path::new))?;
     let tokenizer = Tokenizer::new(ring.active_hash_key()?);
     let cipher = VaultCipher::new(&ring)?;
-    let processor =
-        Processor::new(spec.columns.clone(), Some(tokenizer), None).map_err(anyhow::Error::msg)?;
+    // The ceiling is measured for one output table (the logins spec's).
+    let [output] = spec.outputs.as_slice() else {
+        anyhow::bail!("pg-ceiling measures specs with one output table");
+    };
+    let processor = Processor::new(spec, Some(tokenizer), None).map_err(anyhow::Error::msg)?;
     let now_ms = Utc::now().timestamp_millis().to_string();
     let processed: Vec<Processed> = bodies
         .iter()
@@ -151,14 +154,16 @@ pub async fn run(
             ledger.text(&spec.name);
             ledger.text(&p.message_id);
             match &p.outcome {
-                Outcome::Row {
-                    values,
+                Outcome::Rows {
+                    rows,
                     vault: pending,
                 } => {
                     ledger.text("row");
-                    target.row(spec.columns.len() as i16);
-                    for (c, v) in spec.columns.iter().zip(values) {
-                        target.val(c.out_type, v);
+                    for row in rows {
+                        target.row(output.columns.len() as i16);
+                        for (c, v) in output.columns.iter().zip(&row.values) {
+                            target.val(c.out_type, v);
+                        }
                     }
                     // Distinct over the whole data set: COPY has no ON CONFLICT.
                     for pv in pending {
@@ -166,13 +171,13 @@ pub async fn run(
                             continue;
                         }
                         let b = Binding {
-                            scope: &spec.target.table,
+                            scope: &pv.table,
                             column: &pv.column,
                             token: &pv.token,
                         };
                         let sealed = cipher.encrypt(b, pv.plaintext.as_bytes())?;
                         vault.row(6);
-                        vault.text(&spec.target.table);
+                        vault.text(&pv.table);
                         vault.text(&pv.column);
                         vault.text(&pv.token);
                         vault.text(&sealed.key_id);
@@ -180,6 +185,7 @@ pub async fn run(
                         vault.field(Some(&sealed.ciphertext));
                     }
                 }
+                Outcome::Skip { .. } => ledger.text("skip"),
                 Outcome::Reject { reason } => {
                     ledger.text("reject");
                     let body = p.body.as_str();
@@ -214,7 +220,7 @@ pub async fn run(
     }
 
     let q = |s: &str| etl_engine::db::quote_ident(s);
-    let cols: Vec<String> = spec.columns.iter().map(|c| q(&c.name)).collect();
+    let cols: Vec<String> = output.columns.iter().map(|c| q(&c.name)).collect();
     let stmts = [
         format!(
             "COPY {} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)",
@@ -226,7 +232,7 @@ pub async fn run(
         ),
         format!(
             "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            q(&spec.target.table),
+            q(&output.table),
             cols.join(", ")
         ),
         format!(

@@ -24,9 +24,10 @@ const SQS_RETRY: Backoff = Backoff {
 pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
     let spec = load(spec_path)?;
     println!(
-        "ok   spec {} ({} columns, pipeline {})",
+        "ok   spec {} ({} columns in {}, pipeline {})",
         spec_path.display(),
-        spec.columns.len(),
+        spec.all_columns().count(),
+        spec.table_names().join(", "),
         spec.name
     );
 
@@ -42,13 +43,19 @@ pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
     let pool = sink::connect_pool(&spec.target.url, 1).await.map_err(|e| {
         anyhow!("cannot connect to Postgres (target.url; override with ETL_SPEC_TARGET__URL): {e}")
     })?;
-    Sink::check_target(&pool, &spec.target.table, &spec.columns)
-        .await
-        .map_err(usage)?;
-    println!(
-        "ok   postgres: table {} has every column with a compatible type",
-        spec.target.table
-    );
+    Sink::check_outputs(&pool, &spec).await.map_err(usage)?;
+    for o in &spec.outputs {
+        let key = match &o.write {
+            etl_engine::spec::Write::Upsert { key, .. } => {
+                format!(", and a unique key on ({})", key.join(", "))
+            }
+            _ => String::new(),
+        };
+        println!(
+            "ok   postgres: table {} has every column with a compatible type{key}",
+            o.table
+        );
+    }
     super::require_schema(&pool, &spec).await?;
     println!(
         "ok   postgres: engine tables {}, {}, {} set up at the current schema version",

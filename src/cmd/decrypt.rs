@@ -17,6 +17,10 @@ pub struct DecryptArgs {
     /// The encrypted column, e.g. masked_ip.
     #[arg(long)]
     column: String,
+    /// The output table holding the column, when the spec has several outputs that encrypt a
+    /// column of this name (default: the only one that does).
+    #[arg(long = "output", value_name = "TABLE")]
+    output: Option<String>,
     /// Tokens to recover (the values stored in the column).
     #[arg(long = "token")]
     tokens: Vec<String>,
@@ -43,6 +47,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
     let DecryptArgs {
         spec: spec_path,
         column,
+        output,
         mut tokens,
         stdin,
         selectors,
@@ -54,6 +59,8 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
         return Err(usage("--reason must say why the values are needed"));
     }
     let spec = load(&spec_path)?;
+    // Which table to read is known before any service is touched: say so early.
+    recover::resolve_output(&spec, &column, output.as_deref()).map_err(usage)?;
     let ring = load_keyring(&spec)?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);
@@ -91,6 +98,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
     super::require_schema(&pool, &spec).await?;
     let req = recover::Request {
         column,
+        output,
         selector,
         actor,
         reason,

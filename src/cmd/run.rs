@@ -136,9 +136,7 @@ pub async fn cmd_run(
 
     let pool = connect_db(&spec.target.url, spec.target.writers + 2, &cancel).await?;
     super::require_schema(&pool, &spec).await?;
-    Sink::check_target(&pool, &spec.target.table, &spec.columns)
-        .await
-        .map_err(usage)?;
+    Sink::check_outputs(&pool, &spec).await.map_err(usage)?;
 
     let connecting = cancel.clone();
     let source = Source::build(&spec.source, |cfg| async move {
@@ -158,11 +156,9 @@ pub async fn cmd_run(
         SourceConfig::Sqs(cfg) => Some(cfg.max_receive_count),
         SourceConfig::File(_) => None,
     };
-    let columns = Arc::new(spec.columns.clone());
-    let processor =
-        Processor::new(spec.columns.clone(), tokenizer, max_receive).map_err(anyhow::Error::msg)?;
-    let sink = Arc::new(Sink::new(pool.clone(), &spec, columns, cipher));
-    tracing::info!(pipeline = %spec.name, table = %spec.target.table, drain, "Pipeline started.");
+    let processor = Processor::new(&spec, tokenizer, max_receive).map_err(anyhow::Error::msg)?;
+    let sink = Arc::new(Sink::new(pool.clone(), &spec, cipher));
+    tracing::info!(pipeline = %spec.name, tables = %spec.table_names().join(","), drain, "Pipeline started.");
     let progress = Progress::start(ProgressConfig {
         pipeline: spec.name.clone(),
         stats: stats.clone(),

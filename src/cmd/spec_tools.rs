@@ -100,7 +100,9 @@ fn preview_tokenizer(spec: &Spec) -> Result<Option<Tokenizer>> {
 
 /// One previewed message.
 enum Previewed {
-    Row(Vec<serde_json::Value>),
+    /// Rows as (output index, values in column order).
+    Rows(Vec<(usize, Vec<serde_json::Value>)>),
+    Skip(String),
     Reject(String),
 }
 
@@ -133,8 +135,7 @@ pub async fn cmd_preview(
             "note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE."
         );
     }
-    let processor =
-        Processor::new(spec.columns.clone(), tokenizer, None).map_err(anyhow::Error::msg)?;
+    let processor = Processor::new(&spec, tokenizer, None).map_err(anyhow::Error::msg)?;
     let name = file::file_name(&input);
     let now = chrono::Utc::now().timestamp_millis().to_string();
 
@@ -157,43 +158,68 @@ pub async fn cmd_preview(
                 .insert("ApproximateReceiveCount".to_string(), "1".to_string());
         }
         let p = match processor.process(msg).outcome {
-            Outcome::Row { values, .. } => {
-                Previewed::Row(values.iter().map(|v| v.to_json()).collect())
-            }
+            Outcome::Rows { rows, .. } => Previewed::Rows(
+                rows.into_iter()
+                    .map(|r| (r.output, r.values.iter().map(|v| v.to_json()).collect()))
+                    .collect(),
+            ),
+            Outcome::Skip { reason } => Previewed::Skip(reason),
             Outcome::Reject { reason } => Previewed::Reject(reason),
         };
         results.push((line_no, p));
     }
 
-    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
     let mut out = std::io::stdout().lock();
     if std::io::stdout().is_terminal() {
-        print_table(&mut out, &columns, &results)?;
+        print_tables(&mut out, &spec, &results)?;
     } else {
+        let single = spec.outputs.len() == 1;
         for (line, p) in &results {
+            let row_map = |oi: usize, values: &[serde_json::Value]| {
+                spec.outputs[oi]
+                    .columns
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .zip(values.iter().cloned())
+                    .collect::<serde_json::Map<String, serde_json::Value>>()
+            };
             let v = match p {
-                Previewed::Row(values) => {
-                    let row: serde_json::Map<String, serde_json::Value> = columns
-                        .iter()
-                        .map(|c| c.to_string())
-                        .zip(values.iter().cloned())
-                        .collect();
-                    serde_json::json!({"line": line, "row": row})
+                // One table, one row: the flat form, as before outputs existed.
+                Previewed::Rows(rows) if single && rows.len() == 1 => {
+                    serde_json::json!({"line": line, "row": row_map(rows[0].0, &rows[0].1)})
                 }
+                Previewed::Rows(rows) => {
+                    let mut by_table = serde_json::Map::new();
+                    for (oi, values) in rows {
+                        let entry = by_table
+                            .entry(spec.outputs[*oi].table.clone())
+                            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                        if let serde_json::Value::Array(a) = entry {
+                            a.push(serde_json::Value::Object(row_map(*oi, values)));
+                        }
+                    }
+                    serde_json::json!({"line": line, "rows": by_table})
+                }
+                Previewed::Skip(reason) => serde_json::json!({"line": line, "skip": reason}),
                 Previewed::Reject(reason) => serde_json::json!({"line": line, "reject": reason}),
             };
             writeln!(out, "{v}")?;
         }
     }
-    let rows = results
+    let count = |f: fn(&Previewed) -> bool| results.iter().filter(|(_, p)| f(p)).count();
+    let rows: usize = results
         .iter()
-        .filter(|(_, p)| matches!(p, Previewed::Row(_)))
-        .count();
+        .map(|(_, p)| match p {
+            Previewed::Rows(r) => r.len(),
+            _ => 0,
+        })
+        .sum();
     eprintln!(
-        "preview: {} messages from {}: {rows} rows, {} rejects (nothing written)",
+        "preview: {} messages from {}: {rows} rows, {} rejects, {} skipped (nothing written)",
         results.len(),
         input.display(),
-        results.len() - rows
+        count(|p| matches!(p, Previewed::Reject(_))),
+        count(|p| matches!(p, Previewed::Skip(_))),
     );
     Ok(0)
 }
@@ -214,25 +240,66 @@ fn cell(v: &serde_json::Value) -> String {
     }
 }
 
-fn print_table(out: &mut impl Write, columns: &[&str], results: &[(u64, Previewed)]) -> Result<()> {
+/// Rows as one aligned table per output, then skips and rejects by line.
+fn print_tables(out: &mut impl Write, spec: &Spec, results: &[(u64, Previewed)]) -> Result<()> {
+    for (oi, o) in spec.outputs.iter().enumerate() {
+        if spec.outputs.len() > 1 {
+            writeln!(out, "{}:", o.table)?;
+        }
+        let columns: Vec<&str> = o.columns.iter().map(|c| c.name.as_str()).collect();
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .flat_map(|(line, p)| match p {
+                Previewed::Rows(rows) => rows
+                    .iter()
+                    .filter(|(i, _)| *i == oi)
+                    .map(|(_, values)| {
+                        std::iter::once(line.to_string())
+                            .chain(values.iter().map(cell))
+                            .collect()
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        print_table(out, &columns, &rows)?;
+    }
+    for (title, pick) in [
+        (
+            "skipped",
+            (|p| match p {
+                Previewed::Skip(r) => Some(r),
+                _ => None,
+            }) as fn(&Previewed) -> Option<&String>,
+        ),
+        ("rejects", |p| match p {
+            Previewed::Reject(r) => Some(r),
+            _ => None,
+        }),
+    ] {
+        let lines: Vec<_> = results
+            .iter()
+            .filter_map(|(l, p)| pick(p).map(|r| (l, r)))
+            .collect();
+        if !lines.is_empty() {
+            writeln!(out, "\n{title}:")?;
+            for (l, r) in lines {
+                writeln!(out, "  line {l}: {r}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One aligned table: a `line` column, then the given columns.
+fn print_table(out: &mut impl Write, columns: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let header: Vec<String> = std::iter::once("line".to_string())
         .chain(columns.iter().map(|c| c.to_string()))
-        .collect();
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .filter_map(|(line, p)| match p {
-            Previewed::Row(values) => Some(
-                std::iter::once(line.to_string())
-                    .chain(values.iter().map(cell))
-                    .collect(),
-            ),
-            Previewed::Reject(_) => None,
-        })
         .collect();
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             std::iter::once(&header)
-                .chain(&rows)
+                .chain(rows)
                 .map(|r| r[i].chars().count())
                 .max()
                 .unwrap_or(0)
@@ -258,21 +325,8 @@ fn print_table(out: &mut impl Write, columns: &[&str], results: &[(u64, Previewe
             .collect::<Vec<_>>()
             .join("-+-")
     )?;
-    for r in &rows {
+    for r in rows {
         writeln!(out, "{}", line(r))?;
-    }
-    let rejects: Vec<_> = results
-        .iter()
-        .filter_map(|(l, p)| match p {
-            Previewed::Reject(r) => Some((l, r)),
-            Previewed::Row(_) => None,
-        })
-        .collect();
-    if !rejects.is_empty() {
-        writeln!(out, "\nrejects:")?;
-        for (l, r) in rejects {
-            writeln!(out, "  line {l}: {r}")?;
-        }
     }
     Ok(())
 }

@@ -183,14 +183,19 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 };
                 let vault = etl_engine::db::quote_ident(&spec.vault.table);
                 let rejects = etl_engine::db::quote_ident(&spec.rejects.table);
-                let in_vault = count(
-                    format!("SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"),
-                    spec.target.table.clone(),
-                )
-                .await
-                .with_context(|| {
-                    format!("counting rows of {} under key {key_id}", spec.vault.table)
-                })?;
+                let mut in_vault = 0;
+                for table in spec.table_names() {
+                    in_vault += count(
+                        format!(
+                            "SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"
+                        ),
+                        table.to_string(),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("counting rows of {} under key {key_id}", spec.vault.table)
+                    })?;
+                }
                 let in_rejects = count(
                     format!("SELECT count(*) FROM {rejects} WHERE pipeline = $1 AND key_id = $2"),
                     spec.name.clone(),
@@ -331,7 +336,7 @@ pub async fn cmd_retokenize(args: RetokenizeArgs) -> Result<u8> {
         }
         println!(
             "{}.{column}: {} token(s) replaced with hash key {} ({} target row(s) updated), {} already current, {} changed concurrently, {} failed",
-            spec.target.table,
+            r.table,
             r.retokenized,
             r.hash_key,
             r.target_rows,

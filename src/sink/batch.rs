@@ -28,8 +28,15 @@ fn refusal_reason(e: &sqlx::Error) -> String {
 pub struct WriteReport {
     /// Message ids committed in this write (new rows, new rejects and duplicates): safe to delete.
     pub acked: Vec<(String, String)>,
-    /// Target rows inserted.
+    /// Rows inserted or updated, in every output.
     pub rows: u64,
+    /// Rows inserted or updated, by output table.
+    pub rows_by_table: std::collections::BTreeMap<String, u64>,
+    /// Rows an `ignore` or `upsert` output left alone (a stored row, or a newer one, won) or
+    /// that a later message of the same batch superseded.
+    pub unchanged_rows: u64,
+    /// Messages acknowledged without rows: a filter matched, or no output did (`unmatched: skip`).
+    pub skipped: u64,
     /// Rejects inserted (messages that failed processing or rows Postgres refused).
     pub rejects: u64,
     /// Messages the ledger had already seen, or seen twice in the batch: acknowledged, not written.
@@ -45,6 +52,11 @@ impl WriteReport {
     fn merge(&mut self, o: WriteReport) {
         self.acked.extend(o.acked);
         self.rows += o.rows;
+        for (t, n) in o.rows_by_table {
+            *self.rows_by_table.entry(t).or_default() += n;
+        }
+        self.unchanged_rows += o.unchanged_rows;
+        self.skipped += o.skipped;
         self.rejects += o.rejects;
         self.duplicates += o.duplicates;
         self.vault_rows += o.vault_rows;

@@ -28,7 +28,6 @@ pub use key_usage::{NONCE_WARN_AT, record_key_counts, record_key_usage, spawn_ke
 pub use target::type_compatible;
 
 use crate::crypto::{CipherError, VaultCipher};
-use crate::spec::Column;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,18 +100,14 @@ pub struct Sink {
     pool: PgPool,
     /// The spec's name: the ledger and rejects key, and the binding scope of reject bodies.
     pipeline: String,
-    /// The target table as the spec names it: the binding scope of vault values.
-    target_table: String,
-    /// The spec's columns, in the order of the target statement's arrays.
-    columns: Arc<Vec<Column>>,
+    /// One statement per output, in spec order.
+    outputs: Vec<statements::OutputWriter>,
     /// Encrypts vault values and reject bodies.
     cipher: Arc<VaultCipher>,
     /// Inserts ledger entries and returns the ids not seen before.
     sql_ledger: String,
     /// Inserts vault rows, skipping tokens already stored.
     sql_vault: String,
-    /// Inserts target rows.
-    sql_target: String,
     /// Inserts rejects, skipping messages already rejected.
     sql_rejects: String,
 }

@@ -1,41 +1,32 @@
-//! The SQL the sink runs: statements built once per spec from quoted identifiers, and one
-//! transaction per batch part binding ledger, vault, target and reject rows as typed arrays.
+//! The SQL the sink runs: statements built once per spec from quoted identifiers (one per
+//! output, with its write mode), and one transaction per batch part binding ledger, vault,
+//! output and reject rows as typed arrays.
 
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
-use crate::spec::{Column, Spec};
+use crate::spec::{Output, Spec, Write};
+use crate::transform::PendingVault;
 use crate::value::{Val, ValType};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
-use std::collections::HashSet;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 impl Sink {
-    /// Builds the statements for `spec`. Call [`schema::ensure`](super::schema::ensure) and [`Sink::check_target`] first.
-    pub fn new(
-        pool: PgPool,
-        spec: &Spec,
-        columns: Arc<Vec<Column>>,
-        cipher: Arc<VaultCipher>,
-    ) -> Self {
+    /// Builds the statements for `spec`. Check the schema version ([`schema::check`](super::schema::check))
+    /// and the outputs ([`Sink::check_outputs`]) first.
+    pub fn new(pool: PgPool, spec: &Spec, cipher: Arc<VaultCipher>) -> Self {
         let ledger = quote_ident(&spec.ledger.table);
         let vault = quote_ident(&spec.vault.table);
         let rejects = quote_ident(&spec.rejects.table);
-        let target = quote_ident(&spec.target.table);
-        let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let arrays: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type()))
-            .collect();
         Sink {
             pool,
             pipeline: spec.name.clone(),
-            target_table: spec.target.table.clone(),
-            columns,
+            outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             sql_ledger: format!(
                 "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
@@ -43,13 +34,8 @@ impl Sink {
             ),
             sql_vault: format!(
                 "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
                  ON CONFLICT (target_table, column_name, token) DO NOTHING"
-            ),
-            sql_target: format!(
-                "INSERT INTO {target} ({}) SELECT * FROM UNNEST({})",
-                names.join(", "),
-                arrays.join(", ")
             ),
             sql_rejects: format!(
                 "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
@@ -59,19 +45,17 @@ impl Sink {
         }
     }
 
-    /// Writes `batch` in one transaction: ledger first, then vault rows, target rows and rejects
-    /// of the messages the ledger had not seen. Any error rolls the whole transaction back.
+    /// Writes `batch` in one transaction: ledger first, then vault rows, every output's rows
+    /// and rejects of the messages the ledger had not seen. Any error rolls it all back.
     pub(super) async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|p| p.message_id.as_str()).collect();
         let outcomes: Vec<&str> = batch
             .iter()
-            .map(|p| {
-                if matches!(p.outcome, Outcome::Row { .. }) {
-                    "row"
-                } else {
-                    "reject"
-                }
+            .map(|p| match p.outcome {
+                Outcome::Rows { .. } => "row",
+                Outcome::Skip { .. } => "skip",
+                Outcome::Reject { .. } => "reject",
             })
             .collect();
         let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql_ledger.clone()))
@@ -95,67 +79,38 @@ impl Sink {
             .filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str()))
             .collect();
         report.duplicates = (batch.len() - new.len()) as u64;
-
-        // Vault: one encryption per distinct (column, token) in the batch, inserted in key order
-        // so concurrent writers sharing hot tokens wait for each other instead of deadlocking.
-        let mut pending: Vec<&crate::transform::PendingVault> = new
+        report.skipped = new
             .iter()
-            .filter_map(|p| match &p.outcome {
-                Outcome::Row { vault, .. } => Some(vault.iter()),
-                Outcome::Reject { .. } => None,
-            })
-            .flatten()
-            .collect();
-        pending.sort_unstable_by(|a, b| (&a.column, &a.token).cmp(&(&b.column, &b.token)));
-        pending.dedup_by(|a, b| a.column == b.column && a.token == b.token);
-        let (mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for pv in pending {
-            let b = Binding {
-                scope: &self.target_table,
-                column: &pv.column,
-                token: &pv.token,
-            };
-            let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
-            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            v_col.push(pv.column.clone());
-            v_tok.push(pv.token.clone());
-            v_kid.push(sealed.key_id);
-            v_nonce.push(sealed.nonce.to_vec());
-            v_ct.push(sealed.ciphertext);
-        }
-        if !v_col.is_empty() {
-            let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
-                .bind(&self.target_table)
-                .bind(&v_col)
-                .bind(&v_tok)
-                .bind(&v_kid)
-                .bind(&v_nonce)
-                .bind(&v_ct)
-                .execute(&mut *tx)
-                .await?;
-            report.vault_rows = r.rows_affected();
-        }
+            .filter(|p| matches!(p.outcome, Outcome::Skip { .. }))
+            .count() as u64;
 
-        // Target rows.
-        let rows: Vec<&Vec<Val>> = new
-            .iter()
-            .filter_map(|p| match &p.outcome {
-                Outcome::Row { values, .. } => Some(values),
-                Outcome::Reject { .. } => None,
-            })
-            .collect();
-        if !rows.is_empty() {
-            let mut q = sqlx::query(AssertSqlSafe(self.sql_target.clone()));
-            for (i, col) in self.columns.iter().enumerate() {
-                q = bind_column(
-                    q,
-                    col.out_type,
-                    rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)),
-                );
+        self.write_vault(&new, &mut tx, &mut report).await?;
+
+        // Every output's rows, in spec order.
+        for (oi, out) in self.outputs.iter().enumerate() {
+            let rows: Vec<&Vec<Val>> = new
+                .iter()
+                .filter_map(|p| match &p.outcome {
+                    Outcome::Rows { rows, .. } => Some(rows.iter()),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|r| r.output == oi)
+                .map(|r| &r.values)
+                .collect();
+            if rows.is_empty() {
+                continue;
             }
-            q.execute(&mut *tx).await?;
-            report.rows = rows.len() as u64;
+            let offered = rows.len() as u64;
+            let rows = out.dedup(rows);
+            let mut q = sqlx::query(AssertSqlSafe(out.sql.clone()));
+            for (i, col) in out.types.iter().enumerate() {
+                q = bind_column(q, *col, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
+            }
+            let written = q.execute(&mut *tx).await?.rows_affected();
+            report.rows += written;
+            report.unchanged_rows += offered - written.min(offered);
+            *report.rows_by_table.entry(out.table.clone()).or_default() += written;
         }
 
         // Rejects, bodies encrypted.
@@ -192,6 +147,184 @@ impl Sink {
         }
         tx.commit().await?;
         Ok(report)
+    }
+
+    /// Vault rows: one encryption per distinct (table, column, token) in the batch, inserted in
+    /// key order so concurrent writers sharing hot tokens wait for each other instead of
+    /// deadlocking.
+    async fn write_vault(
+        &self,
+        new: &[&Processed],
+        tx: &mut Transaction<'_, Postgres>,
+        report: &mut WriteReport,
+    ) -> Result<(), SinkError> {
+        let mut pending: Vec<&PendingVault> = new
+            .iter()
+            .filter_map(|p| match &p.outcome {
+                Outcome::Rows { vault, .. } => Some(vault.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        pending.sort_unstable_by(|a, b| {
+            (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
+        });
+        pending.dedup_by(|a, b| a.table == b.table && a.column == b.column && a.token == b.token);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (mut v_tab, mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for pv in pending {
+            let b = Binding {
+                scope: &pv.table,
+                column: &pv.column,
+                token: &pv.token,
+            };
+            let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
+            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+            v_tab.push(pv.table.clone());
+            v_col.push(pv.column.clone());
+            v_tok.push(pv.token.clone());
+            v_kid.push(sealed.key_id);
+            v_nonce.push(sealed.nonce.to_vec());
+            v_ct.push(sealed.ciphertext);
+        }
+        let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
+            .bind(&v_tab)
+            .bind(&v_col)
+            .bind(&v_tok)
+            .bind(&v_kid)
+            .bind(&v_nonce)
+            .bind(&v_ct)
+            .execute(&mut **tx)
+            .await?;
+        report.vault_rows = r.rows_affected();
+        Ok(())
+    }
+}
+
+/// One output's statement, built once: how its rows are written.
+#[derive(Debug)]
+pub(super) struct OutputWriter {
+    /// The table as the spec names it.
+    pub(super) table: String,
+    /// Column types, in statement order.
+    types: Vec<ValType>,
+    /// The statement: `INSERT … SELECT * FROM UNNEST(…)` with the write mode's `ON CONFLICT`.
+    sql: String,
+    /// Positions of the upsert key columns (empty unless upsert).
+    key: Vec<usize>,
+    /// Position of the `only_if_newer` column.
+    newer: Option<usize>,
+}
+
+impl OutputWriter {
+    fn new(o: &Output) -> Self {
+        let names: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let arrays: Vec<String> = o
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type()))
+            .collect();
+        let pos = |name: &str| o.columns.iter().position(|c| c.name == name);
+        let mut sql = format!(
+            "INSERT INTO {} AS cur ({}) SELECT * FROM UNNEST({})",
+            quote_ident(&o.table),
+            names.join(", "),
+            arrays.join(", ")
+        );
+        let (mut key, mut newer) = (Vec::new(), None);
+        match &o.write {
+            Write::Insert => {}
+            Write::Ignore => sql.push_str(" ON CONFLICT DO NOTHING"),
+            Write::Upsert {
+                key: k,
+                only_if_newer,
+            } => {
+                key = k.iter().filter_map(|n| pos(n)).collect();
+                newer = only_if_newer.as_deref().and_then(pos);
+                let keys: Vec<String> = k.iter().map(|n| quote_ident(n)).collect();
+                let updates: Vec<String> = o
+                    .columns
+                    .iter()
+                    .filter(|c| !k.contains(&c.name))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                    .collect();
+                if updates.is_empty() {
+                    sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
+                } else {
+                    sql.push_str(&format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {}",
+                        keys.join(", "),
+                        updates.join(", ")
+                    ));
+                    if let Some(n) = only_if_newer {
+                        // An older message never overwrites a newer row; an equal one may
+                        // (a re-sent message then rewrites the same values).
+                        sql.push_str(&format!(
+                            " WHERE cur.{0} IS NULL OR cur.{0} <= EXCLUDED.{0}",
+                            quote_ident(n)
+                        ));
+                    }
+                }
+            }
+        }
+        Self {
+            table: o.table.clone(),
+            types: o.columns.iter().map(|c| c.out_type).collect(),
+            sql,
+            key,
+            newer,
+        }
+    }
+
+    /// For upsert: one row per key, so the statement never touches a row twice (Postgres
+    /// refuses that). The later row wins; with `only_if_newer`, the newer one (ties: later).
+    /// Other modes keep every row.
+    fn dedup<'r>(&self, rows: Vec<&'r Vec<Val>>) -> Vec<&'r Vec<Val>> {
+        if self.key.is_empty() {
+            return rows;
+        }
+        let mut at: HashMap<Vec<Option<String>>, usize> = HashMap::new();
+        let mut kept: Vec<&'r Vec<Val>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<Option<String>> = self
+                .key
+                .iter()
+                .map(|&i| row.get(i).and_then(Val::to_text))
+                .collect();
+            match at.get(&key) {
+                Some(&i) => {
+                    let older = self.newer.is_some_and(|n| {
+                        newer_order(row.get(n), kept[i].get(n)) == Some(Ordering::Less)
+                    });
+                    if !older {
+                        kept[i] = row;
+                    }
+                }
+                None => {
+                    at.insert(key, kept.len());
+                    kept.push(row);
+                }
+            }
+        }
+        kept
+    }
+}
+
+/// The order of two `only_if_newer` values: numbers by value, dates and times by instant,
+/// anything else by text; a missing value is older than any other.
+fn newer_order(a: Option<&Val>, b: Option<&Val>) -> Option<Ordering> {
+    let a = a.filter(|v| !v.is_null());
+    let b = b.filter(|v| !v.is_null());
+    match (a?, b?) {
+        (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
+        (Val::BigInt(x), Val::BigInt(y)) => Some(x.cmp(y)),
+        (Val::Timestamp(x), Val::Timestamp(y)) => Some(x.cmp(y)),
+        (Val::Date(x), Val::Date(y)) => Some(x.cmp(y)),
+        (x, y) => Some(x.to_text().cmp(&y.to_text())),
     }
 }
 

@@ -2,12 +2,54 @@
 //! column's values can be written to.
 
 use super::{Sink, SinkError};
-use crate::spec::Column;
+use crate::spec::{Column, Spec, Write};
 use crate::value::ValType;
 use sqlx::postgres::PgPool;
 use std::collections::HashMap;
 
 impl Sink {
+    /// Checks every output of `spec`: its table and columns ([`Sink::check_target`]) and, for
+    /// `write: upsert`, that a unique index or primary key covers exactly the key columns
+    /// (without one, `ON CONFLICT` fails on the first batch).
+    pub async fn check_outputs(pool: &PgPool, spec: &Spec) -> Result<(), SinkError> {
+        for o in &spec.outputs {
+            Self::check_target(pool, &o.table, &o.columns).await?;
+            if let Write::Upsert { key, .. } = &o.write {
+                Self::check_unique_key(pool, &o.table, key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a valid, non-partial unique index on `table` has exactly the columns `key`.
+    async fn check_unique_key(pool: &PgPool, table: &str, key: &[String]) -> Result<(), SinkError> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid AND i.indpred IS NULL \
+               AND i.indexprs IS NULL AND i.indnatts = cardinality($2::text[]) \
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a \
+                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) \
+                   = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) AS k) \
+             LIMIT 1",
+        )
+        .bind(crate::db::quote_ident(table))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(SinkError::Target {
+                table: table.to_string(),
+                problem: format!(
+                    "`write: upsert` needs a primary key or unique index on exactly ({}); none found \
+                     (e.g. ALTER TABLE {table} ADD PRIMARY KEY ({}), or see `etl-engine ddl`)",
+                    key.join(", "),
+                    key.join(", ")
+                ),
+            }),
+        }
+    }
+
     /// Checks that the target table exists and has every spec column with a type the column's
     /// value can be written to, naming every problem at once.
     pub async fn check_target(

@@ -170,6 +170,13 @@ impl<'a> Diagnostics<'a> {
         });
     }
 
+    /// Where exactly `path` is in the text, if it is there (for ordering keys as written).
+    pub(super) fn exact_position(&mut self, path: &str) -> Option<(usize, usize)> {
+        self.positions
+            .get_or_insert_with(|| Positions::index(self.text))
+            .exact(path)
+    }
+
     /// Where `path` (or its closest ancestor) is in the text. The span-aware YAML pass runs here,
     /// once, at the first problem that needs a position: a valid spec never pays for it.
     fn position(&mut self, path: &str) -> Option<(usize, usize)> {

@@ -274,9 +274,9 @@ name: t
     fn good_spec_compiles_with_types() {
         let s = parse(GOOD).unwrap();
         assert_eq!(s.name, "t");
-        let v = s.columns.iter().find(|c| c.name == "app_version").unwrap();
+        let v = s.all_columns().find(|c| c.name == "app_version").unwrap();
         assert_eq!(v.out_type, ValType::Integer);
-        let d = s.columns.iter().find(|c| c.name == "create_date").unwrap();
+        let d = s.all_columns().find(|c| c.name == "create_date").unwrap();
         assert_eq!(d.out_type, ValType::Date);
     }
 
@@ -412,7 +412,7 @@ name: t
         unsafe { std::env::set_var("ETL_SPEC_TARGET__TABLE", "other_table") };
         let s = parse_spec_str(GOOD, Path::new("t.yaml"), true);
         unsafe { std::env::remove_var("ETL_SPEC_TARGET__TABLE") };
-        assert_eq!(s.unwrap().target.table, "other_table");
+        assert_eq!(s.unwrap().target.table.as_deref(), Some("other_table"));
     }
 
     #[test]
@@ -505,7 +505,7 @@ name: t
             &[("ETL_SPEC_TARGET__URL", "postgres://x/y")],
         );
         assert!(
-            text.contains("specs/t.yaml:6:1: target: missing key `table`"),
+            text.contains("specs/t.yaml:6:1: target.table: missing: name the target table"),
             "{text}"
         );
 

@@ -7,13 +7,16 @@
 //! knows it, the file position. [`load`] holds the entry points and what figment loaded,
 //! `validate` checks section by section, `diagnose` places and words each problem.
 
+pub mod condition;
 mod diagnose;
 pub mod load;
+mod outputs;
 pub mod position;
 pub mod typecheck;
 pub mod types;
 mod validate;
 
+pub use condition::Condition;
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
 pub use types::*;
 
@@ -33,21 +36,79 @@ pub struct Spec {
     pub vault: VaultConfig,
     pub rejects: RejectsConfig,
     pub ledger: LedgerConfig,
-    /// Target columns, ordered by name (the spec's `columns` is a map); this is the write order.
-    pub columns: Vec<Column>,
+    /// Messages matching it are skipped (acknowledged, counted, not written).
+    pub filter: Option<Condition>,
+    /// The target tables, in spec order (the single-table form gives one).
+    pub outputs: Vec<Output>,
+    /// What happens to a message or element no output matches.
+    pub unmatched: Unmatched,
     /// Spec unit tests (`tests:` block).
     pub tests: Vec<SpecTestConfig>,
 }
 
 impl Spec {
+    /// Every column of every output.
+    pub fn all_columns(&self) -> impl Iterator<Item = &Column> {
+        self.outputs.iter().flat_map(|o| o.columns.iter())
+    }
     /// Whether any column writes to the vault (and so needs an encryption key).
     pub fn uses_vault(&self) -> bool {
-        self.columns.iter().any(Column::encrypts)
+        self.all_columns().any(Column::encrypts)
     }
     /// Whether any column needs the hashing key.
     pub fn uses_hash(&self) -> bool {
-        self.columns.iter().any(|c| c.hashes() || c.encrypts())
+        self.all_columns().any(|c| c.hashes() || c.encrypts())
     }
+    /// The output writing to `table`.
+    pub fn output(&self, table: &str) -> Option<&Output> {
+        self.outputs.iter().find(|o| o.table == table)
+    }
+    /// The output tables, for messages.
+    pub fn table_names(&self) -> Vec<&str> {
+        self.outputs.iter().map(|o| o.table.as_str()).collect()
+    }
+}
+
+/// One target table of a spec, compiled.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The table, as the spec names it (optionally schema-qualified).
+    pub table: String,
+    /// Only messages (or elements) matching it get a row here.
+    pub when: Option<Condition>,
+    /// Messages matching it are skipped by this output.
+    pub filter: Option<Condition>,
+    /// Fan-out: one row per element found.
+    pub for_each: Option<ForEach>,
+    /// How rows are written.
+    pub write: Write,
+    /// The columns, in spec order; this is the write order.
+    pub columns: Vec<Column>,
+}
+
+/// A compiled `for_each:` path.
+#[derive(Debug, Clone)]
+pub struct ForEach {
+    /// As written.
+    pub text: String,
+    /// Compiled.
+    pub query: JpQuery,
+}
+
+/// A compiled write mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Plain `INSERT`.
+    Insert,
+    /// `ON CONFLICT DO NOTHING`.
+    Ignore,
+    /// `ON CONFLICT (key) DO UPDATE`.
+    Upsert {
+        /// Key columns, in spec order.
+        key: Vec<String>,
+        /// Update only when this column's new value is not older.
+        only_if_newer: Option<String>,
+    },
 }
 
 /// One target column, compiled.
@@ -80,6 +141,8 @@ impl Column {
 /// Where a column's value comes from.
 #[derive(Debug, Clone)]
 pub enum ColumnSource {
+    /// `path: @…`: a JSONPath into the current `for_each` element (compiled as `$…`).
+    Element { text: String, query: JpQuery },
     /// A JSONPath into the message body, parsed once.
     Path { text: String, query: JpQuery },
     /// Message metadata.
@@ -90,7 +153,7 @@ impl ColumnSource {
     /// The static type of the value this source yields.
     pub fn val_type(&self) -> ValType {
         match self {
-            Self::Path { .. } => ValType::Json,
+            Self::Path { .. } | Self::Element { .. } => ValType::Json,
             Self::Meta(m) => m.val_type(),
         }
     }
@@ -108,6 +171,10 @@ pub enum MetaField {
     Attribute(String),
     /// A sender-set message attribute by name.
     MessageAttribute(String),
+    /// The current `for_each` element's index, from 0.
+    ForEachIndex,
+    /// The current `for_each` element's position, from 1 (e.g. an order's line number).
+    ForEachPosition,
 }
 
 impl MetaField {
@@ -118,6 +185,8 @@ impl MetaField {
         "receive_count",
         "attributes.<Name>",
         "message_attributes.<Name>",
+        "for_each.index",
+        "for_each.position",
     ];
 
     /// Parses a `meta:` value.
@@ -126,6 +195,8 @@ impl MetaField {
             "message_id" => Some(Self::MessageId),
             "sent_timestamp" => Some(Self::SentTimestamp),
             "receive_count" => Some(Self::ReceiveCount),
+            "for_each.index" => Some(Self::ForEachIndex),
+            "for_each.position" => Some(Self::ForEachPosition),
             _ => {
                 if let Some(n) = s.strip_prefix("attributes.").filter(|n| !n.is_empty()) {
                     Some(Self::Attribute(n.to_string()))
@@ -142,7 +213,7 @@ impl MetaField {
     pub fn val_type(&self) -> ValType {
         match self {
             Self::SentTimestamp => ValType::BigInt,
-            Self::ReceiveCount => ValType::Integer,
+            Self::ReceiveCount | Self::ForEachIndex | Self::ForEachPosition => ValType::Integer,
             _ => ValType::Text,
         }
     }

@@ -19,8 +19,19 @@ pub struct SpecConfig {
     pub name: String,
     /// Where messages come from.
     pub source: SourceConfig,
-    /// Where rows go.
+    /// The database, batching, and (in the single-table form) the table and its write mode.
     pub target: TargetConfig,
+    /// Messages matching this condition are acknowledged and counted as skipped, never written
+    /// or rejected (e.g. `$.test == true`). Same syntax as an output's `when:`.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Several target tables, each with its columns, an optional condition (`when:`), fan-out
+    /// (`for_each:`) and write mode. Instead of `target.table` + `columns`.
+    #[serde(default)]
+    pub outputs: Vec<OutputConfig>,
+    /// What happens to a message (or a `for_each` element) that no output's `when:` matches.
+    #[serde(default)]
+    pub unmatched: Unmatched,
     /// Where encrypted originals go and where the keyring is.
     #[serde(default)]
     pub vault: VaultConfig,
@@ -30,7 +41,9 @@ pub struct SpecConfig {
     /// The table of processed message ids that makes writes exactly-once.
     #[serde(default)]
     pub ledger: LedgerConfig,
-    /// Target columns by name: where each value comes from and how it is transformed.
+    /// Target columns by name (single-table form, with `target.table`): where each value comes
+    /// from and how it is transformed.
+    #[serde(default)]
     pub columns: BTreeMap<String, ColumnConfig>,
     /// Spec unit tests, run by `etl-engine test` without any service.
     #[serde(default)]
@@ -123,8 +136,18 @@ pub struct FileSourceConfig {
 pub struct TargetConfig {
     /// Postgres URL. Override with `ETL_SPEC_TARGET__URL`.
     pub url: String,
-    /// Target table, optionally schema-qualified.
-    pub table: String,
+    /// Target table, optionally schema-qualified (single-table form; with `outputs:` leave it out).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Write mode of the single-table form (see `outputs[].write`).
+    #[serde(default)]
+    pub write: WriteMode,
+    /// Key columns of `write: upsert` in the single-table form.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// With `write: upsert`: a row is updated only if this column's new value is not older.
+    #[serde(default)]
+    pub only_if_newer: Option<String>,
     /// Messages per write transaction.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -134,6 +157,66 @@ pub struct TargetConfig {
     /// Concurrent write transactions (each holds one connection).
     #[serde(default = "default_writers")]
     pub writers: u32,
+}
+
+/// One target table of a spec with several outputs.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Target table, optionally schema-qualified.
+    pub table: String,
+    /// Only messages (or `for_each` elements) matching this condition get a row here:
+    /// `$.type == 'page_view'`, `@.qty > 0` (element), `$.coupon` (present and not null/false),
+    /// or a JSONPath filter such as `$[?(@.type == 'purchase')]` (matches when it finds anything).
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Messages matching this condition are skipped by this output (counted, not rejected).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// One row per element the JSONPath finds (an array found is iterated): `$.items[*]`, or `$`
+    /// for a body that is either one event or an array of events. Column paths starting with `@`
+    /// read the element; `$` paths still read the whole message; `meta: for_each.index` (from 0)
+    /// and `for_each.position` (from 1) number the elements.
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// `insert` (default), `upsert` (needs `key`), or `ignore` (`ON CONFLICT DO NOTHING`).
+    #[serde(default)]
+    pub write: WriteMode,
+    /// Key columns of `write: upsert`: a unique index or primary key on exactly these columns.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// With `write: upsert`: a row is updated only if this column's new value is not older
+    /// than the stored one, so a late, older message never overwrites a newer row.
+    #[serde(default)]
+    pub only_if_newer: Option<String>,
+    /// Target columns by name.
+    pub columns: BTreeMap<String, ColumnConfig>,
+}
+
+/// How rows are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// `INSERT`: every row is appended (the ledger still makes each message count once).
+    #[default]
+    Insert,
+    /// `INSERT … ON CONFLICT (key) DO UPDATE`: a row per key, updated in place; within one
+    /// batch the later message wins.
+    Upsert,
+    /// `INSERT … ON CONFLICT DO NOTHING`: rows conflicting with a stored row are dropped and
+    /// counted as duplicates.
+    Ignore,
+}
+
+/// What happens to a message that no output matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// It becomes a reject naming the reason (the default: nothing is dropped silently).
+    #[default]
+    Reject,
+    /// It is acknowledged and counted as skipped.
+    Skip,
 }
 
 /// Vault settings.
@@ -289,9 +372,15 @@ pub struct SpecTestConfig {
     /// Metadata: `message_id`, `sent_timestamp`, `receive_count`, `attributes`, `message_attributes`.
     #[serde(default)]
     pub meta: BTreeMap<String, serde_json::Value>,
-    /// Expected row (column → value) when the message is valid.
+    /// Expected row (column → value) when the message gives exactly one row.
     #[serde(default)]
     pub expect_row: Option<BTreeMap<String, serde_json::Value>>,
+    /// Expected rows by output table, in order (tables not listed must get no rows).
+    #[serde(default)]
+    pub expect_rows: Option<BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>>>,
+    /// Expected skip (a `filter:` or `unmatched: skip`): a substring of the reason, or "".
+    #[serde(default)]
+    pub expect_skip: Option<String>,
     /// Expected reject: a substring of the reason.
     #[serde(default)]
     pub expect_reject: Option<String>,

@@ -2,7 +2,7 @@
 //! column names, sources, transform chains (type-checked) and the spec's own tests.
 
 use super::diagnose::{Diagnostics, suggest, with_suggestion};
-use super::{Column, ColumnSource, MetaField, Spec, types::*};
+use super::{Column, ColumnSource, MetaField, Output, Spec, types::*};
 use crate::value::ValType;
 use serde_json::Value as J;
 use std::path::Path;
@@ -17,7 +17,7 @@ pub const TEST_META_KEYS: &[&str] = &[
 ];
 
 /// A Postgres identifier, optionally schema-qualified (`schema.table`).
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     let part_ok = |p: &str| {
         let mut chars = p.chars();
         matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -40,13 +40,23 @@ impl Validator<'_> {
         let Some(map) = root.as_object() else {
             self.d.issue(
                 "",
-                "a spec must be a YAML mapping with keys source, target, columns",
+                "a spec must be a YAML mapping with keys name, source, target, and columns or outputs",
             );
             return None;
         };
         /// The top-level keys.
         const TOP: &[&str] = &[
-            "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
+            "name",
+            "source",
+            "target",
+            "filter",
+            "outputs",
+            "unmatched",
+            "columns",
+            "vault",
+            "rejects",
+            "ledger",
+            "tests",
         ];
         // A misspelled required key is reported once, as the misspelling.
         let mut suggested = Vec::new();
@@ -150,26 +160,22 @@ impl Validator<'_> {
             }
         }
 
-        let columns = match map.get("columns") {
-            Some(J::Object(cols)) if !cols.is_empty() => self.columns(cols),
-            Some(J::Object(_)) => {
-                self.d.issue("columns", "needs at least one column");
-                Vec::new()
-            }
+        let filter = match map.get("filter") {
+            None | Some(J::Null) => None,
+            Some(J::String(text)) => self.condition("filter", text),
             Some(_) => {
-                self.d.issue(
-                    "columns",
-                    "must be a mapping of column name to column settings",
-                );
-                Vec::new()
-            }
-            None => {
-                missing(self, "columns");
-                Vec::new()
+                self.d
+                    .issue("filter", "must be a condition such as `$.test == true`");
+                None
             }
         };
+        let unmatched = match map.get("unmatched") {
+            None | Some(J::Null) => Some(Unmatched::default()),
+            Some(u) => self.d.section::<Unmatched>(u, "unmatched"),
+        };
+        let outputs = self.outputs(map, target.as_ref(), &suggested);
         if let Some(tests) = &tests {
-            self.check_tests(tests, &columns);
+            self.check_tests(tests, &outputs);
         }
         Some(Spec {
             file: file.to_path_buf(),
@@ -179,19 +185,27 @@ impl Validator<'_> {
             vault: vault?,
             rejects: rejects?,
             ledger: ledger?,
-            columns,
+            filter,
+            outputs,
+            unmatched: unmatched?,
             tests: tests?,
         })
     }
 
     /// The spec's own tests: one expectation each, raw bodies, metadata, columns they name.
-    fn check_tests(&mut self, tests: &[SpecTestConfig], columns: &[Column]) {
+    fn check_tests(&mut self, tests: &[SpecTestConfig], outputs: &[Output]) {
         for (i, t) in tests.iter().enumerate() {
             let p = format!("tests[{i}]");
-            if t.expect_row.is_some() == t.expect_reject.is_some() {
+            let expectations = [
+                t.expect_row.is_some(),
+                t.expect_rows.is_some(),
+                t.expect_reject.is_some(),
+                t.expect_skip.is_some(),
+            ];
+            if expectations.iter().filter(|e| **e).count() != 1 {
                 self.d.issue(
                     p.clone(),
-                    "needs exactly one of `expect_row` and `expect_reject`",
+                    "needs exactly one of `expect_row`, `expect_rows`, `expect_reject` and `expect_skip`",
                 );
             }
             if t.raw && !t.body.is_string() {
@@ -230,15 +244,44 @@ impl Validator<'_> {
                 }
             }
             if let Some(row) = &t.expect_row {
-                for k in row.keys() {
-                    if !columns.iter().any(|c| &c.name == k) {
-                        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                let columns: Vec<&Column> = outputs.iter().flat_map(|o| &o.columns).collect();
+                self.check_expected_row(&format!("{p}.expect_row"), row, &columns);
+            }
+            for (table, rows) in t.expect_rows.iter().flatten() {
+                let at = format!("{p}.expect_rows.{table}");
+                match outputs.iter().find(|o| &o.table == table) {
+                    Some(o) => {
+                        let columns: Vec<&Column> = o.columns.iter().collect();
+                        for (j, row) in rows.iter().enumerate() {
+                            self.check_expected_row(&format!("{at}[{j}]"), row, &columns);
+                        }
+                    }
+                    None => {
+                        let names: Vec<&str> = outputs.iter().map(|o| o.table.as_str()).collect();
                         self.d.issue(
-                            format!("{p}.expect_row.{k}"),
-                            with_suggestion(format!("no column `{k}`"), k, &names),
+                            at,
+                            with_suggestion(format!("no output table `{table}`"), table, &names),
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The columns an expected row names must exist.
+    fn check_expected_row(
+        &mut self,
+        at: &str,
+        row: &std::collections::BTreeMap<String, J>,
+        columns: &[&Column],
+    ) {
+        for k in row.keys() {
+            if !columns.iter().any(|c| &c.name == k) {
+                let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                self.d.issue(
+                    format!("{at}.{k}"),
+                    with_suggestion(format!("no column `{k}`"), k, &names),
+                );
             }
         }
     }
@@ -298,12 +341,6 @@ impl Validator<'_> {
         if !(t.url.starts_with("postgres://") || t.url.starts_with("postgresql://")) {
             self.d.issue("target.url", "must be a postgres:// URL");
         }
-        if !is_identifier(&t.table) {
-            self.d.issue(
-                "target.table",
-                "must be a table name (letters, digits, _; optionally schema.table)",
-            );
-        }
         if !(1..=50_000).contains(&t.batch_size) {
             self.d
                 .issue("target.batch_size", "must be between 1 and 50000");
@@ -318,7 +355,11 @@ impl Validator<'_> {
     }
 
     /// Compiles each column: its source, then its transforms type-checked in order.
-    fn columns(&mut self, cols: &serde_json::Map<String, J>) -> Vec<Column> {
+    pub(super) fn columns(
+        &mut self,
+        cols: &serde_json::Map<String, J>,
+        prefix: &str,
+    ) -> Vec<Column> {
         /// A column with transforms left loose, so each transform is checked on its own.
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -333,8 +374,17 @@ impl Validator<'_> {
             transforms: Vec<J>,
         }
         let mut out = Vec::new();
-        for (name, value) in cols {
-            let base = format!("columns.{name}");
+        // Spec order, as written in the file (figment's maps are sorted by key): it is the
+        // write order, and the order in which a reject names the first missing column.
+        // Columns only an environment variable adds come last.
+        let mut ordered: Vec<(&String, &J)> = cols.iter().collect();
+        ordered.sort_by_cached_key(|(name, _)| {
+            self.d
+                .exact_position(&format!("{prefix}.{name}"))
+                .unwrap_or((usize::MAX, 0))
+        });
+        for (name, value) in ordered {
+            let base = format!("{prefix}.{name}");
             if !is_identifier(name) || name.contains('.') {
                 self.d.issue(
                     base.clone(),
@@ -345,7 +395,17 @@ impl Validator<'_> {
                 continue;
             };
             let (source, mut ty) = match (&col.path, &col.meta) {
-                (Some(p), None) => match jsonpath_rust::parser::parse_json_path(p) {
+                (Some(p), None) => match jsonpath_rust::parser::parse_json_path(
+                    &p.strip_prefix('@')
+                        .map_or_else(|| p.clone(), |rest| format!("${rest}")),
+                ) {
+                    Ok(query) if p.starts_with('@') => (
+                        Some(ColumnSource::Element {
+                            text: p.clone(),
+                            query,
+                        }),
+                        ValType::Json,
+                    ),
                     Ok(query) => (
                         Some(ColumnSource::Path {
                             text: p.clone(),

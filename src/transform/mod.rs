@@ -31,6 +31,8 @@ pub enum Transform {
 
 /// A value the sink must store in the vault (encrypted there, once per distinct token).
 pub struct PendingVault {
+    /// The output table the value was written to (the vault row's binding scope).
+    pub table: String,
     pub column: String,
     pub token: String,
     pub plaintext: Zeroizing<String>,
@@ -39,6 +41,7 @@ pub struct PendingVault {
 impl std::fmt::Debug for PendingVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingVault")
+            .field("table", &self.table)
             .field("column", &self.column)
             .field("token", &self.token)
             .finish_non_exhaustive()
@@ -48,6 +51,8 @@ impl std::fmt::Debug for PendingVault {
 /// What a transform needs besides the value.
 pub struct Context<'a> {
     pub tokenizer: Option<&'a Tokenizer>,
+    /// The output table of the row being built.
+    pub table: &'a str,
     pub column: &'a str,
     pub vault: &'a mut Vec<PendingVault>,
 }
@@ -120,6 +125,7 @@ impl Transform {
                 let token = tok.token(text.as_bytes());
                 if *self == Transform::Encrypt {
                     ctx.vault.push(PendingVault {
+                        table: ctx.table.to_string(),
                         column: ctx.column.to_string(),
                         token: token.clone(),
                         plaintext: text,

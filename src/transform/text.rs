@@ -19,6 +19,7 @@ mod tests {
         let mut vault = Vec::new();
         let mut ctx = Context {
             tokenizer: None,
+            table: "t",
             column: "c",
             vault: &mut vault,
         };

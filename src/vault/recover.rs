@@ -10,7 +10,7 @@
 use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
 use crate::db::schema::vault_recover_function_name as recover_function_name;
-use crate::spec::Spec;
+use crate::spec::{Output, Spec};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
 use zeroize::Zeroizing;
@@ -28,6 +28,12 @@ pub enum RecoverError {
     },
     #[error("--where: {0}")]
     Selector(String),
+    #[error(
+        "column {column} is encrypted in several outputs ({tables}): choose one with --output TABLE"
+    )]
+    AmbiguousOutput { column: String, tables: String },
+    #[error("--output {table}: {problem}")]
+    Output { table: String, problem: String },
     #[error("the audit record could not be written, so nothing was decrypted: {0}")]
     Audit(sqlx::Error),
     #[error(
@@ -77,6 +83,8 @@ impl std::fmt::Debug for Selector {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub column: String,
+    /// The output table holding the column (`--output`); needed only when several do.
+    pub output: Option<String>,
     pub selector: Selector,
     pub actor: String,
     pub reason: String,
@@ -126,19 +134,8 @@ pub async fn recover(
     cipher: &VaultCipher,
     req: &Request,
 ) -> Result<Outcome, RecoverError> {
-    let encrypted: Vec<&str> = spec
-        .columns
-        .iter()
-        .filter(|c| c.encrypts())
-        .map(|c| c.name.as_str())
-        .collect();
-    if !encrypted.contains(&req.column.as_str()) {
-        return Err(RecoverError::NotEncrypted {
-            column: req.column.clone(),
-            spec: spec.file.display().to_string(),
-            encrypted: encrypted.join(", "),
-        });
-    }
+    let output = resolve_output(spec, &req.column, req.output.as_deref())?;
+    let table = output.table.as_str();
     if req.reason.trim().is_empty() {
         return Err(RecoverError::NoReason);
     }
@@ -149,14 +146,14 @@ pub async fn recover(
             let mut sql = format!(
                 "SELECT DISTINCT {}::text FROM {} WHERE ",
                 quote_ident(&req.column),
-                quote_ident(&spec.target.table)
+                quote_ident(table)
             );
             for (i, (col, _)) in conds.iter().enumerate() {
                 // Column names are checked against the spec; values are bind parameters.
-                if !spec.columns.iter().any(|c| &c.name == col) {
-                    let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+                if !output.columns.iter().any(|c| &c.name == col) {
+                    let names: Vec<&str> = output.columns.iter().map(|c| c.name.as_str()).collect();
                     return Err(RecoverError::Selector(format!(
-                        "no column {col} in the spec (columns: {})",
+                        "no column {col} in output {table} (columns: {})",
                         names.join(", ")
                     )));
                 }
@@ -188,7 +185,7 @@ pub async fn recover(
         quote_ident(&recover_function_name(&spec.vault.table))
     )))
     .bind(spec.file.display().to_string())
-    .bind(&spec.target.table)
+    .bind(table)
     .bind(&req.column)
     .bind(&tokens)
     .bind(&req.actor)
@@ -201,7 +198,7 @@ pub async fn recover(
     let mut found: HashMap<String, Recovered> = HashMap::new();
     for (token, key_id, nonce, ct) in rows {
         let b = Binding {
-            scope: &spec.target.table,
+            scope: table,
             column: &req.column,
             token: &token,
         };
@@ -217,6 +214,66 @@ pub async fn recover(
         }
     }
     Ok(Outcome { recovered, missing })
+}
+
+/// The output whose encrypted `column` is meant: the one named by `--output`, or the only one
+/// that encrypts it.
+pub fn resolve_output<'s>(
+    spec: &'s Spec,
+    column: &str,
+    wanted: Option<&str>,
+) -> Result<&'s Output, RecoverError> {
+    let encrypts = |o: &Output| o.columns.iter().any(|c| c.name == column && c.encrypts());
+    if let Some(table) = wanted {
+        let Some(o) = spec.output(table) else {
+            return Err(RecoverError::Output {
+                table: table.to_string(),
+                problem: format!(
+                    "not an output of the spec (outputs: {})",
+                    spec.table_names().join(", ")
+                ),
+            });
+        };
+        if !encrypts(o) {
+            return Err(RecoverError::NotEncrypted {
+                column: column.to_string(),
+                spec: format!("{} (output {table})", spec.file.display()),
+                encrypted: encrypted_columns(o).join(", "),
+            });
+        }
+        return Ok(o);
+    }
+    let candidates: Vec<&Output> = spec.outputs.iter().filter(|o| encrypts(o)).collect();
+    match candidates.as_slice() {
+        [one] => Ok(one),
+        [] => Err(RecoverError::NotEncrypted {
+            column: column.to_string(),
+            spec: spec.file.display().to_string(),
+            encrypted: spec
+                .outputs
+                .iter()
+                .flat_map(|o| encrypted_columns(o))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        several => Err(RecoverError::AmbiguousOutput {
+            column: column.to_string(),
+            tables: several
+                .iter()
+                .map(|o| o.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// The names of an output's encrypted columns.
+fn encrypted_columns(o: &Output) -> Vec<&str> {
+    o.columns
+        .iter()
+        .filter(|c| c.encrypts())
+        .map(|c| c.name.as_str())
+        .collect()
 }
 
 /// Decrypts one stored value that must be text; errors name the token (or message id).

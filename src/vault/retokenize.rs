@@ -43,6 +43,8 @@ pub enum RetokenizeError {
 /// What a re-tokenization did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
+    /// The output table holding the column.
+    pub table: String,
     /// The column.
     pub column: String,
     /// The hash key the tokens are now made with.
@@ -86,18 +88,39 @@ struct Change {
 /// Checks that `column` keeps its originals in the vault and that its stored value is the
 /// token itself (`encrypt` is its last transform), so the new token can be computed from the
 /// original exactly as the pipeline would.
-pub fn check_column(spec: &Spec, column: &str) -> Result<(), RetokenizeError> {
+pub fn check_column<'s>(spec: &'s Spec, column: &str) -> Result<&'s str, RetokenizeError> {
     let err = |problem: String| RetokenizeError::Column {
         column: column.to_string(),
         spec: spec.file.display().to_string(),
         problem,
     };
-    let Some(col) = spec.columns.iter().find(|c| c.name == column) else {
-        let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
-        return Err(err(format!(
-            "no such column (columns: {})",
-            names.join(", ")
-        )));
+    let holders: Vec<&crate::spec::Output> = spec
+        .outputs
+        .iter()
+        .filter(|o| o.columns.iter().any(|c| c.name == column))
+        .collect();
+    let output = match holders.as_slice() {
+        [one] => *one,
+        [] => {
+            let names: Vec<&str> = spec.all_columns().map(|c| c.name.as_str()).collect();
+            return Err(err(format!(
+                "no such column (columns: {})",
+                names.join(", ")
+            )));
+        }
+        _ => {
+            return Err(err(format!(
+                "several outputs have a column of this name ({}); retokenizing one of them is not supported",
+                holders
+                    .iter()
+                    .map(|o| o.table.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let Some(col) = output.columns.iter().find(|c| c.name == column) else {
+        return Err(err("no such column".into()));
     };
     match col
         .transforms
@@ -111,7 +134,7 @@ pub fn check_column(spec: &Spec, column: &str) -> Result<(), RetokenizeError> {
         Some(i) if i + 1 != col.transforms.len() => {
             Err(err("`encrypt` is not its last transform, so the stored value is not the token itself".into()))
         }
-        Some(_) => Ok(()),
+        Some(_) => Ok(output.table.as_str()),
     }
 }
 
@@ -124,7 +147,7 @@ pub async fn retokenize(
     tokenizer: &Tokenizer,
     batch_size: u32,
 ) -> Result<Report, RetokenizeError> {
-    check_column(spec, column)?;
+    let table = check_column(spec, column)?;
     if batch_size == 0 || batch_size > 100_000 {
         return Err(RetokenizeError::BatchSize(batch_size));
     }
@@ -132,9 +155,8 @@ pub async fn retokenize(
         return Err(RetokenizeError::NoActiveKey);
     }
     let vault = quote_ident(&spec.vault.table);
-    let target = quote_ident(&spec.target.table);
+    let target = quote_ident(table);
     let col = quote_ident(column);
-    let table = spec.target.table.as_str();
     let select_first = format!(
         "SELECT token, key_id, nonce, ciphertext FROM {vault} WHERE target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
     );
@@ -156,6 +178,7 @@ pub async fn retokenize(
     );
 
     let mut report = Report {
+        table: table.to_string(),
         column: column.to_string(),
         hash_key: tokenizer.key_id().to_string(),
         ..Default::default()

@@ -66,6 +66,22 @@ pub struct TableReport {
 }
 
 impl TableReport {
+    /// Adds what a pass over another part of the same table did.
+    fn absorb(&mut self, o: TableReport) {
+        self.examined += o.examined;
+        self.rotated += o.rotated;
+        self.raced += o.raced;
+        for (k, v) in o.failed {
+            *self.failed.entry(k).or_default() += v;
+        }
+        for (k, v) in o.failed_examples {
+            self.failed_examples.entry(k).or_insert(v);
+        }
+        for (k, v) in o.remaining {
+            *self.remaining.entry(k).or_default() += v;
+        }
+    }
+
     /// Rows not under the active key after this run.
     pub fn remaining_total(&self) -> u64 {
         self.remaining.values().sum()
@@ -189,12 +205,21 @@ pub async fn rotate(
         active: &active,
         batch_size: opts.batch_size,
     };
-    let vault = TableScope {
-        kind: Kind::Vault,
-        table: &spec.vault.table,
-        scope: &spec.target.table,
-    };
-    report.vault = rotate_table(&run, vault, &mut budget, &mut report.encryptions).await?;
+    report.vault.table = spec.vault.table.clone();
+    // Vault rows are bound to the output table they were written for: one pass per output.
+    for output in spec
+        .outputs
+        .iter()
+        .filter(|o| o.columns.iter().any(|c| c.encrypts()))
+    {
+        let vault = TableScope {
+            kind: Kind::Vault,
+            table: &spec.vault.table,
+            scope: &output.table,
+        };
+        let part = rotate_table(&run, vault, &mut budget, &mut report.encryptions).await?;
+        report.vault.absorb(part);
+    }
     let rejects = TableScope {
         kind: Kind::Rejects,
         table: &spec.rejects.table,
