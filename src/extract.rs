@@ -1,17 +1,25 @@
-//! Extract: a column's raw value from the decoded body (JSONPath) or the message metadata.
+//! Extract: a column's raw value from the decoded body (JSONPath), the message metadata, or
+//! the metadata decoding found (the SNS envelope).
 //!
 //! A JSONPath that matches nothing yields null (missing). A singular path (only names and
 //! indexes, e.g. `$.customer.email`, `$.items[0]`) yields the value it found. Any other path
 //! (wildcard, slice, filter, descendant, e.g. `$.items[*].sku`) yields a JSON array of its
 //! matches, even when there is only one, so the column's shape does not depend on the data.
 
+use crate::decode::DecodedMeta;
 use crate::source::ReceivedMessage;
-use crate::spec::{ColumnSource, MetaField};
+use crate::spec::{ColumnSource, MetaField, SnsField};
 use crate::value::Val;
+use crate::value::cast::parse_timestamp;
 use serde_json::Value as J;
 
-/// Extracts one column's value.
-pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result<Val, String> {
+/// Extracts one column's value; `decoded` is what the `decode:` steps found besides the body.
+pub fn extract(
+    source: &ColumnSource,
+    body: &J,
+    msg: &ReceivedMessage,
+    decoded: &DecodedMeta,
+) -> Result<Val, String> {
     match source {
         ColumnSource::Path { query, .. } => {
             if let Some(found) = singular_lookup(query, body) {
@@ -57,8 +65,30 @@ pub fn extract(source: &ColumnSource, body: &J, msg: &ReceivedMessage) -> Result
                 .get(name)
                 .map(|s| Val::Text(s.clone()))
                 .unwrap_or(Val::Null),
+            MetaField::Sns(field) => sns_field(field, decoded)?,
         }),
     }
+}
+
+/// A field of the SNS envelope; null when there was none (the spec requires `sns` in
+/// `decode:` for these, so that happens only for optional fields).
+fn sns_field(field: &SnsField, decoded: &DecodedMeta) -> Result<Val, String> {
+    let Some(sns) = &decoded.sns else {
+        return Ok(Val::Null);
+    };
+    let text = |s: Option<&String>| s.map(|s| Val::Text(s.clone())).unwrap_or(Val::Null);
+    Ok(match field {
+        SnsField::MessageId => Val::Text(sns.message_id.clone()),
+        SnsField::TopicArn => Val::Text(sns.topic_arn.clone()),
+        SnsField::Subject => text(sns.subject.as_ref()),
+        SnsField::MessageAttribute(name) => text(sns.message_attributes.get(name)),
+        SnsField::Timestamp => match &sns.timestamp {
+            Some(t) => Val::Timestamp(
+                parse_timestamp(t).ok_or("sns.timestamp is not an ISO 8601 timestamp")?,
+            ),
+            None => Val::Null,
+        },
+    })
 }
 
 /// Follows a singular query (names and indexes only) directly through the value: `Some(found)`,
@@ -128,52 +158,134 @@ mod tests {
     fn paths_and_metadata() {
         let body = json!({"a": {"b": 1}, "n": null, "items": [{"sku": "x"}, {"sku": "y"}]});
         assert_eq!(
-            extract(&path("$.a.b"), &body, &msg()).unwrap(),
+            extract(&path("$.a.b"), &body, &msg(), &DecodedMeta::default()).unwrap(),
             Val::Json(json!(1))
         );
         assert_eq!(
-            extract(&path("$.missing"), &body, &msg()).unwrap(),
+            extract(&path("$.missing"), &body, &msg(), &DecodedMeta::default()).unwrap(),
             Val::Null
         );
-        assert_eq!(extract(&path("$.n"), &body, &msg()).unwrap(), Val::Null);
         assert_eq!(
-            extract(&path("$.items[*].sku"), &body, &msg()).unwrap(),
+            extract(&path("$.n"), &body, &msg(), &DecodedMeta::default()).unwrap(),
+            Val::Null
+        );
+        assert_eq!(
+            extract(
+                &path("$.items[*].sku"),
+                &body,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["x", "y"]))
         );
         assert_eq!(
-            extract(&path("$.items[0].sku"), &body, &msg()).unwrap(),
+            extract(
+                &path("$.items[0].sku"),
+                &body,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!("x"))
         );
         // One match of a wildcard or filter is still a list: the shape follows the path, not the data.
         let one = json!({"items": [{"sku": "x", "gift": true}, {"sku": "y", "gift": false}]});
         assert_eq!(
-            extract(&path("$.items[?@.gift == true].sku"), &one, &msg()).unwrap(),
+            extract(
+                &path("$.items[?@.gift == true].sku"),
+                &one,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["x"]))
         );
         assert_eq!(
-            extract(&path("$.items[1:].sku"), &one, &msg()).unwrap(),
+            extract(
+                &path("$.items[1:].sku"),
+                &one,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["y"]))
         );
         assert_eq!(
-            extract(&path("$.items[?@.gift == 7].sku"), &one, &msg()).unwrap(),
+            extract(
+                &path("$.items[?@.gift == 7].sku"),
+                &one,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Null
         );
         assert_eq!(
-            extract(&ColumnSource::Meta(MetaField::SentTimestamp), &body, &msg()).unwrap(),
+            extract(
+                &ColumnSource::Meta(MetaField::SentTimestamp),
+                &body,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::BigInt(1_700_000_000_000)
         );
         assert_eq!(
             extract(
                 &ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())),
                 &body,
-                &msg()
+                &msg(),
+                &DecodedMeta::default()
             )
             .unwrap(),
             Val::Text("acme".into())
         );
         assert_eq!(
-            extract(&ColumnSource::Meta(MetaField::ReceiveCount), &body, &msg()).unwrap(),
+            extract(
+                &ColumnSource::Meta(MetaField::ReceiveCount),
+                &body,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Null
+        );
+    }
+
+    #[test]
+    fn sns_metadata() {
+        let decoded = DecodedMeta {
+            sns: Some(crate::decode::SnsMeta {
+                message_id: "sns-1".into(),
+                topic_arn: "arn:t".into(),
+                timestamp: Some("2024-05-01T12:00:00.000Z".into()),
+                subject: None,
+                message_attributes: [("tenant".to_string(), "acme".to_string())].into(),
+            }),
+        };
+        let get = |f: SnsField| {
+            extract(
+                &ColumnSource::Meta(MetaField::Sns(f)),
+                &J::Null,
+                &msg(),
+                &decoded,
+            )
+        };
+        assert_eq!(get(SnsField::MessageId), Ok(Val::Text("sns-1".into())));
+        assert_eq!(get(SnsField::TopicArn), Ok(Val::Text("arn:t".into())));
+        assert_eq!(get(SnsField::Subject), Ok(Val::Null));
+        assert_eq!(
+            get(SnsField::MessageAttribute("tenant".into())),
+            Ok(Val::Text("acme".into()))
+        );
+        assert_eq!(
+            get(SnsField::MessageAttribute("other".into())),
+            Ok(Val::Null)
+        );
+        assert_eq!(
+            get(SnsField::Timestamp).unwrap().to_text().as_deref(),
+            Some("2024-05-01T12:00:00.000Z")
         );
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Pure and synchronous: no I/O, so it is shared by `run`, `preview` and `test`.
 
-use crate::decode::decode;
+use crate::decode::Decoder;
 use crate::extract::extract;
 use crate::source::ReceivedMessage;
 use crate::source::file::{INVALID_UTF8_ATTRIBUTE, OVERSIZED_LINE_ATTRIBUTE};
@@ -56,6 +56,8 @@ pub struct Processor {
     chains: Arc<Vec<Vec<Transform>>>,
     tokenizer: Option<Tokenizer>,
     max_receive_count: Option<u32>,
+    /// The spec's `decode:` steps (the default decodes the body as JSON).
+    decoder: Decoder,
 }
 
 impl Processor {
@@ -75,7 +77,14 @@ impl Processor {
             chains: Arc::new(chains),
             tokenizer,
             max_receive_count,
+            decoder: Decoder::default(),
         })
+    }
+
+    /// The same processor decoding bodies with `decoder` (the spec's `decode:`).
+    pub fn with_decoder(mut self, decoder: Decoder) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     /// The columns, in write order.
@@ -127,14 +136,15 @@ impl Processor {
                     .into(),
             );
         }
-        let body = match decode(&msg.body) {
-            Ok(b) => b,
-            Err(e) => return reject(format!("decode: {e}")),
+        let decoded = match self.decoder.decode(&msg.body) {
+            Ok(d) => d,
+            Err(e) => return reject(e.to_string()),
         };
+        let body = &decoded.body;
         let mut values = Vec::with_capacity(self.columns.len());
         let mut vault = Vec::new();
         for (col, chain) in self.columns.iter().zip(self.chains.iter()) {
-            let mut v = match extract(&col.source, &body, msg) {
+            let mut v = match extract(&col.source, body, msg, &decoded.meta) {
                 Ok(v) => v,
                 Err(e) => return reject(format!("column {}: extract: {e}", col.name)),
             };

@@ -10,6 +10,7 @@
 //! the test, so adding a column to a spec makes its tests say what the column should hold.
 
 use crate::crypto::Keyring;
+use crate::decode::Decoder;
 use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
 use crate::spec::{SourceConfig, Spec, SpecTestConfig};
@@ -153,7 +154,8 @@ pub fn test_processor(spec: &Spec) -> Result<(Processor, Tokenizer), String> {
         SourceConfig::Sqs(s) => Some(s.max_receive_count),
         SourceConfig::File(_) => None,
     };
-    let processor = Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive)?;
+    let processor = Processor::new(spec.columns.clone(), Some(tokenizer.clone()), max_receive)?
+        .with_decoder(Decoder::new(spec.decode.clone()));
     Ok((processor, tokenizer))
 }
 

@@ -3,6 +3,7 @@
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result, anyhow};
 use etl_engine::crypto::VaultCipher;
+use etl_engine::decode::Decoder;
 use etl_engine::metrics::{self, Metrics};
 use etl_engine::pipeline::{self, RunOptions};
 use etl_engine::process::Processor;
@@ -161,8 +162,9 @@ pub async fn cmd_run(
         SourceConfig::File(_) => None,
     };
     let columns = Arc::new(spec.columns.clone());
-    let processor =
-        Processor::new(spec.columns.clone(), tokenizer, max_receive).map_err(anyhow::Error::msg)?;
+    let processor = Processor::new(spec.columns.clone(), tokenizer, max_receive)
+        .map_err(anyhow::Error::msg)?
+        .with_decoder(Decoder::new(spec.decode.clone()));
     let sink = Arc::new(Sink::new(pool.clone(), &spec, columns, cipher));
     tracing::info!(pipeline = %spec.name, table = %spec.target.table, drain, "Pipeline started.");
     let progress = Progress::start(ProgressConfig {

@@ -5,6 +5,7 @@
 use super::{load, usage};
 use anyhow::{Context, Result};
 use etl_engine::crypto::{Keyring, KeyringError};
+use etl_engine::decode::Decoder;
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::file;
 use etl_engine::source::jsonl::JsonLinesReader;
@@ -133,8 +134,9 @@ pub async fn cmd_preview(
             "note: SQS metadata is simulated: sent_timestamp = now, receive_count = 1, message_id = FILE:LINE."
         );
     }
-    let processor =
-        Processor::new(spec.columns.clone(), tokenizer, None).map_err(anyhow::Error::msg)?;
+    let processor = Processor::new(spec.columns.clone(), tokenizer, None)
+        .map_err(anyhow::Error::msg)?
+        .with_decoder(Decoder::new(spec.decode.clone()));
     let name = file::file_name(&input);
     let now = chrono::Utc::now().timestamp_millis().to_string();
 

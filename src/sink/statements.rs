@@ -1,13 +1,13 @@
 //! The SQL the sink runs: statements built once per spec from quoted identifiers, and one
 //! transaction per batch part binding ledger, vault, target and reject rows as typed arrays.
 
+use super::bind::{bind_column, unnest_select};
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
 use crate::spec::{Column, Spec};
-use crate::value::{Val, ValType};
-use chrono::{DateTime, NaiveDate, Utc};
+use crate::value::Val;
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use std::collections::HashSet;
@@ -26,11 +26,7 @@ impl Sink {
         let rejects = quote_ident(&spec.rejects.table);
         let target = quote_ident(&spec.target.table);
         let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let arrays: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type()))
-            .collect();
+        let select = unnest_select(&columns);
         Sink {
             pool,
             pipeline: spec.name.clone(),
@@ -46,11 +42,7 @@ impl Sink {
                  SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
                  ON CONFLICT (target_table, column_name, token) DO NOTHING"
             ),
-            sql_target: format!(
-                "INSERT INTO {target} ({}) SELECT * FROM UNNEST({})",
-                names.join(", "),
-                arrays.join(", ")
-            ),
+            sql_target: format!("INSERT INTO {target} ({}) {}", names.join(", "), select),
             sql_rejects: format!(
                 "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
                  SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
@@ -192,57 +184,5 @@ impl Sink {
         }
         tx.commit().await?;
         Ok(report)
-    }
-}
-
-/// A query whose typed-array parameters are bound column by column.
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds one column of a batch as a typed array.
-fn bind_column<'q, 'v>(
-    q: PgQuery<'q>,
-    ty: ValType,
-    vals: impl Iterator<Item = &'v Val>,
-) -> PgQuery<'q> {
-    match ty {
-        ValType::Json | ValType::Text => {
-            q.bind(vals.map(|v| v.to_text()).collect::<Vec<Option<String>>>())
-        }
-        ValType::Integer => q.bind(
-            vals.map(|v| match v {
-                Val::Int(i) => Some(*i),
-                _ => None,
-            })
-            .collect::<Vec<Option<i32>>>(),
-        ),
-        ValType::BigInt => q.bind(
-            vals.map(|v| match v {
-                Val::BigInt(i) => Some(*i),
-                Val::Int(i) => Some(i64::from(*i)),
-                _ => None,
-            })
-            .collect::<Vec<Option<i64>>>(),
-        ),
-        ValType::Boolean => q.bind(
-            vals.map(|v| match v {
-                Val::Bool(b) => Some(*b),
-                _ => None,
-            })
-            .collect::<Vec<Option<bool>>>(),
-        ),
-        ValType::Date => q.bind(
-            vals.map(|v| match v {
-                Val::Date(d) => Some(*d),
-                _ => None,
-            })
-            .collect::<Vec<Option<NaiveDate>>>(),
-        ),
-        ValType::Timestamp => q.bind(
-            vals.map(|v| match v {
-                Val::Timestamp(t) => Some(*t),
-                _ => None,
-            })
-            .collect::<Vec<Option<DateTime<Utc>>>>(),
-        ),
     }
 }

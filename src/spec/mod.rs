@@ -7,6 +7,7 @@
 //! knows it, the file position. [`load`] holds the entry points and what figment loaded,
 //! `validate` checks section by section, `diagnose` places and words each problem.
 
+mod decode_steps;
 mod diagnose;
 pub mod load;
 pub mod position;
@@ -33,6 +34,8 @@ pub struct Spec {
     pub vault: VaultConfig,
     pub rejects: RejectsConfig,
     pub ledger: LedgerConfig,
+    /// The `decode:` steps as written (empty: the default, `json`).
+    pub decode: Vec<DecodeStep>,
     /// Target columns, ordered by name (the spec's `columns` is a map); this is the write order.
     pub columns: Vec<Column>,
     /// Spec unit tests (`tests:` block).
@@ -108,6 +111,23 @@ pub enum MetaField {
     Attribute(String),
     /// A sender-set message attribute by name.
     MessageAttribute(String),
+    /// A field of the SNS envelope (`decode:` must contain `sns`).
+    Sns(SnsField),
+}
+
+/// The fields of an SNS notification envelope a column can read (`meta: sns.…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnsField {
+    /// `sns.message_id`: the SNS `MessageId` (not the SQS one), text.
+    MessageId,
+    /// `sns.topic_arn`: `TopicArn`, text.
+    TopicArn,
+    /// `sns.timestamp`: `Timestamp`, when SNS published it, a timestamp.
+    Timestamp,
+    /// `sns.subject`: `Subject`, text (null when the publisher set none).
+    Subject,
+    /// `sns.message_attributes.<Name>`: an SNS message attribute's `Value`, text.
+    MessageAttribute(String),
 }
 
 impl MetaField {
@@ -118,6 +138,11 @@ impl MetaField {
         "receive_count",
         "attributes.<Name>",
         "message_attributes.<Name>",
+        "sns.message_id",
+        "sns.topic_arn",
+        "sns.timestamp",
+        "sns.subject",
+        "sns.message_attributes.<Name>",
     ];
 
     /// Parses a `meta:` value.
@@ -126,7 +151,17 @@ impl MetaField {
             "message_id" => Some(Self::MessageId),
             "sent_timestamp" => Some(Self::SentTimestamp),
             "receive_count" => Some(Self::ReceiveCount),
+            "sns.message_id" => Some(Self::Sns(SnsField::MessageId)),
+            "sns.topic_arn" => Some(Self::Sns(SnsField::TopicArn)),
+            "sns.timestamp" => Some(Self::Sns(SnsField::Timestamp)),
+            "sns.subject" => Some(Self::Sns(SnsField::Subject)),
             _ => {
+                if let Some(n) = s
+                    .strip_prefix("sns.message_attributes.")
+                    .filter(|n| !n.is_empty())
+                {
+                    return Some(Self::Sns(SnsField::MessageAttribute(n.to_string())));
+                }
                 if let Some(n) = s.strip_prefix("attributes.").filter(|n| !n.is_empty()) {
                     Some(Self::Attribute(n.to_string()))
                 } else {
@@ -143,6 +178,7 @@ impl MetaField {
         match self {
             Self::SentTimestamp => ValType::BigInt,
             Self::ReceiveCount => ValType::Integer,
+            Self::Sns(SnsField::Timestamp) => ValType::Timestamp,
             _ => ValType::Text,
         }
     }

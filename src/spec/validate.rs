@@ -46,7 +46,7 @@ impl Validator<'_> {
         };
         /// The top-level keys.
         const TOP: &[&str] = &[
-            "name", "source", "target", "vault", "rejects", "ledger", "columns", "tests",
+            "name", "source", "decode", "target", "vault", "rejects", "ledger", "columns", "tests",
         ];
         // A misspelled required key is reported once, as the misspelling.
         let mut suggested = Vec::new();
@@ -168,6 +168,8 @@ impl Validator<'_> {
                 Vec::new()
             }
         };
+        let decode = self.decode(map.get("decode"));
+        self.check_sns_meta(&decode, &columns);
         if let Some(tests) = &tests {
             self.check_tests(tests, &columns);
         }
@@ -179,6 +181,7 @@ impl Validator<'_> {
             vault: vault?,
             rejects: rejects?,
             ledger: ledger?,
+            decode,
             columns,
             tests: tests?,
         })
@@ -426,6 +429,11 @@ impl Validator<'_> {
                     chain_ok = false;
                     continue;
                 };
+                if let Err(e) = super::typecheck::check_args(&cfg) {
+                    self.d.issue(format!("{tp}.{}", e.key), e.message);
+                    chain_ok = false;
+                    continue;
+                }
                 if !chain_ok {
                     continue;
                 }
