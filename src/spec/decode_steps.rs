@@ -76,3 +76,115 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::{DecodeStep, SpecError, parse_spec_str};
+    use std::path::Path;
+
+    /// A spec with `decode` and `columns` as given.
+    fn spec(decode: &str, columns: &str) -> String {
+        format!(
+            "name: t\nsource:\n  type: file\n  path: in.jsonl\n{decode}\ntarget:\n  url: postgres://h/db\n  table: t\ncolumns:\n{columns}"
+        )
+    }
+
+    /// Every problem's `path: message`, one per line.
+    fn issues(text: &str) -> String {
+        match parse_spec_str(text, Path::new("specs/t.yaml"), false) {
+            Ok(_) => String::new(),
+            Err(SpecError::Invalid { issues, .. }) => issues
+                .iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ID: &str = "  id:\n    path: $.id\n";
+
+    #[test]
+    fn steps_are_parsed_in_order() {
+        let s = parse_spec_str(
+            &spec("decode: [sns, base64, gzip, json]", ID),
+            Path::new("t.yaml"),
+            false,
+        )
+        .unwrap();
+        use DecodeStep::*;
+        assert_eq!(s.decode, [Sns, Base64, Gzip, Json]);
+        let s = parse_spec_str(&spec("", ID), Path::new("t.yaml"), false).unwrap();
+        assert!(s.decode.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_step() {
+        let text = issues(&spec("decode: [sns, gzp]", ID));
+        assert_eq!(
+            text,
+            "decode[1]: unknown decode step \"gzp\" (did you mean `gzip`?)"
+        );
+        assert!(
+            issues(&spec("decode: [sns, sns]", ID)).starts_with("decode[1]: `sns` may appear once")
+        );
+        assert!(issues(&spec("decode: []", ID)).starts_with("decode: needs at least one step"));
+        assert!(issues(&spec("decode: sns", ID)).starts_with("decode: must be a list"));
+        assert!(
+            issues(&spec("decode: [{gzip: 1}]", ID)).starts_with("decode[0]: a step is one of")
+        );
+    }
+
+    #[test]
+    fn sns_metadata_needs_the_sns_step() {
+        let cols =
+            "  id:\n    meta: sns.message_id\n  tenant:\n    meta: sns.message_attributes.tenant\n";
+        assert_eq!(
+            issues(&spec("", cols)),
+            "columns.id.meta: SNS metadata needs `sns` in `decode:` (e.g. `decode: [sns]`)\n\
+             columns.tenant.meta: SNS metadata needs `sns` in `decode:` (e.g. `decode: [sns]`)"
+        );
+        assert_eq!(issues(&spec("decode: [sns]", cols)), "");
+        assert!(
+            issues(&spec("decode: [sns]", "  id:\n    meta: sns.topic\n"))
+                .contains("unknown metadata field")
+        );
+    }
+
+    #[test]
+    fn transform_arguments_are_checked_at_their_key() {
+        let col = |t: &str| format!("  id:\n    path: $.id\n    transforms:\n{t}");
+        let text = issues(&spec(
+            "",
+            &col("      - type: replace\n        pattern: \"[0-9\"\n        with: \"\"\n"),
+        ));
+        assert!(
+            text.starts_with("columns.id.transforms[0].pattern: not a valid regular expression"),
+            "{text}"
+        );
+        let text = issues(&spec("", &col("      - type: divide\n        by: 0\n")));
+        assert_eq!(text, "columns.id.transforms[0].by: must not be zero");
+        let text = issues(&spec(
+            "",
+            &col("      - type: scale\n        decimals: 40\n"),
+        ));
+        assert_eq!(
+            text,
+            "columns.id.transforms[0].decimals: must be between 0 and 28"
+        );
+        let text = issues(&spec(
+            "",
+            &col(
+                "      - type: cast\n        to: boolean\n      - type: multiply\n        by: 2\n",
+            ),
+        ));
+        assert_eq!(
+            text,
+            "columns.id.transforms[1]: `multiply` needs a number, but the value is boolean here"
+        );
+        let ok = col("      - type: parse_json\n      - type: cast\n        to: jsonb\n");
+        assert_eq!(issues(&spec("", &ok)), "");
+        let ok = col("      - type: cast\n        to: text[]\n");
+        assert_eq!(issues(&spec("", &ok)), "");
+    }
+}
