@@ -107,6 +107,29 @@ async fn signups_end_to_end() {
     // The spec's own tests pass, and `check` accepts the uuid column.
     run_engine(&["test", spec_s], &[], true);
     run_engine(&["check", spec_s], &[("ETL_KEYRING", kr)], true);
+    // `preview` decodes through the same chain: the envelopes' events, the confirmation a reject.
+    let examples = root().join("examples/signups.jsonl");
+    let out = run_engine(
+        &["preview", spec_s, "--input", examples.to_str().unwrap()],
+        &[],
+        true,
+    );
+    let previewed: Vec<J> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(previewed.len(), want.len() + invalid);
+    let rows: Vec<&J> = previewed.iter().filter_map(|p| p.get("row")).collect();
+    assert_eq!(rows.len(), want.len());
+    assert!(rows.iter().all(|r| {
+        want.get(r["user_id"].as_str().unwrap())
+            .is_some_and(|e| r["sns_message_id"] == e.sns_message_id.as_str())
+    }));
+    assert!(previewed.iter().any(|p| {
+        p["reject"]
+            .as_str()
+            .is_some_and(|r| r.contains("SubscriptionConfirmation"))
+    }));
 
     run_engine(
         &[
