@@ -21,7 +21,9 @@ cargo test "${flags[@]}" --lib --no-run --quiet
 
 integration=(
     decode_never_panics_nor_quotes_the_body
-    decode_accepts_exactly_objects
+    decode_accepts_every_json_value
+    decode_chain_never_panics_nor_quotes
+    decode_chain_round_trip
     process_random_bytes_row_or_clean_reject
     process_random_json_row_or_clean_reject
     process_login_fields_of_random_types_never_quote_values

@@ -1,13 +1,16 @@
-//! Extract: a column's raw value from the decoded body (JSONPath) or the message metadata.
+//! Extract: a column's raw value from the decoded body or the current `for_each` element
+//! (JSONPath), the message metadata, or the metadata decoding found (the SNS envelope).
 //!
 //! A JSONPath that matches nothing yields null (missing). A singular path (only names and
 //! indexes, e.g. `$.customer.email`, `$.items[0]`) yields the value it found. Any other path
 //! (wildcard, slice, filter, descendant, e.g. `$.items[*].sku`) yields a JSON array of its
 //! matches, even when there is only one, so the column's shape does not depend on the data.
 
+use crate::decode::DecodedMeta;
 use crate::source::ReceivedMessage;
-use crate::spec::{ColumnSource, MetaField};
+use crate::spec::{ColumnSource, MetaField, SnsField};
 use crate::value::Val;
+use crate::value::cast::parse_timestamp;
 use serde_json::Value as J;
 
 /// The current `for_each` element and its index, when an output fans out.
@@ -19,12 +22,14 @@ pub struct Element<'a> {
     pub index: usize,
 }
 
-/// Extracts one column's value; `element` is the current `for_each` element, if any.
+/// Extracts one column's value; `element` is the current `for_each` element, if any, and
+/// `decoded` is what the `decode:` steps found besides the body.
 pub fn extract(
     source: &ColumnSource,
     body: &J,
     element: Option<Element<'_>>,
     msg: &ReceivedMessage,
+    decoded: &DecodedMeta,
 ) -> Result<Val, String> {
     match source {
         ColumnSource::Path { query, .. } => path_value(query, body),
@@ -41,6 +46,7 @@ pub fn extract(
                 .map(|e| index_val(e.index + 1))
                 .ok_or_else(|| "for_each.position outside a for_each output".to_string())?
         }
+        ColumnSource::Meta(MetaField::Sns(field)) => sns_field(field, decoded),
         ColumnSource::Meta(field) => meta_value(field, msg),
     }
 }
@@ -100,8 +106,29 @@ fn meta_value(field: &MetaField, msg: &ReceivedMessage) -> Result<Val, String> {
             .get(name)
             .map(|s| Val::Text(s.clone()))
             .unwrap_or(Val::Null),
-        // Handled by `extract`, which knows the element.
-        MetaField::ForEachIndex | MetaField::ForEachPosition => Val::Null,
+        // Handled by `extract`, which knows the element and what decoding found.
+        MetaField::ForEachIndex | MetaField::ForEachPosition | MetaField::Sns(_) => Val::Null,
+    })
+}
+
+/// A field of the SNS envelope; null when there was none (the spec requires `sns` in
+/// `decode:` for these, so that happens only for optional fields).
+fn sns_field(field: &SnsField, decoded: &DecodedMeta) -> Result<Val, String> {
+    let Some(sns) = &decoded.sns else {
+        return Ok(Val::Null);
+    };
+    let text = |s: Option<&String>| s.map(|s| Val::Text(s.clone())).unwrap_or(Val::Null);
+    Ok(match field {
+        SnsField::MessageId => Val::Text(sns.message_id.clone()),
+        SnsField::TopicArn => Val::Text(sns.topic_arn.clone()),
+        SnsField::Subject => text(sns.subject.as_ref()),
+        SnsField::MessageAttribute(name) => text(sns.message_attributes.get(name)),
+        SnsField::Timestamp => match &sns.timestamp {
+            Some(t) => Val::Timestamp(
+                parse_timestamp(t).ok_or("sns.timestamp is not an ISO 8601 timestamp")?,
+            ),
+            None => Val::Null,
+        },
     })
 }
 
@@ -172,37 +199,79 @@ mod tests {
     fn paths_and_metadata() {
         let body = json!({"a": {"b": 1}, "n": null, "items": [{"sku": "x"}, {"sku": "y"}]});
         assert_eq!(
-            extract(&path("$.a.b"), &body, None, &msg()).unwrap(),
+            extract(&path("$.a.b"), &body, None, &msg(), &DecodedMeta::default()).unwrap(),
             Val::Json(json!(1))
         );
         assert_eq!(
-            extract(&path("$.missing"), &body, None, &msg()).unwrap(),
+            extract(
+                &path("$.missing"),
+                &body,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Null
         );
         assert_eq!(
-            extract(&path("$.n"), &body, None, &msg()).unwrap(),
+            extract(&path("$.n"), &body, None, &msg(), &DecodedMeta::default()).unwrap(),
             Val::Null
         );
         assert_eq!(
-            extract(&path("$.items[*].sku"), &body, None, &msg()).unwrap(),
+            extract(
+                &path("$.items[*].sku"),
+                &body,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["x", "y"]))
         );
         assert_eq!(
-            extract(&path("$.items[0].sku"), &body, None, &msg()).unwrap(),
+            extract(
+                &path("$.items[0].sku"),
+                &body,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!("x"))
         );
         // One match of a wildcard or filter is still a list: the shape follows the path, not the data.
         let one = json!({"items": [{"sku": "x", "gift": true}, {"sku": "y", "gift": false}]});
         assert_eq!(
-            extract(&path("$.items[?@.gift == true].sku"), &one, None, &msg()).unwrap(),
+            extract(
+                &path("$.items[?@.gift == true].sku"),
+                &one,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["x"]))
         );
         assert_eq!(
-            extract(&path("$.items[1:].sku"), &one, None, &msg()).unwrap(),
+            extract(
+                &path("$.items[1:].sku"),
+                &one,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Json(json!(["y"]))
         );
         assert_eq!(
-            extract(&path("$.items[?@.gift == 7].sku"), &one, None, &msg()).unwrap(),
+            extract(
+                &path("$.items[?@.gift == 7].sku"),
+                &one,
+                None,
+                &msg(),
+                &DecodedMeta::default()
+            )
+            .unwrap(),
             Val::Null
         );
         assert_eq!(
@@ -210,7 +279,8 @@ mod tests {
                 &ColumnSource::Meta(MetaField::SentTimestamp),
                 &body,
                 None,
-                &msg()
+                &msg(),
+                &DecodedMeta::default()
             )
             .unwrap(),
             Val::BigInt(1_700_000_000_000)
@@ -220,7 +290,8 @@ mod tests {
                 &ColumnSource::Meta(MetaField::MessageAttribute("tenant".into())),
                 &body,
                 None,
-                &msg()
+                &msg(),
+                &DecodedMeta::default()
             )
             .unwrap(),
             Val::Text("acme".into())
@@ -230,10 +301,48 @@ mod tests {
                 &ColumnSource::Meta(MetaField::ReceiveCount),
                 &body,
                 None,
-                &msg()
+                &msg(),
+                &DecodedMeta::default()
             )
             .unwrap(),
             Val::Null
+        );
+    }
+
+    #[test]
+    fn sns_metadata() {
+        let decoded = DecodedMeta {
+            sns: Some(crate::decode::SnsMeta {
+                message_id: "sns-1".into(),
+                topic_arn: "arn:t".into(),
+                timestamp: Some("2024-05-01T12:00:00.000Z".into()),
+                subject: None,
+                message_attributes: [("tenant".to_string(), "acme".to_string())].into(),
+            }),
+        };
+        let get = |f: SnsField| {
+            extract(
+                &ColumnSource::Meta(MetaField::Sns(f)),
+                &J::Null,
+                None,
+                &msg(),
+                &decoded,
+            )
+        };
+        assert_eq!(get(SnsField::MessageId), Ok(Val::Text("sns-1".into())));
+        assert_eq!(get(SnsField::TopicArn), Ok(Val::Text("arn:t".into())));
+        assert_eq!(get(SnsField::Subject), Ok(Val::Null));
+        assert_eq!(
+            get(SnsField::MessageAttribute("tenant".into())),
+            Ok(Val::Text("acme".into()))
+        );
+        assert_eq!(
+            get(SnsField::MessageAttribute("other".into())),
+            Ok(Val::Null)
+        );
+        assert_eq!(
+            get(SnsField::Timestamp).unwrap().to_text().as_deref(),
+            Some("2024-05-01T12:00:00.000Z")
         );
     }
 

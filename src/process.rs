@@ -3,7 +3,7 @@
 //!
 //! Pure and synchronous: no I/O, so it is shared by `run`, `preview` and `test`.
 
-use crate::decode::decode;
+use crate::decode::{DecodedMeta, Decoder};
 use crate::extract::{Element, extract};
 use crate::route::{elements, holds};
 use crate::source::ReceivedMessage;
@@ -69,6 +69,8 @@ pub struct Processor {
     outputs: Arc<Vec<Output>>,
     /// Each output's columns' transform chains, built once, in column order.
     chains: Arc<Vec<Vec<Vec<Transform>>>>,
+    /// The spec's `decode:` steps.
+    decoder: Decoder,
     /// The spec-level filter.
     filter: Option<Condition>,
     /// What a message or element no output matches becomes.
@@ -100,6 +102,7 @@ impl Processor {
         Ok(Self {
             outputs: Arc::new(spec.outputs.clone()),
             chains: Arc::new(chains),
+            decoder: Decoder::new(spec.decode.clone()),
             filter: spec.filter.clone(),
             unmatched: spec.unmatched,
             name_outputs: spec.outputs.len() > 1,
@@ -157,15 +160,20 @@ impl Processor {
                     .into(),
             );
         }
-        let body = match decode(&msg.body) {
-            Ok(b) => b,
-            Err(e) => return reject(format!("decode: {e}")),
+        let decoded = match self.decoder.decode(&msg.body) {
+            Ok(d) => d,
+            Err(e) => return reject(e.to_string()),
         };
-        self.route(&body, msg)
+        self.route(&decoded.body, &decoded.meta, msg)
     }
 
     /// Filter, route, expand and build the rows of a decoded message.
-    fn route(&self, body: &serde_json::Value, msg: &ReceivedMessage) -> Outcome {
+    fn route(
+        &self,
+        body: &serde_json::Value,
+        meta: &DecodedMeta,
+        msg: &ReceivedMessage,
+    ) -> Outcome {
         let reject = |reason: String| Outcome::Reject { reason };
         if let Some(f) = &self.filter {
             match holds(f, body, None) {
@@ -215,7 +223,7 @@ impl Processor {
                 };
                 if take {
                     message_taken = true;
-                    match self.row(output, chains, body, None, msg, &mut vault) {
+                    match self.row(output, chains, (body, meta), None, msg, &mut vault) {
                         Ok(values) => rows.push(Row { output: oi, values }),
                         Err(e) => return reject(label(&e)),
                     }
@@ -250,7 +258,7 @@ impl Processor {
                 }
                 element_groups[gi].1[index] = true;
                 let element = Element { value: item, index };
-                match self.row(output, chains, body, Some(element), msg, &mut vault) {
+                match self.row(output, chains, (body, meta), Some(element), msg, &mut vault) {
                     Ok(values) => rows.push(Row { output: oi, values }),
                     Err(e) => return reject(label(&format!("element {index}: {e}"))),
                 }
@@ -285,14 +293,14 @@ impl Processor {
         &self,
         output: &Output,
         chains: &[Vec<Transform>],
-        body: &serde_json::Value,
+        (body, meta): (&serde_json::Value, &DecodedMeta),
         element: Option<Element<'_>>,
         msg: &ReceivedMessage,
         vault: &mut Vec<PendingVault>,
     ) -> Result<Vec<Val>, String> {
         let mut values = Vec::with_capacity(output.columns.len());
         for (col, chain) in output.columns.iter().zip(chains.iter()) {
-            let mut v = extract(&col.source, body, element, msg)
+            let mut v = extract(&col.source, body, element, msg, meta)
                 .map_err(|e| format!("column {}: extract: {e}", col.name))?;
             if col.required && v.is_null() {
                 return Err(format!(
@@ -440,7 +448,8 @@ outputs:
             r#"[{"type": "purchase", "amount": 3}, {"type": "page_view", "url": "/b"}]"#,
         );
         let tables: Vec<&str> = many.iter().map(|r| r.0.as_str()).collect();
-        assert_eq!(tables, ["purchases", "page_views"]);
+        // Rows come output by output (spec order), elements in order within each.
+        assert_eq!(tables, ["page_views", "purchases"]);
         // An unknown type is a reject (the whole message, so nothing is half-written) ...
         let r = reason(p.process(message(
             r#"[{"type": "page_view"}, {"type": "refund"}]"#,

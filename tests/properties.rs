@@ -6,10 +6,12 @@
 //! The SQS query-protocol XML parser is private; its properties live in
 //! `src/source/sqs_query/response.rs`.
 
+use base64::Engine;
 use etl_engine::crypto::{Binding, Keyring, Tokenizer, VaultCipher};
-use etl_engine::decode::decode;
+use etl_engine::decode::{Decoder, decode};
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::ReceivedMessage;
+use etl_engine::spec::DecodeStep;
 use etl_engine::spec::{Spec, SpecError, parse_spec_str};
 use etl_engine::spec_test::test_processor;
 use etl_engine::transform::version::encode;
@@ -60,6 +62,16 @@ fn json_value() -> impl Strategy<Value = J> {
                 .prop_map(|m| J::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// One `decode:` step.
+fn decode_step() -> impl Strategy<Value = DecodeStep> {
+    prop_oneof![
+        Just(DecodeStep::Json),
+        Just(DecodeStep::Sns),
+        Just(DecodeStep::Base64),
+        Just(DecodeStep::Gzip),
+    ]
 }
 
 /// A marker no reject reason can contain by chance: reasons are fixed English text plus
@@ -168,8 +180,55 @@ proptest! {
     }
 
     #[test]
-    fn decode_accepts_exactly_objects(v in json_value()) {
-        prop_assert_eq!(decode(&v.to_string()).is_ok(), v.is_object());
+    fn decode_accepts_every_json_value(v in json_value()) {
+        prop_assert!(decode(&v.to_string()).is_ok());
+    }
+
+    /// Any chain of steps on any bytes: a value or an error naming a step, never a panic, and
+    /// never a quote of the body.
+    #[test]
+    fn decode_chain_never_panics_nor_quotes(
+        steps in prop::collection::vec(decode_step(), 0..5),
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let body = String::from_utf8_lossy(&bytes);
+        if let Err(e) = Decoder::new(steps).decode(&body) {
+            let reason = e.to_string();
+            prop_assert!(reason.starts_with("decode"), "{}", reason);
+            if body.trim().len() >= 8 {
+                prop_assert!(!reason.contains(body.trim()), "{}", reason);
+            }
+        }
+    }
+
+    /// json → gzip → base64 (optionally inside an SNS envelope) decodes back to the value,
+    /// and any truncation of the packed text is a clean error or a value, never a panic.
+    #[test]
+    fn decode_chain_round_trip(v in json_value(), sns in any::<bool>(), cut in any::<prop::sample::Index>()) {
+        let text = v.to_string();
+        let want: J = serde_json::from_str(&text).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+        let packed = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let (body, mut steps) = if sns {
+            let env = serde_json::json!({
+                "Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:t", "Message": packed,
+            });
+            (env.to_string(), vec![DecodeStep::Sns])
+        } else {
+            (packed.clone(), vec![])
+        };
+        steps.extend([DecodeStep::Base64, DecodeStep::Gzip]);
+        let decoded = Decoder::new(steps.clone()).decode(&body).unwrap();
+        prop_assert_eq!(&decoded.body, &want);
+        prop_assert_eq!(decoded.meta.sns.is_some(), sns);
+        steps.push(DecodeStep::Json);
+        prop_assert_eq!(Decoder::new(steps.clone()).decode(&body).unwrap().body, want);
+
+        let at = cut.index(body.len().max(1));
+        if body.is_char_boundary(at) {
+            let _ = Decoder::new(steps).decode(&body[..at]);
+        }
     }
 
     #[test]

@@ -14,10 +14,11 @@
 //!
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
-//! (building and binding the SQL), `target` (checking the target table) and `key_usage`
+//! (building the SQL), `bind` (one column's values as a typed array), `target` (checking the target table) and `key_usage`
 //! (counting encryptions against each key's nonce budget).
 
 mod batch;
+mod bind;
 mod key_usage;
 pub mod schema;
 mod statements;

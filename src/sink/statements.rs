@@ -2,6 +2,7 @@
 //! output, with its write mode), and one transaction per batch part binding ledger, vault,
 //! output and reject rows as typed arrays.
 
+use super::bind::{bind_column, unnest_select};
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
@@ -9,7 +10,6 @@ use crate::process::{Outcome, Processed};
 use crate::spec::{Output, Spec, Write};
 use crate::transform::PendingVault;
 use crate::value::{Val, ValType};
-use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use std::cmp::Ordering;
@@ -222,18 +222,12 @@ pub(super) struct OutputWriter {
 impl OutputWriter {
     fn new(o: &Output) -> Self {
         let names: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let arrays: Vec<String> = o
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 1, c.out_type.pg_array_type()))
-            .collect();
         let pos = |name: &str| o.columns.iter().position(|c| c.name == name);
         let mut sql = format!(
-            "INSERT INTO {} AS cur ({}) SELECT * FROM UNNEST({})",
+            "INSERT INTO {} AS cur ({}) {}",
             quote_ident(&o.table),
             names.join(", "),
-            arrays.join(", ")
+            unnest_select(&o.columns)
         );
         let (mut key, mut newer) = (Vec::new(), None);
         match &o.write {
@@ -325,57 +319,5 @@ fn newer_order(a: Option<&Val>, b: Option<&Val>) -> Option<Ordering> {
         (Val::Timestamp(x), Val::Timestamp(y)) => Some(x.cmp(y)),
         (Val::Date(x), Val::Date(y)) => Some(x.cmp(y)),
         (x, y) => Some(x.to_text().cmp(&y.to_text())),
-    }
-}
-
-/// A query whose typed-array parameters are bound column by column.
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds one column of a batch as a typed array.
-fn bind_column<'q, 'v>(
-    q: PgQuery<'q>,
-    ty: ValType,
-    vals: impl Iterator<Item = &'v Val>,
-) -> PgQuery<'q> {
-    match ty {
-        ValType::Json | ValType::Text => {
-            q.bind(vals.map(|v| v.to_text()).collect::<Vec<Option<String>>>())
-        }
-        ValType::Integer => q.bind(
-            vals.map(|v| match v {
-                Val::Int(i) => Some(*i),
-                _ => None,
-            })
-            .collect::<Vec<Option<i32>>>(),
-        ),
-        ValType::BigInt => q.bind(
-            vals.map(|v| match v {
-                Val::BigInt(i) => Some(*i),
-                Val::Int(i) => Some(i64::from(*i)),
-                _ => None,
-            })
-            .collect::<Vec<Option<i64>>>(),
-        ),
-        ValType::Boolean => q.bind(
-            vals.map(|v| match v {
-                Val::Bool(b) => Some(*b),
-                _ => None,
-            })
-            .collect::<Vec<Option<bool>>>(),
-        ),
-        ValType::Date => q.bind(
-            vals.map(|v| match v {
-                Val::Date(d) => Some(*d),
-                _ => None,
-            })
-            .collect::<Vec<Option<NaiveDate>>>(),
-        ),
-        ValType::Timestamp => q.bind(
-            vals.map(|v| match v {
-                Val::Timestamp(t) => Some(*t),
-                _ => None,
-            })
-            .collect::<Vec<Option<DateTime<Utc>>>>(),
-        ),
     }
 }

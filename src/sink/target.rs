@@ -61,8 +61,11 @@ impl Sink {
             Some((s, n)) => (Some(s.to_string()), n.to_string()),
             None => (None, table.to_string()),
         };
+        // An array column's data_type is just ARRAY; udt_name (`_text`) says of what.
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+            "SELECT column_name::text, CASE WHEN data_type = 'ARRAY' THEN \
+             CASE udt_name WHEN '_text' THEN 'text[]' WHEN '_varchar' THEN 'character varying[]' ELSE udt_name::text END \
+             ELSE data_type::text END FROM information_schema.columns \
              WHERE table_name = $1 AND ($2::text IS NULL AND table_schema = ANY(current_schemas(false)) OR table_schema = $2)",
         )
         .bind(&name)
@@ -81,9 +84,10 @@ impl Sink {
             match have.get(&c.name) {
                 None => problems.push(format!("has no column {}", c.name)),
                 Some(pg_type) if !type_compatible(c.out_type, pg_type) => problems.push(format!(
-                    "column {} is {pg_type}, but the spec produces {} values for it",
+                    "column {} is {pg_type}, but the spec produces {} values for it{}",
                     c.name,
-                    c.out_type.name()
+                    c.out_type.name(),
+                    cast_hint(pg_type)
                 )),
                 Some(_) => {}
             }
@@ -100,8 +104,21 @@ impl Sink {
     }
 }
 
+/// The `cast` that would make the spec's values fit a column of `pg_type`, as a hint.
+fn cast_hint(pg_type: &str) -> &'static str {
+    match pg_type {
+        "jsonb" | "json" => " (add `- type: cast` with `to: jsonb`)",
+        "numeric" => " (add `- type: cast` with `to: numeric`)",
+        "uuid" => " (add `- type: cast` with `to: uuid`)",
+        "text[]" | "character varying[]" => " (add `- type: cast` with `to: text[]`)",
+        _ => "",
+    }
+}
+
 /// Whether values of `ty` can be inserted into a column of Postgres type `pg_type`
-/// (`information_schema.columns.data_type`) by an assignment cast.
+/// (`information_schema.columns.data_type`, or `text[]` / `character varying[]` for those
+/// arrays) by an assignment cast. A decimal never goes into an integer column (Postgres would
+/// round it silently): cast it to `integer` first, which refuses fractions.
 pub fn type_compatible(ty: ValType, pg_type: &str) -> bool {
     let textual = matches!(pg_type, "text" | "character varying" | "character");
     let numeric = matches!(
@@ -112,6 +129,10 @@ pub fn type_compatible(ty: ValType, pg_type: &str) -> bool {
         || match ty {
             ValType::Json | ValType::Text => false,
             ValType::Integer | ValType::BigInt => numeric,
+            ValType::Numeric => matches!(pg_type, "numeric" | "real" | "double precision"),
+            ValType::Jsonb => matches!(pg_type, "jsonb" | "json"),
+            ValType::Uuid => pg_type == "uuid",
+            ValType::TextArray => matches!(pg_type, "text[]" | "character varying[]"),
             ValType::Boolean => pg_type == "boolean",
             ValType::Date | ValType::Timestamp => {
                 matches!(

@@ -8,6 +8,7 @@
 //! `validate` checks section by section, `diagnose` places and words each problem.
 
 pub mod condition;
+mod decode_steps;
 mod diagnose;
 pub mod load;
 mod outputs;
@@ -36,6 +37,8 @@ pub struct Spec {
     pub vault: VaultConfig,
     pub rejects: RejectsConfig,
     pub ledger: LedgerConfig,
+    /// The `decode:` steps as written (empty: the default, `json`).
+    pub decode: Vec<DecodeStep>,
     /// Messages matching it are skipped (acknowledged, counted, not written).
     pub filter: Option<Condition>,
     /// The target tables, in spec order (the single-table form gives one).
@@ -175,6 +178,23 @@ pub enum MetaField {
     ForEachIndex,
     /// The current `for_each` element's position, from 1 (e.g. an order's line number).
     ForEachPosition,
+    /// A field of the SNS envelope (`decode:` must contain `sns`).
+    Sns(SnsField),
+}
+
+/// The fields of an SNS notification envelope a column can read (`meta: sns.…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnsField {
+    /// `sns.message_id`: the SNS `MessageId` (not the SQS one), text.
+    MessageId,
+    /// `sns.topic_arn`: `TopicArn`, text.
+    TopicArn,
+    /// `sns.timestamp`: `Timestamp`, when SNS published it, a timestamp.
+    Timestamp,
+    /// `sns.subject`: `Subject`, text (null when the publisher set none).
+    Subject,
+    /// `sns.message_attributes.<Name>`: an SNS message attribute's `Value`, text.
+    MessageAttribute(String),
 }
 
 impl MetaField {
@@ -187,6 +207,11 @@ impl MetaField {
         "message_attributes.<Name>",
         "for_each.index",
         "for_each.position",
+        "sns.message_id",
+        "sns.topic_arn",
+        "sns.timestamp",
+        "sns.subject",
+        "sns.message_attributes.<Name>",
     ];
 
     /// Parses a `meta:` value.
@@ -197,7 +222,17 @@ impl MetaField {
             "receive_count" => Some(Self::ReceiveCount),
             "for_each.index" => Some(Self::ForEachIndex),
             "for_each.position" => Some(Self::ForEachPosition),
+            "sns.message_id" => Some(Self::Sns(SnsField::MessageId)),
+            "sns.topic_arn" => Some(Self::Sns(SnsField::TopicArn)),
+            "sns.timestamp" => Some(Self::Sns(SnsField::Timestamp)),
+            "sns.subject" => Some(Self::Sns(SnsField::Subject)),
             _ => {
+                if let Some(n) = s
+                    .strip_prefix("sns.message_attributes.")
+                    .filter(|n| !n.is_empty())
+                {
+                    return Some(Self::Sns(SnsField::MessageAttribute(n.to_string())));
+                }
                 if let Some(n) = s.strip_prefix("attributes.").filter(|n| !n.is_empty()) {
                     Some(Self::Attribute(n.to_string()))
                 } else {
@@ -214,6 +249,7 @@ impl MetaField {
         match self {
             Self::SentTimestamp => ValType::BigInt,
             Self::ReceiveCount | Self::ForEachIndex | Self::ForEachPosition => ValType::Integer,
+            Self::Sns(SnsField::Timestamp) => ValType::Timestamp,
             _ => ValType::Text,
         }
     }

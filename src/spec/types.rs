@@ -19,6 +19,12 @@ pub struct SpecConfig {
     pub name: String,
     /// Where messages come from.
     pub source: SourceConfig,
+    /// How a message body becomes the JSON value columns read, applied in order; omitted means
+    /// `[json]`. E.g. `[sns]` for SNS notifications delivered without raw message delivery,
+    /// `[sns, base64, gzip]` for compressed events inside them. When the last step leaves text
+    /// (`sns`, `base64`, `gzip`), it is parsed as JSON.
+    #[serde(default)]
+    pub decode: Vec<DecodeStep>,
     /// The database, batching, and (in the single-table form) the table and its write mode.
     pub target: TargetConfig,
     /// Messages matching this condition are acknowledged and counted as skipped, never written
@@ -48,6 +54,38 @@ pub struct SpecConfig {
     /// Spec unit tests, run by `etl-engine test` without any service.
     #[serde(default)]
     pub tests: Vec<SpecTestConfig>,
+}
+
+/// One step of `decode:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeStep {
+    /// Text → JSON. Any JSON value is a body (object, array, scalar). Applied to a JSON string
+    /// (a double-encoded body), parses the string's content.
+    Json,
+    /// An SNS notification envelope → its `Message` text. `TopicArn`, `MessageId`, `Timestamp`,
+    /// `Subject` and `MessageAttributes` become metadata (`meta: sns.…`). Subscription and
+    /// unsubscribe confirmations, and malformed envelopes, are rejects.
+    Sns,
+    /// Base64 text (standard alphabet, padding optional, whitespace ignored) → bytes.
+    Base64,
+    /// Gzip bytes → bytes, at most 8 MiB (more is a reject: a defence against zip bombs).
+    Gzip,
+}
+
+impl DecodeStep {
+    /// The names accepted in `decode:`, for suggestions.
+    pub const NAMES: &'static [&'static str] = &["json", "sns", "base64", "gzip"];
+
+    /// The spec name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeStep::Json => "json",
+            DecodeStep::Sns => "sns",
+            DecodeStep::Base64 => "base64",
+            DecodeStep::Gzip => "gzip",
+        }
+    }
 }
 
 /// The message source.
@@ -332,6 +370,36 @@ pub enum TransformConfig {
     Lowercase {},
     /// Uppercase.
     Uppercase {},
+    /// Replace every match of a regular expression (the `regex` crate's syntax: no
+    /// look-around or backreferences, linear time). E.g. phone digits only:
+    /// `pattern: "[^0-9+]"`, `with: ""`.
+    Replace {
+        /// The regular expression.
+        pattern: String,
+        /// The replacement; `$1` or `${name}` insert a capture group, `$$` a dollar sign.
+        #[serde(default)]
+        with: String,
+    },
+    /// A string holding JSON → that JSON value (e.g. a field with an embedded document).
+    /// A value that is already JSON (not a string) passes through.
+    ParseJson {},
+    /// Multiply a number by a constant, exactly (decimal arithmetic): the result is `numeric`.
+    Multiply {
+        /// The constant.
+        by: serde_json::Number,
+    },
+    /// Divide a number by a non-zero constant, exactly up to 28 decimals: the result is
+    /// `numeric`.
+    Divide {
+        /// The constant.
+        by: serde_json::Number,
+    },
+    /// Move the decimal point `decimals` places left, exactly: cents → dollars with
+    /// `decimals: 2` (1999 → 19.99). The result is `numeric`.
+    Scale {
+        /// Places, 0 to 28.
+        decimals: u32,
+    },
 }
 
 impl TransformConfig {
@@ -346,6 +414,11 @@ impl TransformConfig {
         "trim",
         "lowercase",
         "uppercase",
+        "replace",
+        "parse_json",
+        "multiply",
+        "divide",
+        "scale",
     ];
 }
 

@@ -48,6 +48,7 @@ impl Validator<'_> {
         const TOP: &[&str] = &[
             "name",
             "source",
+            "decode",
             "target",
             "filter",
             "outputs",
@@ -169,11 +170,13 @@ impl Validator<'_> {
                 None
             }
         };
+        let decode = self.decode(map.get("decode"));
         let unmatched = match map.get("unmatched") {
             None | Some(J::Null) => Some(Unmatched::default()),
             Some(u) => self.d.section::<Unmatched>(u, "unmatched"),
         };
         let outputs = self.outputs(map, target.as_ref(), &suggested);
+        self.check_sns_meta(&decode, &outputs);
         if let Some(tests) = &tests {
             self.check_tests(tests, &outputs);
         }
@@ -185,6 +188,7 @@ impl Validator<'_> {
             vault: vault?,
             rejects: rejects?,
             ledger: ledger?,
+            decode,
             filter,
             outputs,
             unmatched: unmatched?,
@@ -486,6 +490,11 @@ impl Validator<'_> {
                     chain_ok = false;
                     continue;
                 };
+                if let Err(e) = super::typecheck::check_args(&cfg) {
+                    self.d.issue(format!("{tp}.{}", e.key), e.message);
+                    chain_ok = false;
+                    continue;
+                }
                 if !chain_ok {
                     continue;
                 }

@@ -5,14 +5,17 @@
 //! never the value (which may be PII).
 
 pub mod date;
+pub mod json;
+pub mod number;
 pub mod text;
 pub mod version;
 
 pub use crate::crypto::Tokenizer;
 
 use crate::spec::{Column, EpochUnit, TransformConfig, typecheck};
-use crate::value::cast;
 use crate::value::{CastType, Val, ValType};
+use crate::value::{cast, numeric};
+use rust_decimal::Decimal;
 use zeroize::Zeroizing;
 
 /// A compiled transform.
@@ -22,11 +25,22 @@ pub enum Transform {
     Encrypt,
     Cast(CastType),
     VersionToInt,
-    FromEpoch { unit: EpochUnit, to: CastType },
+    FromEpoch {
+        unit: EpochUnit,
+        to: CastType,
+    },
     Default(Val),
     Trim,
     Lowercase,
     Uppercase,
+    Replace {
+        pattern: text::Pattern,
+        with: String,
+    },
+    ParseJson,
+    Multiply(Decimal),
+    Divide(Decimal),
+    Scale(u32),
 }
 
 /// A value the sink must store in the vault (encrypted there, once per distinct token).
@@ -70,6 +84,11 @@ impl Transform {
             Transform::Trim => "trim",
             Transform::Lowercase => "lowercase",
             Transform::Uppercase => "uppercase",
+            Transform::Replace { .. } => "replace",
+            Transform::ParseJson => "parse_json",
+            Transform::Multiply(_) => "multiply",
+            Transform::Divide(_) => "divide",
+            Transform::Scale(_) => "scale",
         }
     }
 
@@ -78,6 +97,8 @@ impl Transform {
     /// so this fails only on a spec that skipped validation).
     pub fn build(cfg: &TransformConfig, input: ValType) -> Result<(Transform, ValType), String> {
         let out = typecheck::output_type(cfg, input)?;
+        typecheck::check_args(cfg).map_err(|e| format!("{}: {}", e.key, e.message))?;
+        let constant = |by: &serde_json::Number| numeric::parse(&by.to_string());
         let t = match cfg {
             TransformConfig::Hash {} => Transform::Hash,
             TransformConfig::Encrypt {} => Transform::Encrypt,
@@ -93,6 +114,14 @@ impl Transform {
             TransformConfig::Trim {} => Transform::Trim,
             TransformConfig::Lowercase {} => Transform::Lowercase,
             TransformConfig::Uppercase {} => Transform::Uppercase,
+            TransformConfig::Replace { pattern, with } => Transform::Replace {
+                pattern: text::Pattern(typecheck::compile_regex(pattern)?),
+                with: with.clone(),
+            },
+            TransformConfig::ParseJson {} => Transform::ParseJson,
+            TransformConfig::Multiply { by } => Transform::Multiply(constant(by)?),
+            TransformConfig::Divide { by } => Transform::Divide(constant(by)?),
+            TransformConfig::Scale { decimals } => Transform::Scale(*decimals),
         };
         Ok((t, out))
     }
@@ -140,6 +169,13 @@ impl Transform {
             Transform::Trim => text::map(v, |s| s.trim().to_string()),
             Transform::Lowercase => text::map(v, |s| s.to_lowercase()),
             Transform::Uppercase => text::map(v, |s| s.to_uppercase()),
+            Transform::Replace { pattern, with } => {
+                text::map(v, |s| pattern.0.replace_all(s, with.as_str()).into_owned())
+            }
+            Transform::ParseJson => json::parse(v),
+            Transform::Multiply(by) => number::multiply(&v, *by),
+            Transform::Divide(by) => number::divide(&v, *by),
+            Transform::Scale(decimals) => number::scale(&v, *decimals),
         }
     }
 }

@@ -13,6 +13,10 @@ pub fn out_type(to: CastType) -> ValType {
         CastType::Boolean => ValType::Boolean,
         CastType::Date => ValType::Date,
         CastType::Timestamp => ValType::Timestamp,
+        CastType::Numeric => ValType::Numeric,
+        CastType::Jsonb => ValType::Jsonb,
+        CastType::Uuid => ValType::Uuid,
+        CastType::TextArray => ValType::TextArray,
     }
 }
 
@@ -23,8 +27,16 @@ pub fn check(from: ValType, to: CastType) -> Result<(), String> {
         CastType::Text => true,
         CastType::Integer | CastType::Bigint => matches!(
             from,
-            T::Json | T::Text | T::Integer | T::BigInt | T::Boolean
+            T::Json | T::Text | T::Integer | T::BigInt | T::Boolean | T::Numeric
         ),
+        CastType::Numeric => matches!(
+            from,
+            T::Json | T::Text | T::Integer | T::BigInt | T::Numeric
+        ),
+        // Every value has a JSON form.
+        CastType::Jsonb => true,
+        CastType::Uuid => matches!(from, T::Json | T::Text | T::Uuid),
+        CastType::TextArray => matches!(from, T::Json | T::Jsonb | T::TextArray),
         CastType::Boolean => matches!(
             from,
             T::Json | T::Text | T::Integer | T::BigInt | T::Boolean
@@ -74,6 +86,10 @@ fn to_i64(v: &Val) -> Result<i64, String> {
             })
             .ok_or_else(|| "number is not an integer".to_string()),
         Val::Json(J::Bool(b)) => Ok(i64::from(*b)),
+        Val::Numeric(d) if d.fract().is_zero() => {
+            i64::try_from(*d).map_err(|_| "number out of range for bigint".to_string())
+        }
+        Val::Numeric(_) => Err("number is not an integer".into()),
         Val::Json(J::String(s)) | Val::Text(s) => {
             parse_i64(s).ok_or_else(|| "text is not an integer".to_string())
         }
@@ -115,9 +131,38 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// A UUID in canonical form (lowercase, hyphenated); Postgres's other accepted spellings
+/// (braces, no hyphens, upper case) are accepted too.
+fn to_uuid(v: &Val) -> Result<Val, String> {
+    v.to_text()
+        .and_then(|s| uuid::Uuid::try_parse(s.trim()).ok())
+        .map(|u| Val::Text(u.hyphenated().to_string()))
+        .ok_or_else(|| "text is not a UUID".to_string())
+}
+
+/// A JSON array as a list of texts: strings as they are, nulls kept, other elements as JSON text.
+fn to_text_array(v: Val) -> Result<Val, String> {
+    match v {
+        Val::Json(J::Array(items)) => Ok(Val::Json(J::Array(
+            items
+                .into_iter()
+                .map(|i| match i {
+                    J::Null | J::String(_) => i,
+                    other => J::String(other.to_string()),
+                })
+                .collect(),
+        ))),
+        _ => Err("value is not a JSON array".into()),
+    }
+}
+
 /// Applies a cast.
 pub fn apply(v: Val, to: CastType) -> Result<Val, String> {
     match to {
+        CastType::Numeric => super::numeric::to_decimal(&v).map(Val::Numeric),
+        CastType::Jsonb => Ok(Val::Json(v.to_json())),
+        CastType::Uuid => to_uuid(&v),
+        CastType::TextArray => to_text_array(v),
         CastType::Text => Ok(v.to_text().map(Val::Text).unwrap_or(Val::Null)),
         CastType::Integer => {
             let i = to_i64(&v)?;
@@ -168,6 +213,10 @@ pub fn default_value(value: &J, ty: ValType) -> Result<Val, String> {
         ValType::Boolean => apply(v, CastType::Boolean),
         ValType::Date => apply(v, CastType::Date),
         ValType::Timestamp => apply(v, CastType::Timestamp),
+        ValType::Numeric => apply(v, CastType::Numeric),
+        ValType::Jsonb => Ok(v),
+        ValType::Uuid => apply(v, CastType::Uuid),
+        ValType::TextArray => apply(v, CastType::TextArray),
     };
     res.map_err(|_| {
         format!(
@@ -240,6 +289,62 @@ mod tests {
                 .contains("from_epoch")
         );
         assert!(check(ValType::Json, CastType::Integer).is_ok());
+    }
+
+    #[test]
+    fn casts_to_numeric_jsonb_uuid_and_text_arrays() {
+        assert_eq!(
+            apply(Val::Json(json!("19.90")), CastType::Numeric)
+                .unwrap()
+                .to_text(),
+            Some("19.90".into())
+        );
+        assert_eq!(
+            apply(Val::Int(7), CastType::Numeric),
+            Ok(Val::Numeric(7.into()))
+        );
+        assert!(apply(Val::Json(json!("ten")), CastType::Numeric).is_err());
+        assert!(apply(Val::Json(json!(true)), CastType::Numeric).is_err());
+        // numeric → integer only when whole.
+        assert_eq!(
+            apply(Val::Numeric(20.into()), CastType::Integer),
+            Ok(Val::Int(20))
+        );
+        let half = super::super::numeric::parse("2.5").unwrap();
+        assert!(apply(Val::Numeric(half), CastType::Integer).is_err());
+
+        assert_eq!(
+            apply(Val::Json(json!({"a": [1]})), CastType::Jsonb),
+            Ok(Val::Json(json!({"a": [1]})))
+        );
+        assert_eq!(
+            apply(Val::Text("x".into()), CastType::Jsonb),
+            Ok(Val::Json(json!("x")))
+        );
+
+        assert_eq!(
+            apply(
+                Val::Json(json!("{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}")),
+                CastType::Uuid
+            ),
+            Ok(Val::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()))
+        );
+        let err = apply(Val::Json(json!("not-a-uuid-secret")), CastType::Uuid).unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+
+        assert_eq!(
+            apply(
+                Val::Json(json!(["a", 1, null, {"b": 2}])),
+                CastType::TextArray
+            ),
+            Ok(Val::Json(json!(["a", "1", null, "{\"b\":2}"])))
+        );
+        assert!(apply(Val::Json(json!("a")), CastType::TextArray).is_err());
+
+        assert!(check(ValType::Boolean, CastType::Numeric).is_err());
+        assert!(check(ValType::Date, CastType::Uuid).is_err());
+        assert!(check(ValType::Text, CastType::TextArray).is_err());
+        assert!(check(ValType::Date, CastType::Jsonb).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the types live in [`cast`]: the spec checks them, transforms apply them.
 
 pub mod cast;
+pub mod numeric;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use schemars::JsonSchema;
@@ -20,6 +21,15 @@ pub enum CastType {
     Boolean,
     Date,
     Timestamp,
+    /// Exact decimal (Postgres `numeric`): money and other amounts that must not round.
+    Numeric,
+    /// A JSON value written as Postgres `jsonb`.
+    Jsonb,
+    /// A UUID (checked and written in canonical form).
+    Uuid,
+    /// A list of texts (Postgres `text[]`).
+    #[serde(rename = "text[]")]
+    TextArray,
 }
 
 /// Static type of a column value at some point of its transform chain; checked when the spec
@@ -34,6 +44,14 @@ pub enum ValType {
     Boolean,
     Date,
     Timestamp,
+    /// Exact decimal; runtime values are [`Val::Numeric`].
+    Numeric,
+    /// A JSON value written as `jsonb`; runtime values are [`Val::Json`].
+    Jsonb,
+    /// A UUID; runtime values are [`Val::Text`] in canonical (lowercase, hyphenated) form.
+    Uuid,
+    /// A list of texts; runtime values are [`Val::Json`] arrays of strings and nulls.
+    TextArray,
 }
 
 impl ValType {
@@ -47,18 +65,38 @@ impl ValType {
             ValType::Boolean => "boolean",
             ValType::Date => "date",
             ValType::Timestamp => "timestamp",
+            ValType::Numeric => "numeric",
+            ValType::Jsonb => "jsonb",
+            ValType::Uuid => "uuid",
+            ValType::TextArray => "text[]",
         }
     }
 
-    /// The Postgres array type used to bind a column of this type in `UNNEST`.
+    /// The Postgres array type used to bind a column of this type in `UNNEST`. Numeric, jsonb
+    /// and uuid values are bound as their text and cast by Postgres, which parses them exactly;
+    /// a `text[]` value cannot be one element of an array (Postgres arrays of arrays are
+    /// rectangular and `UNNEST` flattens them), so each is bound as its array literal and cast
+    /// per row (see [`ValType::pg_row_cast`]).
     pub fn pg_array_type(self) -> &'static str {
         match self {
-            ValType::Json | ValType::Text => "text[]",
+            ValType::Json | ValType::Text | ValType::TextArray => "text[]",
+            ValType::Numeric => "numeric[]",
+            ValType::Jsonb => "jsonb[]",
+            ValType::Uuid => "uuid[]",
             ValType::Integer => "int4[]",
             ValType::BigInt => "int8[]",
             ValType::Boolean => "bool[]",
             ValType::Date => "date[]",
             ValType::Timestamp => "timestamptz[]",
+        }
+    }
+
+    /// The cast applied to each unnested value before it is inserted, when binding alone
+    /// cannot give the column's type.
+    pub fn pg_row_cast(self) -> Option<&'static str> {
+        match self {
+            ValType::TextArray => Some("text[]"),
+            _ => None,
         }
     }
 
@@ -79,6 +117,8 @@ pub enum Val {
     Bool(bool),
     Date(NaiveDate),
     Timestamp(DateTime<Utc>),
+    /// An exact decimal.
+    Numeric(rust_decimal::Decimal),
 }
 
 impl fmt::Debug for Val {
@@ -92,6 +132,7 @@ impl fmt::Debug for Val {
             Val::Bool(_) => "Bool(<redacted>)",
             Val::Date(_) => "Date(<redacted>)",
             Val::Timestamp(_) => "Timestamp(<redacted>)",
+            Val::Numeric(_) => "Numeric(<redacted>)",
         };
         f.write_str(kind)
     }
@@ -115,6 +156,7 @@ impl Val {
             Val::Bool(b) => Some(b.to_string()),
             Val::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
             Val::Timestamp(t) => Some(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            Val::Numeric(d) => Some(d.to_string()),
         }
     }
 
@@ -126,6 +168,7 @@ impl Val {
             Val::Int(i) => (*i).into(),
             Val::BigInt(i) => (*i).into(),
             Val::Bool(b) => (*b).into(),
+            Val::Numeric(d) => numeric::to_json(d),
             other => other
                 .to_text()
                 .map(serde_json::Value::String)
