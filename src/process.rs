@@ -8,7 +8,7 @@ use crate::source::ReceivedMessage;
 use crate::source::file::{INVALID_UTF8_ATTRIBUTE, OVERSIZED_LINE_ATTRIBUTE};
 use crate::source::jsonl::MAX_LINE_BYTES;
 use crate::spec::Column;
-use crate::transform::{Context, PendingVault, Tokenizer, Transform};
+use crate::transform::{Context, DomainTokenizer, PendingVault, Tokenizer, Transform};
 use crate::value::Val;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -54,14 +54,17 @@ pub struct Processor {
     columns: Arc<Vec<Column>>,
     /// Each column's transform chain, built once, in column order.
     chains: Arc<Vec<Vec<Transform>>>,
-    tokenizer: Option<Tokenizer>,
+    /// Each column's token maker (its domain for the target table), in column order.
+    tokenizers: Arc<Vec<Option<DomainTokenizer>>>,
     max_receive_count: Option<u32>,
 }
 
 impl Processor {
+    /// Rows go to `table`, which with each column's name makes its default token domain.
     /// `tokenizer` is required when a column hashes or encrypts (checked by the caller).
     /// Fails, naming the column and transform, only for columns that skipped spec validation.
     pub fn new(
+        table: &str,
         columns: Vec<Column>,
         tokenizer: Option<Tokenizer>,
         max_receive_count: Option<u32>,
@@ -70,12 +73,29 @@ impl Processor {
             .iter()
             .map(Transform::build_chain)
             .collect::<Result<Vec<_>, _>>()?;
+        let tokenizers = columns
+            .iter()
+            .map(|c| {
+                tokenizer
+                    .as_ref()
+                    .filter(|_| c.hashes() || c.encrypts())
+                    .map(|t| t.domain(&c.domain(table)))
+            })
+            .collect();
         Ok(Self {
             columns: Arc::new(columns),
             chains: Arc::new(chains),
-            tokenizer,
+            tokenizers: Arc::new(tokenizers),
             max_receive_count,
         })
+    }
+
+    /// The token maker of `column` (its domain), if the column hashes or encrypts.
+    pub fn tokenizer_of(&self, column: &str) -> Option<&DomainTokenizer> {
+        self.columns
+            .iter()
+            .position(|c| c.name == column)
+            .and_then(|i| self.tokenizers[i].as_ref())
     }
 
     /// The columns, in write order.
@@ -133,7 +153,12 @@ impl Processor {
         };
         let mut values = Vec::with_capacity(self.columns.len());
         let mut vault = Vec::new();
-        for (col, chain) in self.columns.iter().zip(self.chains.iter()) {
+        for ((col, chain), tokenizer) in self
+            .columns
+            .iter()
+            .zip(self.chains.iter())
+            .zip(self.tokenizers.iter())
+        {
             let mut v = match extract(&col.source, &body, msg) {
                 Ok(v) => v,
                 Err(e) => return reject(format!("column {}: extract: {e}", col.name)),
@@ -145,7 +170,7 @@ impl Processor {
                 ));
             }
             let mut ctx = Context {
-                tokenizer: self.tokenizer.as_ref(),
+                tokenizer: tokenizer.as_ref(),
                 column: &col.name,
                 vault: &mut vault,
             };
@@ -189,7 +214,7 @@ mod tests {
     #[test]
     fn an_oversized_line_is_a_reject_naming_sizes_only() {
         // No columns: without the marker, `{}` would be a row.
-        let processor = Processor::new(Vec::new(), None, None).unwrap();
+        let processor = Processor::new("t", Vec::new(), None, None).unwrap();
         assert!(matches!(
             processor.process(message("{}", &[])).outcome,
             Outcome::Row { .. }
@@ -227,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_line_that_is_not_utf8_is_a_reject() {
-        let processor = Processor::new(Vec::new(), None, None).unwrap();
+        let processor = Processor::new("t", Vec::new(), None, None).unwrap();
         let p = processor.process(message(
             &B64.encode(b"\xff"),
             &[(INVALID_UTF8_ATTRIBUTE, "true")],

@@ -303,9 +303,14 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
         .unwrap();
     assert_eq!(msgs.len(), 1);
     let receipt = msgs[0].receipt_handle.clone();
-    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
-    let processor =
-        etl_engine::process::Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
+    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
+    let processor = etl_engine::process::Processor::new(
+        &spec.target.table,
+        spec.columns.clone(),
+        Some(tok),
+        None,
+    )
+    .unwrap();
     let processed: Vec<_> = msgs.into_iter().map(|m| processor.process(m)).collect();
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     etl_engine::sink::schema::ensure(&pool, &spec)

@@ -596,8 +596,9 @@ fn processed(
     bodies: &[String],
 ) -> (Vec<Processed>, Arc<etl_engine::crypto::VaultCipher>) {
     let ring = etl_engine::crypto::Keyring::from_file(keyring).unwrap();
-    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
-    let processor = Processor::new(spec.columns.clone(), Some(tok), None).unwrap();
+    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
+    let processor =
+        Processor::new(&spec.target.table, spec.columns.clone(), Some(tok), None).unwrap();
     let now = chrono::Utc::now().timestamp_millis().to_string();
     let batch = bodies
         .iter()

@@ -114,11 +114,20 @@ pub async fn run(
     db_url: &str,
     connections: usize,
 ) -> anyhow::Result<PgCeiling> {
-    let ring = Keyring::load(spec.vault.keyring.as_deref().map(std::path::Path::new))?;
-    let tokenizer = Tokenizer::new(ring.active_hash_key()?);
+    let ring = Keyring::load(
+        spec.vault.keyring.as_deref().map(std::path::Path::new),
+        etl_engine::crypto::KeyUse::WRITE,
+    )
+    .await?;
+    let tokenizer = Tokenizer::new(ring.active_hash_key()?)?;
     let cipher = VaultCipher::new(&ring)?;
-    let processor =
-        Processor::new(spec.columns.clone(), Some(tokenizer), None).map_err(anyhow::Error::msg)?;
+    let processor = Processor::new(
+        &spec.target.table,
+        spec.columns.clone(),
+        Some(tokenizer),
+        None,
+    )
+    .map_err(anyhow::Error::msg)?;
     let now_ms = Utc::now().timestamp_millis().to_string();
     let processed: Vec<Processed> = bodies
         .iter()

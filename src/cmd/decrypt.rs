@@ -3,7 +3,7 @@
 use super::{connect_db, load, load_keyring, usage};
 use crate::OutputFormat;
 use anyhow::{Context, Result};
-use etl_engine::crypto::VaultCipher;
+use etl_engine::crypto::{KeyUse, VaultCipher};
 use etl_engine::sink;
 use etl_engine::vault::recover::{self, Selector};
 use std::io::{BufRead, Write};
@@ -55,7 +55,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
         return Err(usage("--reason must say why the values are needed"));
     }
     let spec = load(&spec_path)?;
-    let ring = load_keyring(&spec)?;
+    let ring = load_keyring(&spec, KeyUse::RECOVER).await?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);
     if stdin {

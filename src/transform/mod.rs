@@ -8,7 +8,9 @@ pub mod date;
 pub mod text;
 pub mod version;
 
-pub use crate::crypto::Tokenizer;
+pub use crate::crypto::{DomainTokenizer, Tokenizer};
+
+use std::sync::Arc;
 
 use crate::spec::{Column, EpochUnit, TransformConfig, typecheck};
 use crate::value::cast;
@@ -32,6 +34,8 @@ pub enum Transform {
 /// A value the sink must store in the vault (encrypted there, once per distinct token).
 pub struct PendingVault {
     pub column: String,
+    /// The token domain the token was made in (vault rows are keyed by domain and token).
+    pub domain: Arc<str>,
     pub token: String,
     pub plaintext: Zeroizing<String>,
 }
@@ -40,6 +44,7 @@ impl std::fmt::Debug for PendingVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingVault")
             .field("column", &self.column)
+            .field("domain", &self.domain)
             .field("token", &self.token)
             .finish_non_exhaustive()
     }
@@ -47,7 +52,8 @@ impl std::fmt::Debug for PendingVault {
 
 /// What a transform needs besides the value.
 pub struct Context<'a> {
-    pub tokenizer: Option<&'a Tokenizer>,
+    /// The token maker of the column's domain (for its target table), if it hashes.
+    pub tokenizer: Option<&'a DomainTokenizer>,
     pub column: &'a str,
     pub vault: &'a mut Vec<PendingVault>,
 }
@@ -121,6 +127,7 @@ impl Transform {
                 if *self == Transform::Encrypt {
                     ctx.vault.push(PendingVault {
                         column: ctx.column.to_string(),
+                        domain: Arc::from(tok.domain()),
                         token: token.clone(),
                         plaintext: text,
                     });
