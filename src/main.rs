@@ -136,7 +136,8 @@ enum OutputFormat {
 
 fn main() -> ExitCode {
     // The keyring JSON leaves the environment before anything else runs, so child processes
-    // and /proc/PID/environ no longer carry it; the library keeps its copy in memory.
+    // and later environment reads no longer see it; the library keeps its copy in memory.
+    // (The kernel's copy of the initial environment, /proc/PID/environ, is not rewritten.)
     if keyring::stash_json_from_env() {
         // SAFETY: `remove_var` is unsound only while another thread may read the environment.
         // This is the first statement of `main`: no thread has been spawned yet (the async

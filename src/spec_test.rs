@@ -355,4 +355,114 @@ tests:
         assert_eq!(m.attributes["SenderId"], "AID");
         assert_eq!(m.message_attributes["n"], "5");
     }
+
+    /// Two hashed columns from one field, in table `table`; `domains` are their `token_domain`s.
+    fn two_columns(table: &str, domains: [Option<&str>; 2]) -> Spec {
+        let d = |x: Option<&str>| {
+            x.map(|n| format!(", token_domain: {n}"))
+                .unwrap_or_default()
+        };
+        spec(&format!(
+            r#"
+name: {table}
+source: {{type: sqs, queue: q}}
+target: {{url: "postgres://u@h/db", table: {table}}}
+columns:
+  a: {{path: $.ip, transforms: [{{type: hash}}]{}}}
+  b: {{path: $.ip, transforms: [{{type: encrypt}}]{}}}
+tests:
+  - name: hash_of compares in each column's own domain
+    body: {{ip: 10.9.8.7}}
+    expect_row: {{a: {{hash_of: 10.9.8.7}}, b: {{hash_of: 10.9.8.7}}}}
+"#,
+            d(domains[0]),
+            d(domains[1])
+        ))
+    }
+
+    /// The row of a message with `ip`, and its vault entries' domains.
+    fn row(spec: &Spec, ip: &str) -> (Vec<String>, Vec<String>) {
+        let (p, _) = test_processor(spec).unwrap();
+        let msg = ReceivedMessage {
+            message_id: "m".into(),
+            receipt_handle: String::new(),
+            body: format!(r#"{{"ip": "{ip}"}}"#),
+            attributes: HashMap::new(),
+            message_attributes: HashMap::new(),
+        };
+        match p.process(msg).outcome {
+            Outcome::Row { values, vault } => (
+                values.iter().map(|v| v.to_json().to_string()).collect(),
+                vault.iter().map(|v| v.domain.to_string()).collect(),
+            ),
+            Outcome::Reject { reason } => panic!("{reason}"),
+        }
+    }
+
+    #[test]
+    fn token_domains_separate_columns_unless_they_share_one() {
+        // Default: one domain per table.column, so the same IP gets two unrelated tokens.
+        let s = two_columns("logins", [None, None]);
+        let (v, domains) = row(&s, "10.9.8.7");
+        assert_ne!(v[0], v[1]);
+        assert_eq!(domains, ["logins.b"]);
+        assert!(run_spec_tests(&s).unwrap().iter().all(TestReport::passed));
+        // Both columns in one named domain: one token (a join is possible).
+        let shared = two_columns("logins", [Some("ip"), Some("ip")]);
+        let (w, domains) = row(&shared, "10.9.8.7");
+        assert_eq!(w[0], w[1]);
+        assert_eq!(domains, ["ip"]);
+        assert_ne!(w[0], v[0]);
+        assert!(
+            run_spec_tests(&shared)
+                .unwrap()
+                .iter()
+                .all(TestReport::passed)
+        );
+        // Across specs (other target table): equal in the shared domain, unequal by default.
+        let other = two_columns("purchases", [Some("ip"), None]);
+        let (x, _) = row(&other, "10.9.8.7");
+        assert_eq!(x[0], w[0]);
+        assert_ne!(x[1], v[1]);
+        // Legacy tokens: one token for the value everywhere, as before domains.
+        let legacy = spec(&SPEC.replace(
+            "target: {url: \"postgres://u@h/db\", table: t}",
+            "target: {url: \"postgres://u@h/db\", table: t}\nvault: {legacy_tokens: true}",
+        ));
+        assert!(legacy.vault.legacy_tokens);
+        assert!(
+            run_spec_tests(&legacy)
+                .unwrap()
+                .iter()
+                .all(TestReport::passed)
+        );
+        let ring = Keyring::fixed_test_keyring();
+        let (p, _) = test_processor(&legacy).unwrap();
+        assert_eq!(
+            p.tokenizer_of("masked_ip").unwrap().token(b"abc"),
+            Tokenizer::new(&ring.hash_keys[0])
+                .unwrap()
+                .legacy(true)
+                .domain("anything")
+                .token(b"abc")
+        );
+    }
+
+    #[test]
+    fn token_domain_is_checked() {
+        let bad = |col: &str| {
+            let text = SPEC.replace("  user_id: {path: $.user_id, required: true}", col);
+            parse_spec_str(&text, Path::new("t.yaml"), false)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad("  user_id: {path: $.user_id, token_domain: ids}");
+        assert!(
+            err.contains("columns.user_id.token_domain") && err.contains("`hash` or `encrypt`"),
+            "{err}"
+        );
+        let err =
+            bad("  user_id: {path: $.user_id, transforms: [{type: hash}], token_domain: \"a b\"}");
+        assert!(err.contains("columns.user_id.token_domain"), "{err}");
+    }
 }

@@ -18,7 +18,7 @@ pub const KEYRING_ENV: &str = "ETL_KEYRING";
 pub const KEYRING_JSON_ENV: &str = "ETL_KEYRING_JSON";
 
 /// `ETL_KEYRING_JSON` as read at start, before `main` removed it from the environment (so
-/// child processes and `/proc/PID/environ` no longer show it).
+/// child processes do not inherit it).
 static STASHED_JSON: OnceLock<Zeroizing<String>> = OnceLock::new();
 
 /// Moves `ETL_KEYRING_JSON` into process memory for [`Keyring::load`]. Returns whether the

@@ -21,6 +21,23 @@ pub const CONTEXT_PURPOSE: &str = "etl-engine:purpose";
 /// Encryption-context entry naming the key id.
 pub const CONTEXT_KEY_ID: &str = "etl-engine:key-id";
 
+/// A KMS failure in one line: the service's error code and message, or for a failure to reach
+/// KMS at all, the error chain. Never the raw response (the SDK's debug form holds headers).
+fn describe<E, R>(e: &aws_sdk_kms::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}{}",
+            s.code().unwrap_or("service error"),
+            s.message().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+        None => aws_sdk_kms::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
 /// Which KMS key wraps a keyring, and how to reach KMS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KmsSettings {
@@ -124,7 +141,7 @@ impl KmsClient {
                 let invalid = e
                     .as_service_error()
                     .is_some_and(|s| s.is_invalid_ciphertext_exception());
-                let detail = aws_sdk_kms::error::DisplayErrorContext(&e).to_string();
+                let detail = describe(&e);
                 if invalid {
                     self.error(
                         "Decrypt",
@@ -166,13 +183,7 @@ impl KmsClient {
             .encryption_context(CONTEXT_KEY_ID, id)
             .send()
             .await
-            .map_err(|e| {
-                self.error(
-                    "Encrypt",
-                    id,
-                    aws_sdk_kms::error::DisplayErrorContext(&e).to_string(),
-                )
-            })?;
+            .map_err(|e| self.error("Encrypt", id, describe(&e)))?;
         out.ciphertext_blob
             .map(Blob::into_inner)
             .ok_or_else(|| self.error("Encrypt", id, "no ciphertext in the answer"))
@@ -194,13 +205,7 @@ impl KmsClient {
             .encryption_context(CONTEXT_KEY_ID, id)
             .send()
             .await
-            .map_err(|e| {
-                self.error(
-                    "GenerateDataKeyWithoutPlaintext",
-                    id,
-                    aws_sdk_kms::error::DisplayErrorContext(&e).to_string(),
-                )
-            })?;
+            .map_err(|e| self.error("GenerateDataKeyWithoutPlaintext", id, describe(&e)))?;
         out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| {
             self.error(
                 "GenerateDataKeyWithoutPlaintext",
