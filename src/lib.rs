@@ -16,6 +16,7 @@
 //! [`spec`] loads and validates the YAML that drives all of this; [`vault`] holds the keyring,
 //! the cipher and PII recovery.
 
+pub mod aws;
 pub mod crypto;
 pub mod db;
 pub mod decode;

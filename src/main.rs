@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use cmd::{Exit, UsageError};
-use etl_engine::crypto::Keyring;
+use etl_engine::crypto::keyring;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,11 +94,13 @@ enum Command {
     },
     /// Write a new keyring (one hashing key, one encryption key) to FILE, readable by the owner only.
     Keygen {
-        /// Where to write it. Never overwritten unless --force.
+        /// Where to write it. Never overwritten unless --force; never through a symbolic link.
         file: PathBuf,
-        /// Replace an existing file (its keys are lost: values encrypted with them can no longer be recovered).
+        /// Replace an existing file atomically (its keys are lost: values encrypted with them can no longer be recovered).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        kms: cmd::vault::KmsArgs,
     },
     /// Recover original values of an encrypted column. Every recovery is audited.
     VaultDecrypt(cmd::decrypt::DecryptArgs),
@@ -137,6 +139,15 @@ enum OutputFormat {
 }
 
 fn main() -> ExitCode {
+    // The keyring JSON leaves the environment before anything else runs, so child processes
+    // and later environment reads no longer see it; the library keeps its copy in memory.
+    // (The kernel's copy of the initial environment, /proc/PID/environ, is not rewritten.)
+    if keyring::stash_json_from_env() {
+        // SAFETY: `remove_var` is unsound only while another thread may read the environment.
+        // This is the first statement of `main`: no thread has been spawned yet (the async
+        // runtime is built below), and nothing before it reads the environment concurrently.
+        unsafe { std::env::remove_var(keyring::KEYRING_JSON_ENV) };
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -222,17 +233,7 @@ async fn dispatch(cmd: Command) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Keygen { file, force } => {
-            let ring = Keyring::generate().map_err(cmd::usage)?;
-            ring.write(&file, force).map_err(cmd::usage)?;
-            println!(
-                "Wrote keyring {} (hash key {}, encryption key {}). Keep it secret and backed up: without it, vaulted values cannot be recovered.",
-                file.display(),
-                ring.hash_keys[0].id,
-                ring.encryption_keys[0].id
-            );
-            Ok(0)
-        }
+        Command::Keygen { file, force, kms } => cmd::vault::cmd_keygen(&file, force, kms).await,
         Command::VaultDecrypt(args) => cmd::decrypt::cmd_decrypt(args).await,
         Command::Send {
             spec,

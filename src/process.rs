@@ -10,7 +10,7 @@ use crate::source::ReceivedMessage;
 use crate::source::file::{INVALID_UTF8_ATTRIBUTE, OVERSIZED_LINE_ATTRIBUTE};
 use crate::source::jsonl::MAX_LINE_BYTES;
 use crate::spec::{Condition, Output, Spec, Unmatched};
-use crate::transform::{Context, PendingVault, Tokenizer, Transform};
+use crate::transform::{Context, DomainTokenizer, PendingVault, Tokenizer, Transform};
 use crate::value::Val;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -69,6 +69,9 @@ pub struct Processor {
     outputs: Arc<Vec<Output>>,
     /// Each output's columns' transform chains, built once, in column order.
     chains: Arc<Vec<Vec<Vec<Transform>>>>,
+    /// Each output's columns' token makers (the column's domain), in column order; `None` for
+    /// columns that neither hash nor encrypt.
+    tokenizers: Arc<Vec<Vec<Option<DomainTokenizer>>>>,
     /// The spec's `decode:` steps.
     decoder: Decoder,
     /// The spec-level filter.
@@ -77,7 +80,6 @@ pub struct Processor {
     unmatched: Unmatched,
     /// Whether reasons name the output (only when there are several).
     name_outputs: bool,
-    tokenizer: Option<Tokenizer>,
     max_receive_count: Option<u32>,
 }
 
@@ -99,14 +101,29 @@ impl Processor {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tokenizers = spec
+            .outputs
+            .iter()
+            .map(|o| {
+                o.columns
+                    .iter()
+                    .map(|c| {
+                        tokenizer
+                            .as_ref()
+                            .filter(|_| c.hashes() || c.encrypts())
+                            .map(|t| t.domain(&c.domain(&o.table)))
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(Self {
             outputs: Arc::new(spec.outputs.clone()),
             chains: Arc::new(chains),
+            tokenizers: Arc::new(tokenizers),
             decoder: Decoder::new(spec.decode.clone()),
             filter: spec.filter.clone(),
             unmatched: spec.unmatched,
             name_outputs: spec.outputs.len() > 1,
-            tokenizer,
             max_receive_count,
         })
     }
@@ -114,6 +131,13 @@ impl Processor {
     /// The outputs, in spec order (a [`Row`]'s `output` indexes this).
     pub fn outputs(&self) -> &[Output] {
         &self.outputs
+    }
+
+    /// The token maker of `column` in output `output` (its domain), if it hashes or encrypts.
+    pub fn tokenizer_of(&self, output: usize, column: &str) -> Option<&DomainTokenizer> {
+        let o = self.outputs.get(output)?;
+        let i = o.columns.iter().position(|c| c.name == column)?;
+        self.tokenizers[output][i].as_ref()
     }
 
     /// Processes one message.
@@ -223,7 +247,7 @@ impl Processor {
                 };
                 if take {
                     message_taken = true;
-                    match self.row(output, chains, (body, meta), None, msg, &mut vault) {
+                    match self.row(oi, chains, (body, meta), None, msg, &mut vault) {
                         Ok(values) => rows.push(Row { output: oi, values }),
                         Err(e) => return reject(label(&e)),
                     }
@@ -258,7 +282,7 @@ impl Processor {
                 }
                 element_groups[gi].1[index] = true;
                 let element = Element { value: item, index };
-                match self.row(output, chains, (body, meta), Some(element), msg, &mut vault) {
+                match self.row(oi, chains, (body, meta), Some(element), msg, &mut vault) {
                     Ok(values) => rows.push(Row { output: oi, values }),
                     Err(e) => return reject(label(&format!("element {index}: {e}"))),
                 }
@@ -291,15 +315,21 @@ impl Processor {
     /// One output's row: every column extracted, checked and transformed, in order.
     fn row(
         &self,
-        output: &Output,
+        oi: usize,
         chains: &[Vec<Transform>],
         (body, meta): (&serde_json::Value, &DecodedMeta),
         element: Option<Element<'_>>,
         msg: &ReceivedMessage,
         vault: &mut Vec<PendingVault>,
     ) -> Result<Vec<Val>, String> {
+        let output = &self.outputs[oi];
         let mut values = Vec::with_capacity(output.columns.len());
-        for (col, chain) in output.columns.iter().zip(chains.iter()) {
+        for ((col, chain), tokenizer) in output
+            .columns
+            .iter()
+            .zip(chains.iter())
+            .zip(self.tokenizers[oi].iter())
+        {
             let mut v = extract(&col.source, body, element, msg, meta)
                 .map_err(|e| format!("column {}: extract: {e}", col.name))?;
             if col.required && v.is_null() {
@@ -309,7 +339,7 @@ impl Processor {
                 ));
             }
             let mut ctx = Context {
-                tokenizer: self.tokenizer.as_ref(),
+                tokenizer: tokenizer.as_ref(),
                 table: &output.table,
                 column: &col.name,
                 vault,

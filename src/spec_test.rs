@@ -13,7 +13,7 @@ use crate::crypto::Keyring;
 use crate::process::{Outcome, Processor};
 use crate::source::ReceivedMessage;
 use crate::spec::{SourceConfig, Spec, SpecTestConfig};
-use crate::transform::Tokenizer;
+use crate::transform::{DomainTokenizer, Tokenizer};
 use serde_json::Value as J;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -172,7 +172,9 @@ pub fn test_message(test: &SpecTestConfig, index: usize) -> ReceivedMessage {
 pub fn test_processor(spec: &Spec) -> Result<(Processor, Tokenizer), String> {
     let ring = Keyring::fixed_test_keyring();
     // The fixed keyring always has exactly one active hash key.
-    let tokenizer = Tokenizer::new(&ring.hash_keys[0]);
+    let tokenizer = Tokenizer::new(&ring.hash_keys[0])
+        .map_err(|e| e.to_string())?
+        .legacy(spec.vault.legacy_tokens);
     let max_receive = match &spec.source {
         SourceConfig::Sqs(s) => Some(s.max_receive_count),
         SourceConfig::File(_) => None,
@@ -183,45 +185,42 @@ pub fn test_processor(spec: &Spec) -> Result<(Processor, Tokenizer), String> {
 
 /// Runs every test of `spec`, in order. Fails only if the spec's transforms cannot be built.
 pub fn run_spec_tests(spec: &Spec) -> Result<Vec<TestReport>, String> {
-    let (processor, tokenizer) = test_processor(spec)?;
+    let (processor, _) = test_processor(spec)?;
     Ok(spec
         .tests
         .iter()
         .enumerate()
         .map(|(i, t)| TestReport {
             name: t.name.clone(),
-            failures: check(&processor, &tokenizer, t, i),
+            failures: check(&processor, t, i),
         })
         .collect())
 }
 
-fn check(
-    processor: &Processor,
-    tokenizer: &Tokenizer,
-    test: &SpecTestConfig,
-    index: usize,
-) -> Vec<Failure> {
+fn check(processor: &Processor, test: &SpecTestConfig, index: usize) -> Vec<Failure> {
     let processed = processor.process(test_message(test, index));
     let outputs = processor.outputs();
     match (&processed.outcome, test) {
         (Outcome::Rows { rows, .. }, t) if t.expect_row.is_some() || t.expect_rows.is_some() => {
             // The rows by table, as JSON, in the order they were produced.
-            let mut got: BTreeMap<&str, Vec<BTreeMap<String, J>>> = BTreeMap::new();
+            type Got = (usize, BTreeMap<String, J>);
+            let mut got: BTreeMap<&str, Vec<Got>> = BTreeMap::new();
             for r in rows {
                 let o = &outputs[r.output];
-                got.entry(o.table.as_str()).or_default().push(
+                got.entry(o.table.as_str()).or_default().push((
+                    r.output,
                     o.columns
                         .iter()
                         .zip(&r.values)
                         .map(|(c, v)| (c.name.clone(), v.to_json()))
                         .collect(),
-                );
+                ));
             }
             let mut failures = Vec::new();
             if let Some(expected) = &t.expect_row {
-                let all: Vec<&BTreeMap<String, J>> = got.values().flatten().collect();
+                let all: Vec<&Got> = got.values().flatten().collect();
                 match all.as_slice() {
-                    [one] => compare_row("", expected, one, tokenizer, &mut failures),
+                    [(oi, one)] => compare_row("", expected, one, (processor, *oi), &mut failures),
                     _ => failures.push(Failure::RowCount {
                         table: got.keys().copied().collect::<Vec<_>>().join(", "),
                         expected: 1,
@@ -241,9 +240,9 @@ fn check(
                         });
                         continue;
                     }
-                    for (i, (w, h)) in want.iter().zip(have).enumerate() {
+                    for (i, (w, (oi, h))) in want.iter().zip(have).enumerate() {
                         let at = format!("{}[{i}].", o.table);
-                        compare_row(&at, w, h, tokenizer, &mut failures);
+                        compare_row(&at, w, h, (processor, *oi), &mut failures);
                     }
                 }
             }
@@ -293,7 +292,7 @@ fn compare_row(
     at: &str,
     expected: &BTreeMap<String, J>,
     actual: &BTreeMap<String, J>,
-    tokenizer: &Tokenizer,
+    (processor, output): (&Processor, usize),
     failures: &mut Vec<Failure>,
 ) {
     for (column, value) in actual {
@@ -303,11 +302,13 @@ fn compare_row(
                 column: column_at,
                 actual: value.clone(),
             }),
-            Some(e) if !matches(e, value, tokenizer) => failures.push(Failure::Column {
-                column: column_at,
-                expected: e.clone(),
-                actual: value.clone(),
-            }),
+            Some(e) if !matches(e, value, processor.tokenizer_of(output, column)) => {
+                failures.push(Failure::Column {
+                    column: column_at,
+                    expected: e.clone(),
+                    actual: value.clone(),
+                })
+            }
             Some(_) => {}
         }
     }
@@ -315,14 +316,16 @@ fn compare_row(
 
 /// Whether `actual` meets `expected`: equal JSON, a `{hash_of: ...}` token, or the same instant
 /// written another way (`2024-05-01T12:00:00+02:00` meets `2024-05-01T10:00:00.000Z`).
-fn matches(expected: &J, actual: &J, tokenizer: &Tokenizer) -> bool {
+fn matches(expected: &J, actual: &J, tokenizer: Option<&DomainTokenizer>) -> bool {
     if expected == actual {
         return true;
     }
     if let J::Object(m) = expected
         && let (1, Some(J::String(raw))) = (m.len(), m.get(HASH_OF))
     {
-        return actual.as_str() == Some(tokenizer.token(raw.as_bytes()).as_str());
+        // `hash_of` names the token in the column's own domain; a column without tokens has none.
+        return tokenizer
+            .is_some_and(|t| actual.as_str() == Some(t.token(raw.as_bytes()).as_str()));
     }
     match (expected, actual) {
         (J::String(e), J::String(a)) => match (
@@ -408,6 +411,8 @@ tests:
             actual.as_str(),
             Some(
                 Tokenizer::new(&ring.hash_keys[0])
+                    .unwrap()
+                    .domain("t.masked_ip")
                     .token(b"10.0.0.1")
                     .as_str()
             )
@@ -446,5 +451,119 @@ tests:
         assert_eq!(m.attributes["ApproximateReceiveCount"], "3");
         assert_eq!(m.attributes["SenderId"], "AID");
         assert_eq!(m.message_attributes["n"], "5");
+    }
+
+    /// Two hashed columns from one field, in table `table`; `domains` are their `token_domain`s.
+    fn two_columns(table: &str, domains: [Option<&str>; 2]) -> Spec {
+        let d = |x: Option<&str>| {
+            x.map(|n| format!(", token_domain: {n}"))
+                .unwrap_or_default()
+        };
+        spec(&format!(
+            r#"
+name: {table}
+source: {{type: sqs, queue: q}}
+target: {{url: "postgres://u@h/db", table: {table}}}
+columns:
+  a: {{path: $.ip, transforms: [{{type: hash}}]{}}}
+  b: {{path: $.ip, transforms: [{{type: encrypt}}]{}}}
+tests:
+  - name: hash_of compares in each column's own domain
+    body: {{ip: 10.9.8.7}}
+    expect_row: {{a: {{hash_of: 10.9.8.7}}, b: {{hash_of: 10.9.8.7}}}}
+"#,
+            d(domains[0]),
+            d(domains[1])
+        ))
+    }
+
+    /// The row of a message with `ip`, and its vault entries' domains.
+    fn row(spec: &Spec, ip: &str) -> (Vec<String>, Vec<String>) {
+        let (p, _) = test_processor(spec).unwrap();
+        let msg = ReceivedMessage {
+            message_id: "m".into(),
+            receipt_handle: String::new(),
+            body: format!(r#"{{"ip": "{ip}"}}"#),
+            attributes: HashMap::new(),
+            message_attributes: HashMap::new(),
+        };
+        match p.process(msg).outcome {
+            Outcome::Rows { rows, vault } => (
+                rows[0]
+                    .values
+                    .iter()
+                    .map(|v| v.to_json().to_string())
+                    .collect(),
+                vault.iter().map(|v| v.domain.to_string()).collect(),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_domains_separate_columns_unless_they_share_one() {
+        // Default: one domain per table.column, so the same IP gets two unrelated tokens.
+        let s = two_columns("logins", [None, None]);
+        let (v, domains) = row(&s, "10.9.8.7");
+        assert_ne!(v[0], v[1]);
+        assert_eq!(domains, ["logins.b"]);
+        assert!(run_spec_tests(&s).unwrap().iter().all(TestReport::passed));
+        // Both columns in one named domain: one token (a join is possible).
+        let shared = two_columns("logins", [Some("ip"), Some("ip")]);
+        let (w, domains) = row(&shared, "10.9.8.7");
+        assert_eq!(w[0], w[1]);
+        assert_eq!(domains, ["ip"]);
+        assert_ne!(w[0], v[0]);
+        assert!(
+            run_spec_tests(&shared)
+                .unwrap()
+                .iter()
+                .all(TestReport::passed)
+        );
+        // Across specs (other target table): equal in the shared domain, unequal by default.
+        let other = two_columns("purchases", [Some("ip"), None]);
+        let (x, _) = row(&other, "10.9.8.7");
+        assert_eq!(x[0], w[0]);
+        assert_ne!(x[1], v[1]);
+        // Legacy tokens: one token for the value everywhere, as before domains.
+        let legacy = spec(&SPEC.replace(
+            "target: {url: \"postgres://u@h/db\", table: t}",
+            "target: {url: \"postgres://u@h/db\", table: t}\nvault: {legacy_tokens: true}",
+        ));
+        assert!(legacy.vault.legacy_tokens);
+        assert!(
+            run_spec_tests(&legacy)
+                .unwrap()
+                .iter()
+                .all(TestReport::passed)
+        );
+        let ring = Keyring::fixed_test_keyring();
+        let (p, _) = test_processor(&legacy).unwrap();
+        assert_eq!(
+            p.tokenizer_of(0, "masked_ip").unwrap().token(b"abc"),
+            Tokenizer::new(&ring.hash_keys[0])
+                .unwrap()
+                .legacy(true)
+                .domain("anything")
+                .token(b"abc")
+        );
+    }
+
+    #[test]
+    fn token_domain_is_checked() {
+        let bad = |col: &str| {
+            let text = SPEC.replace("  user_id: {path: $.user_id, required: true}", col);
+            parse_spec_str(&text, Path::new("t.yaml"), false)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad("  user_id: {path: $.user_id, token_domain: ids}");
+        assert!(
+            err.contains("columns.user_id.token_domain") && err.contains("`hash` or `encrypt`"),
+            "{err}"
+        );
+        let err =
+            bad("  user_id: {path: $.user_id, transforms: [{type: hash}], token_domain: \"a b\"}");
+        assert!(err.contains("columns.user_id.token_domain"), "{err}");
     }
 }

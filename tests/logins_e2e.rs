@@ -303,7 +303,7 @@ async fn redelivered_message_already_in_ledger_adds_no_row() {
         .unwrap();
     assert_eq!(msgs.len(), 1);
     let receipt = msgs[0].receipt_handle.clone();
-    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
+    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
     let processor = etl_engine::process::Processor::new(&spec, Some(tok), None).unwrap();
     let processed: Vec<_> = msgs.into_iter().map(|m| processor.process(m)).collect();
     let pool = sqlx::PgPool::connect(&db).await.unwrap();

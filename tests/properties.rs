@@ -7,7 +7,7 @@
 //! `src/source/sqs_query/response.rs`.
 
 use base64::Engine;
-use etl_engine::crypto::{Binding, Keyring, Tokenizer, VaultCipher};
+use etl_engine::crypto::{Binding, DomainTokenizer, Keyring, Tokenizer, VaultCipher};
 use etl_engine::decode::{Decoder, decode};
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::ReceivedMessage;
@@ -466,7 +466,7 @@ proptest! {
 
 /// A valid keyring (fixed test keys, so the material to look for is known) as JSON.
 fn valid_keyring() -> (J, Vec<String>) {
-    let json: J = serde_json::from_str(&Keyring::fixed_test_keyring().to_json()).unwrap();
+    let json: J = serde_json::from_str(&Keyring::fixed_test_keyring().to_json().unwrap()).unwrap();
     let mut keys = Vec::new();
     for list in ["hash_keys", "encryption_keys"] {
         for k in json[list].as_array().unwrap() {
@@ -587,12 +587,14 @@ proptest! {
     }
 }
 
-fn crypto() -> &'static (Tokenizer, VaultCipher) {
-    static C: OnceLock<(Tokenizer, VaultCipher)> = OnceLock::new();
+fn crypto() -> &'static (DomainTokenizer, VaultCipher) {
+    static C: OnceLock<(DomainTokenizer, VaultCipher)> = OnceLock::new();
     C.get_or_init(|| {
         let ring = Keyring::fixed_test_keyring();
         (
-            Tokenizer::new(&ring.hash_keys[0]),
+            Tokenizer::new(&ring.hash_keys[0])
+                .unwrap()
+                .domain("user_logins.masked_ip"),
             VaultCipher::new(&ring).unwrap(),
         )
     })

@@ -596,7 +596,7 @@ fn processed(
     bodies: &[String],
 ) -> (Vec<Processed>, Arc<etl_engine::crypto::VaultCipher>) {
     let ring = etl_engine::crypto::Keyring::from_file(keyring).unwrap();
-    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap());
+    let tok = etl_engine::transform::Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
     let processor = Processor::new(spec, Some(tok), None).unwrap();
     let now = chrono::Utc::now().timestamp_millis().to_string();
     let batch = bodies

@@ -174,7 +174,7 @@ impl Setup {
         queue: Arc<MemQueue>,
         stats: Arc<Stats>,
     ) -> Result<etl_engine::stats::Summary, PipelineError> {
-        let tok = Tokenizer::new(self.ring.active_hash_key().unwrap());
+        let tok = Tokenizer::new(self.ring.active_hash_key().unwrap()).unwrap();
         let processor = Processor::new(&self.spec, Some(tok), Some(10)).unwrap();
         let cipher = Arc::new(VaultCipher::new(&self.ring).unwrap());
         let sink = Arc::new(Sink::new(self.pool.clone(), &self.spec, cipher));

@@ -163,9 +163,10 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
     let ring = Keyring::generate().unwrap();
     let key_b64 = {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(ring.encryption_keys[0].material())
+        base64::engine::general_purpose::STANDARD
+            .encode(ring.encryption_keys[0].material().unwrap())
     };
-    let key_hex = hex::encode(ring.encryption_keys[0].material());
+    let key_hex = hex::encode(ring.encryption_keys[0].material().unwrap());
     let secrets = [ip, "555-00-7777", &key_b64[..20], &key_hex[..20]];
     let check = |what: &str, dbg: String| {
         for s in secrets {
@@ -203,7 +204,7 @@ fn debug_of_pii_and_key_carrying_types_is_redacted() {
     // A row (with pending vault values) and a reject (with its body), through the real processor.
     let spec_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/logins.yaml");
     let spec = etl_engine::spec::load_spec(&spec_path).unwrap();
-    let tok = Tokenizer::new(ring.active_hash_key().unwrap());
+    let tok = Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
     check("Tokenizer", format!("{tok:?}"));
     let p = Processor::new(&spec, Some(tok), None).unwrap();
     let mut attrs = HashMap::new();

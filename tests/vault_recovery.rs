@@ -37,6 +37,16 @@ async fn audit_count(pool: &sqlx::PgPool) -> i64 {
         .0
 }
 
+/// Writes a keyring file owner-only, as keyrings are (a looser file adds a warning line).
+fn write_private(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
 fn decrypt(f: &Fixture, keyring: &std::path::Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "vault-decrypt",
@@ -300,7 +310,7 @@ async fn tampered_values_wrong_keyrings_and_removed_keys_fail_cleanly() {
         serde_json::from_str(&std::fs::read_to_string(&other).unwrap()).unwrap();
     json["encryption_keys"][0]["id"] = key_a.clone().into();
     let forged = f.dir.path().join("forged.json");
-    std::fs::write(&forged, json.to_string()).unwrap();
+    write_private(&forged, &json.to_string());
     let err = exited(&decrypt(&f, &forged, &["--token", &t[3]]), 1);
     assert!(
         err.contains(&format!("decryption with key {key_a} failed")),
@@ -337,7 +347,7 @@ async fn tampered_values_wrong_keyrings_and_removed_keys_fail_cleanly() {
 
     // A keyring file that is not JSON: one line, exit 2, content not echoed.
     let broken = f.dir.path().join("broken.json");
-    std::fs::write(&broken, "{\"hash_keys\": [ c2VjcmV0").unwrap();
+    write_private(&broken, "{\"hash_keys\": [ c2VjcmV0");
     let err = exited(&decrypt(&f, &broken, &["--token", &t[3]]), 2);
     assert!(
         err.contains("broken.json") && !err.contains("c2VjcmV0"),

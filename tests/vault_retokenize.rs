@@ -1,7 +1,8 @@
 //! Replacing a hash key, against real LocalStack and Postgres: after a new hash key, new rows
 //! of a value no longer match old ones; `vault-retokenize` gives every encrypted column the new
 //! key's tokens, in the vault and the target table, so equality holds again and every value
-//! still decrypts.
+//! still decrypts. It also moves a vault written with `vault.legacy_tokens` (undomained tokens)
+//! to token domains.
 
 mod common;
 mod vault_common;
@@ -48,7 +49,10 @@ async fn retokenize_after_a_new_hash_key_restores_equality() {
         true,
     );
     let ring = Keyring::from_file(&f.keyring).unwrap();
-    let tok = Tokenizer::new(ring.active_hash_key().unwrap());
+    let tokenizer = Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
+    // Each column has its own token domain (`table.column`).
+    let tok = tokenizer.domain("user_logins.masked_ip");
+    let tok_device = tokenizer.domain("user_logins.masked_device_id");
 
     // The problem: the same IP now gets another token.
     let late = Login {
@@ -120,7 +124,7 @@ async fn retokenize_after_a_new_hash_key_restores_equality() {
         assert_eq!(ip, &tok.token(by_user[u.as_str()].ip.as_bytes()), "{u}");
         assert_eq!(
             d,
-            &tok.token(by_user[u.as_str()].device_id.as_bytes()),
+            &tok_device.token(by_user[u.as_str()].device_id.as_bytes()),
             "{u}"
         );
     }
@@ -182,4 +186,87 @@ async fn retokenize_after_a_new_hash_key_restores_equality() {
     exited(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("masked_ip: 0 token(s) replaced"));
     pool.close().await;
+}
+
+#[tokio::test]
+async fn retokenize_moves_a_legacy_vault_to_token_domains() {
+    let f = Fixture::new().await;
+    let domained_spec = std::fs::read_to_string(&f.spec).unwrap();
+    let legacy_spec = domained_spec.replace("vault:\n", "vault:\n  legacy_tokens: true\n");
+    assert_ne!(legacy_spec, domained_spec);
+    std::fs::write(&f.spec, &legacy_spec).unwrap();
+    let sent = logins(4, 6);
+    f.send(&sent.iter().map(Login::body).collect::<Vec<_>>())
+        .await;
+    f.run_drain(&f.keyring, &[]);
+    let pool = f.pool().await;
+    let ring = Keyring::from_file(&f.keyring).unwrap();
+    let tokenizer = Tokenizer::new(ring.active_hash_key().unwrap()).unwrap();
+    let rows = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT user_id, masked_ip, masked_device_id FROM user_logins ORDER BY user_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // Legacy mode: both columns use the undomained token of the hash key itself.
+    let legacy = tokenizer.clone().legacy(true).domain("any");
+    let by_user: HashMap<&str, &Login> = sent.iter().map(|l| (l.user_id.as_str(), l)).collect();
+    for (u, ip, d) in rows(pool.clone()).await {
+        assert_eq!(ip, legacy.token(by_user[u.as_str()].ip.as_bytes()), "{u}");
+        assert_eq!(d, legacy.token(by_user[u.as_str()].device_id.as_bytes()));
+    }
+
+    // Without the flag, re-tokenizing both columns moves them to their domains.
+    std::fs::write(&f.spec, &domained_spec).unwrap();
+    let out = f.engine(
+        &[
+            "vault-retokenize",
+            f.spec_s(),
+            "--column",
+            "masked_ip",
+            "--column",
+            "masked_device_id",
+        ],
+        &f.keyring,
+        &[],
+    );
+    exited(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 token(s) replaced"),
+        "{out:?}"
+    );
+    let ip_domain = tokenizer.domain("user_logins.masked_ip");
+    let device_domain = tokenizer.domain("user_logins.masked_device_id");
+    let after = rows(pool.clone()).await;
+    assert_eq!(after.len(), 4);
+    for (u, ip, d) in &after {
+        assert_eq!(
+            ip,
+            &ip_domain.token(by_user[u.as_str()].ip.as_bytes()),
+            "{u}"
+        );
+        assert_eq!(
+            d,
+            &device_domain.token(by_user[u.as_str()].device_id.as_bytes())
+        );
+    }
+    // The moved values still decrypt under their new tokens.
+    let out = f.engine(
+        &[
+            "vault-decrypt",
+            f.spec_s(),
+            "--column",
+            "masked_ip",
+            "--token",
+            &after[0].1,
+            "--reason",
+            "migration check",
+        ],
+        &f.keyring,
+        &[],
+    );
+    exited(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&by_user[after[0].0.as_str()].ip));
 }

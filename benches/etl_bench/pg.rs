@@ -114,8 +114,12 @@ pub async fn run(
     db_url: &str,
     connections: usize,
 ) -> anyhow::Result<PgCeiling> {
-    let ring = Keyring::load(spec.vault.keyring.as_deref().map(std::path::Path::new))?;
-    let tokenizer = Tokenizer::new(ring.active_hash_key()?);
+    let ring = Keyring::load(
+        spec.vault.keyring.as_deref().map(std::path::Path::new),
+        etl_engine::crypto::KeyUse::WRITE,
+    )
+    .await?;
+    let tokenizer = Tokenizer::new(ring.active_hash_key()?)?;
     let cipher = VaultCipher::new(&ring)?;
     // The ceiling is measured for one output table (the logins spec's).
     let [output] = spec.outputs.as_slice() else {

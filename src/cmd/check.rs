@@ -3,7 +3,7 @@
 
 use super::{load, load_keyring, usage};
 use anyhow::{Result, anyhow};
-use etl_engine::crypto::VaultCipher;
+use etl_engine::crypto::{KeyUse, VaultCipher};
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, Sink};
 use etl_engine::source::{self, SqsError};
@@ -31,7 +31,7 @@ pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
         spec.name
     );
 
-    let ring = load_keyring(&spec)?;
+    let ring = load_keyring(&spec, KeyUse::WRITE).await?;
     let hash = ring.active_hash_key().map_err(usage)?;
     let enc = ring.active_encryption_key().map_err(usage)?;
     VaultCipher::new(&ring).map_err(usage)?;

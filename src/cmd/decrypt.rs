@@ -3,7 +3,7 @@
 use super::{connect_db, load, load_keyring, usage};
 use crate::OutputFormat;
 use anyhow::{Context, Result};
-use etl_engine::crypto::VaultCipher;
+use etl_engine::crypto::{KeyUse, VaultCipher};
 use etl_engine::vault::recover::{self, Selector};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
     let spec = load(&spec_path)?;
     // Which table to read is known before any service is touched: say so early.
     recover::resolve_output(&spec, &column, output.as_deref()).map_err(usage)?;
-    let ring = load_keyring(&spec)?;
+    let ring = load_keyring(&spec, KeyUse::RECOVER).await?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);
     if stdin {

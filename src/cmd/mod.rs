@@ -12,7 +12,7 @@ pub mod spec_tools;
 pub mod vault;
 
 use anyhow::{Result, anyhow};
-use etl_engine::crypto::Keyring;
+use etl_engine::crypto::{KeyUse, Keyring, Tokenizer};
 use etl_engine::retry::{Backoff, retry};
 use etl_engine::sink::{self, SinkError};
 use etl_engine::spec::{self, Spec};
@@ -54,8 +54,24 @@ pub fn load(path: &Path) -> Result<Spec> {
     spec::load_spec(path).map_err(usage)
 }
 
-pub fn load_keyring(spec: &Spec) -> Result<Keyring> {
-    Keyring::load(spec.vault.keyring.as_deref().map(Path::new)).map_err(usage)
+/// Loads the spec's keyring with only the keys `use_` needs (a KMS-wrapped keyring unwraps
+/// just those). A KMS failure is a runtime error (exit 1), a bad keyring a usage error.
+pub async fn load_keyring(spec: &Spec, use_: KeyUse) -> Result<Keyring> {
+    Keyring::load(spec.vault.keyring.as_deref().map(Path::new), use_)
+        .await
+        .map_err(|e| match e {
+            etl_engine::crypto::KeyringError::Kms { .. } => anyhow::Error::from(e),
+            other => usage(other),
+        })
+}
+
+/// The tokenizer of the spec: the keyring's active hash key, with domains unless the spec
+/// keeps `vault.legacy_tokens`.
+pub fn spec_tokenizer(spec: &Spec, ring: &Keyring) -> Result<Tokenizer> {
+    let key = ring.active_hash_key().map_err(usage)?;
+    Ok(Tokenizer::new(key)
+        .map_err(usage)?
+        .legacy(spec.vault.legacy_tokens))
 }
 
 /// Connects to Postgres, retrying while it is unreachable (it may be restarting).

@@ -4,7 +4,7 @@
 use super::decrypt::csv_field;
 use super::{connect_db, load, load_keyring, usage};
 use anyhow::{Context, Result};
-use etl_engine::crypto::VaultCipher;
+use etl_engine::crypto::{KeyUse, VaultCipher};
 use etl_engine::vault::rejects::{self, Query, RejectInfo};
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub async fn cmd_rejects(args: RejectsArgs) -> Result<u8> {
     // Bodies are read only with a reason, and then need the keyring.
     let body_reader = match reason {
         Some(reason) => {
-            let ring = load_keyring(&spec)?;
+            let ring = load_keyring(&spec, KeyUse::RECOVER).await?;
             Some((VaultCipher::new(&ring).map_err(usage)?, reason))
         }
         None => None,

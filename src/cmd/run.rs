@@ -1,8 +1,8 @@
 //! `etl-engine run`: load, connect, run the pipeline, summarize; signals shut it down cleanly.
 
-use super::{connect_db, load, load_keyring, usage};
+use super::{connect_db, load, load_keyring, spec_tokenizer, usage};
 use anyhow::{Context, Result, anyhow};
-use etl_engine::crypto::VaultCipher;
+use etl_engine::crypto::{KeyUse, VaultCipher};
 use etl_engine::metrics::{self, Metrics};
 use etl_engine::pipeline::{self, RunOptions};
 use etl_engine::process::Processor;
@@ -15,7 +15,6 @@ use etl_engine::stats::Stats;
 
 /// Exit code of `run --drain` when the queue still counted messages at the end.
 pub const EXIT_DRAIN_INCOMPLETE: u8 = 4;
-use etl_engine::transform::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -105,9 +104,18 @@ pub async fn cmd_run(
     observe: ObserveArgs,
 ) -> Result<u8> {
     let spec = load(spec_path)?;
-    let ring = load_keyring(&spec)?;
+    // Least key: the active hash key (if any column hashes) and the active encryption key,
+    // never the decrypt-only ones.
+    let ring = load_keyring(
+        &spec,
+        KeyUse {
+            hash: spec.uses_hash(),
+            ..KeyUse::WRITE
+        },
+    )
+    .await?;
     let tokenizer = if spec.uses_hash() {
-        Some(Tokenizer::new(ring.active_hash_key().map_err(usage)?))
+        Some(spec_tokenizer(&spec, &ring)?)
     } else {
         None
     };

@@ -4,7 +4,7 @@
 
 use super::{load, usage};
 use anyhow::{Context, Result};
-use etl_engine::crypto::{Keyring, KeyringError};
+use etl_engine::crypto::{KeyUse, Keyring, KeyringError};
 use etl_engine::process::{Outcome, Processor};
 use etl_engine::source::file;
 use etl_engine::source::jsonl::JsonLinesReader;
@@ -81,11 +81,15 @@ pub fn cmd_test(specs: &[PathBuf]) -> Result<u8> {
 
 /// The tokenizer for previews: the spec's keyring when one is configured, else the public test
 /// keyring (with a note, since those tokens differ from what `run` would write).
-fn preview_tokenizer(spec: &Spec) -> Result<Option<Tokenizer>> {
+async fn preview_tokenizer(spec: &Spec) -> Result<Option<Tokenizer>> {
     if !spec.uses_hash() {
         return Ok(None);
     }
-    let ring = match Keyring::load(spec.vault.keyring.as_deref().map(Path::new)) {
+    let hash_only = KeyUse {
+        hash: true,
+        ..KeyUse::NONE
+    };
+    let ring = match Keyring::load(spec.vault.keyring.as_deref().map(Path::new), hash_only).await {
         Ok(r) => r,
         Err(KeyringError::Missing) => {
             eprintln!(
@@ -95,7 +99,7 @@ fn preview_tokenizer(spec: &Spec) -> Result<Option<Tokenizer>> {
         }
         Err(e) => return Err(usage(e)),
     };
-    Ok(Some(Tokenizer::new(ring.active_hash_key().map_err(usage)?)))
+    Ok(Some(super::spec_tokenizer(spec, &ring)?))
 }
 
 /// One previewed message.
@@ -128,7 +132,7 @@ pub async fn cmd_preview(
     let file = tokio::fs::File::open(&input)
         .await
         .map_err(|e| usage(format!("cannot read --input {}: {e}", input.display())))?;
-    let tokenizer = preview_tokenizer(&spec)?;
+    let tokenizer = preview_tokenizer(&spec).await?;
     let sqs = matches!(spec.source, SourceConfig::Sqs(_));
     if sqs {
         eprintln!(

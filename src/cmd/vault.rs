@@ -2,11 +2,10 @@
 //! `etl-engine vault-rotate` (re-encrypt stored values under the active key) and
 //! `etl-engine vault-retokenize` (new tokens after a hash key change).
 
-use super::{connect_db, load, load_keyring, usage};
+use super::{connect_db, load, load_keyring, spec_tokenizer, usage};
 use anyhow::{Context, Result};
-use etl_engine::crypto::{KeyState, Keyring, Purpose, VaultCipher};
+use etl_engine::crypto::{KeyState, KeyUse, Keyring, KmsSettings, Purpose, VaultCipher};
 use etl_engine::sink;
-use etl_engine::transform::Tokenizer;
 use etl_engine::vault::retokenize;
 use etl_engine::vault::rotate::{self, Options, TableReport};
 use sqlx::AssertSqlSafe;
@@ -43,6 +42,14 @@ pub enum KeyringAction {
         /// active, decrypt_only or retired.
         state: KeyState,
     },
+    /// Convert a plain keyring into a KMS-wrapped one (kms:Encrypt of each key, file replaced
+    /// atomically). Retired keys keep no material.
+    Wrap {
+        /// The keyring file.
+        file: PathBuf,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
     /// Remove a key for good (not the active one). Values still encrypted with it can never be
     /// decrypted again: run `vault-rotate` first and pass --spec to have that checked.
     RemoveKey {
@@ -54,6 +61,55 @@ pub enum KeyringAction {
         #[arg(long)]
         spec: Option<PathBuf>,
     },
+}
+
+/// Where keyring material is wrapped: a KMS key, and how to reach KMS.
+#[derive(clap::Args)]
+pub struct KmsArgs {
+    /// Wrap the key material with this AWS KMS key (id, ARN or alias): the file then holds KMS
+    /// ciphertext blobs only, unwrapped in memory with kms:Decrypt when a command starts.
+    #[arg(long)]
+    pub kms_key_id: Option<String>,
+    /// KMS endpoint override, written into the keyring (tests, VPC endpoints). Without it the
+    /// AWS defaults apply, including AWS_ENDPOINT_URL_KMS.
+    #[arg(long, requires = "kms_key_id")]
+    pub kms_endpoint_url: Option<String>,
+    /// KMS region, written into the keyring; default: the key ARN's region, else AWS_REGION.
+    #[arg(long, requires = "kms_key_id")]
+    pub kms_region: Option<String>,
+}
+
+impl KmsArgs {
+    fn settings(self) -> Option<KmsSettings> {
+        self.kms_key_id.map(|key_id| KmsSettings {
+            key_id,
+            endpoint_url: self.kms_endpoint_url,
+            region: self.kms_region,
+        })
+    }
+}
+
+/// `etl-engine keygen`: a new keyring, plain or KMS-wrapped (keys made inside KMS).
+pub async fn cmd_keygen(file: &Path, force: bool, kms: KmsArgs) -> Result<u8> {
+    let ring = match kms.settings() {
+        Some(settings) => Keyring::generate_wrapped(settings).await?,
+        None => Keyring::generate().map_err(usage)?,
+    };
+    ring.write(file, force).map_err(usage)?;
+    let wrapped = match &ring.kms {
+        Some(k) => format!(
+            " Its key material is wrapped by KMS key {}: commands unwrap it with kms:Decrypt, and no plaintext key is on disk.",
+            k.key_id
+        ),
+        None => String::new(),
+    };
+    println!(
+        "Wrote keyring {} (hash key {}, encryption key {}). Keep it secret and backed up: without it, vaulted values cannot be recovered.{wrapped}",
+        file.display(),
+        ring.hash_keys[0].id,
+        ring.encryption_keys[0].id
+    );
+    Ok(0)
 }
 
 /// Arguments of `etl-engine vault-rotate`.
@@ -118,7 +174,11 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 .iter()
                 .find(|k| k.state == KeyState::Active)
                 .map(|k| k.id.clone());
-            let id = ring.add_key(purpose).map_err(usage)?;
+            let id = if ring.kms.is_some() {
+                ring.add_wrapped_key(purpose).await?
+            } else {
+                ring.add_key(purpose).map_err(usage)?
+            };
             write_ring(&ring, &file)?;
             match (purpose, before) {
                 (Purpose::Encryption, Some(old)) => println!(
@@ -152,6 +212,12 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 print!("; {d} is now decrypt_only");
             }
             println!(".");
+            if state == KeyState::Retired {
+                println!(
+                    "Its key material was dropped from {}: values still under it can no longer be decrypted.",
+                    file.display()
+                );
+            }
             if state != KeyState::Active
                 && ring.purpose_of(&key_id).ok() == Some(Purpose::Encryption)
                 && ring.active_encryption_key().is_err()
@@ -160,6 +226,25 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                     "warning: the keyring has no active encryption key now; `run` and `vault-rotate` need one."
                 );
             }
+            Ok(0)
+        }
+        KeyringAction::Wrap { file, kms } => {
+            let Some(settings) = kms.settings() else {
+                return Err(usage("keyring wrap needs --kms-key-id"));
+            };
+            let mut ring = read_ring(&file)?;
+            let kms_key = settings.key_id.clone();
+            ring.wrap(settings).await?;
+            write_ring(&ring, &file)?;
+            println!(
+                "Wrapped {} key(s) of {} with KMS key {kms_key}; the file holds no plaintext key material now. \
+                 Copies of the old file (backups, other hosts) still do: replace or destroy them.",
+                ring.summary()
+                    .iter()
+                    .filter(|(_, _, s)| *s != KeyState::Retired)
+                    .count(),
+                file.display()
+            );
             Ok(0)
         }
         KeyringAction::RemoveKey { file, key_id, spec } => {
@@ -250,7 +335,7 @@ fn describe(t: &TableReport) -> String {
 /// could not be decrypted, 3 when some are left for another run.
 pub async fn cmd_rotate(args: RotateArgs) -> Result<u8> {
     let spec = load(&args.spec)?;
-    let ring = load_keyring(&spec)?;
+    let ring = load_keyring(&spec, KeyUse::RECOVER).await?;
     ring.active_encryption_key().map_err(usage)?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);
@@ -313,8 +398,8 @@ pub async fn cmd_retokenize(args: RetokenizeArgs) -> Result<u8> {
     for c in &args.columns {
         retokenize::check_column(&spec, c).map_err(usage)?;
     }
-    let ring = load_keyring(&spec)?;
-    let tokenizer = Tokenizer::new(ring.active_hash_key().map_err(usage)?);
+    let ring = load_keyring(&spec, KeyUse::ROTATE).await?;
+    let tokenizer = spec_tokenizer(&spec, &ring)?;
     ring.active_encryption_key().map_err(usage)?;
     let cipher = VaultCipher::new(&ring).map_err(usage)?;
     drop(ring);

@@ -22,9 +22,13 @@ pub enum CipherError {
     )]
     UnknownKey(String),
     #[error(
-        "key {0} is retired in the keyring and cannot decrypt; set its state to decrypt_only to use it"
+        "key {0} is retired in the keyring and cannot decrypt (a retired key keeps no material)"
     )]
     RetiredKey(String),
+    #[error(
+        "key {0} is not loaded by this command (it loads only the keys it needs; recovery and rotation load decrypt-only keys)"
+    )]
+    NotLoaded(String),
     #[error("no active encryption key in the keyring")]
     NoActiveKey,
     #[error(
@@ -88,7 +92,8 @@ fn aad(binding: Binding<'_>, key_id: &str) -> Vec<u8> {
 
 /// Encrypts with the active key and decrypts with any non-retired key of a keyring.
 pub struct VaultCipher {
-    ciphers: HashMap<String, (KeyState, Aes256Gcm)>,
+    /// Every key of the keyring with its state; cipher state only for the keys loaded.
+    ciphers: HashMap<String, (KeyState, Option<Aes256Gcm>)>,
     active: Option<String>,
 }
 
@@ -102,13 +107,17 @@ impl fmt::Debug for VaultCipher {
 }
 
 impl VaultCipher {
-    /// Builds cipher state for every encryption key of the keyring.
+    /// Builds cipher state for every encryption key the keyring has loaded (see `KeyUse`);
+    /// the others are known by id and state only, so errors can say why they do not decrypt.
     pub fn new(ring: &Keyring) -> Result<Self, CipherError> {
         let mut ciphers = HashMap::new();
         let mut active = None;
         for k in &ring.encryption_keys {
-            let c = Aes256Gcm::new_from_slice(k.material()).map_err(|_| CipherError::Encrypt)?;
-            if k.state == KeyState::Active {
+            let c = match (k.state, k.material()) {
+                (KeyState::Retired, _) | (_, Err(_)) => None,
+                (_, Ok(m)) => Some(Aes256Gcm::new_from_slice(m).map_err(|_| CipherError::Encrypt)?),
+            };
+            if k.state == KeyState::Active && c.is_some() {
                 active = Some(k.id.clone());
             }
             ciphers.insert(k.id.clone(), (k.state, c));
@@ -124,7 +133,11 @@ impl VaultCipher {
     /// Encrypts `plaintext` with the active key and a fresh random nonce.
     pub fn encrypt(&self, binding: Binding<'_>, plaintext: &[u8]) -> Result<Sealed, CipherError> {
         let key_id = self.active.as_deref().ok_or(CipherError::NoActiveKey)?;
-        let (_, cipher) = self.ciphers.get(key_id).ok_or(CipherError::NoActiveKey)?;
+        let cipher = self
+            .ciphers
+            .get(key_id)
+            .and_then(|(_, c)| c.as_ref())
+            .ok_or(CipherError::NoActiveKey)?;
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|_| CipherError::Encrypt)?;
         let aad = aad(binding, key_id);
@@ -159,6 +172,9 @@ impl VaultCipher {
         if *state == KeyState::Retired {
             return Err(CipherError::RetiredKey(key_id.to_string()));
         }
+        let cipher = cipher
+            .as_ref()
+            .ok_or_else(|| CipherError::NotLoaded(key_id.to_string()))?;
         let nonce: [u8; 12] = nonce
             .try_into()
             .map_err(|_| CipherError::BadNonce(nonce.len()))?;

@@ -9,5 +9,5 @@ pub mod keyring;
 pub mod tokenizer;
 
 pub use cipher::{Binding, CipherError, Sealed, VaultCipher};
-pub use keyring::{Key, KeyState, Keyring, KeyringError, Purpose};
-pub use tokenizer::Tokenizer;
+pub use keyring::{Key, KeyState, KeyUse, Keyring, KeyringError, KmsSettings, Purpose};
+pub use tokenizer::{DomainTokenizer, Tokenizer, default_domain};

@@ -5,6 +5,7 @@
 use super::sqs_json::JsonClient;
 use super::sqs_query::QueryClient;
 use super::{ErrorKind, QueueClient, SqsError};
+use crate::aws::is_local_emulator;
 use crate::spec::{SqsProtocol, SqsSourceConfig};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -178,29 +179,6 @@ pub async fn create_queue(
         }
         other => other,
     }
-}
-
-/// Whether an endpoint URL names a local emulator: a loopback address, `localhost` (or a name
-/// under it, like LocalStack's `*.localhost.localstack.cloud`), or the compose host `localstack`.
-fn is_local_emulator(endpoint_url: &str) -> bool {
-    let rest = endpoint_url
-        .split_once("://")
-        .map_or(endpoint_url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        authority.split(':').next().unwrap_or_default()
-    };
-    let host = host.to_ascii_lowercase();
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.is_loopback();
-    }
-    host == "localhost"
-        || host == "localstack"
-        || host.ends_with(".localhost")
-        || host.contains(".localhost.")
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ pub struct Column {
     pub transforms: Vec<TransformConfig>,
     /// The type after the last transform; decides the Postgres array type used for writing.
     pub out_type: ValType,
+    /// `token_domain:`, if the column names one.
+    pub token_domain: Option<String>,
 }
 
 impl Column {
@@ -132,6 +134,13 @@ impl Column {
         self.transforms
             .iter()
             .any(|t| matches!(t, TransformConfig::Encrypt {}))
+    }
+    /// The token domain of the column when it writes to `table`: its `token_domain`, else
+    /// `table.column`. The table is an input because one column may feed several tables.
+    pub fn domain(&self, table: &str) -> String {
+        self.token_domain
+            .clone()
+            .unwrap_or_else(|| crate::crypto::default_domain(table, &self.name))
     }
     /// Whether the column is masked by `hash` (a token that cannot be recovered).
     pub fn hashes(&self) -> bool {

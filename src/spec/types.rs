@@ -267,6 +267,12 @@ pub struct VaultConfig {
     /// Keyring file. When absent, the `ETL_KEYRING` environment variable names it.
     #[serde(default)]
     pub keyring: Option<String>,
+    /// Keep the undomained tokens of before token domains: the same value gets the same token
+    /// in every column and spec on the keyring, so a hash-only column can be matched against
+    /// a recoverable one. Only for deployments that cannot change tokens yet (SECURITY.md);
+    /// `vault-retokenize` moves a vault to domained tokens.
+    #[serde(default)]
+    pub legacy_tokens: bool,
 }
 
 impl Default for VaultConfig {
@@ -274,6 +280,7 @@ impl Default for VaultConfig {
         Self {
             table: default_vault_table(),
             keyring: None,
+            legacy_tokens: false,
         }
     }
 }
@@ -334,6 +341,11 @@ pub struct ColumnConfig {
     /// Applied in order.
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
+    /// Token domain of a `hash`/`encrypt` column: equal values give equal tokens only within
+    /// one domain. Default: `TABLE.COLUMN` (this column alone). Columns that must join on
+    /// tokens (even in other specs on the same keyring) name one domain here.
+    #[serde(default)]
+    pub token_domain: Option<String>,
 }
 
 /// A field-level transform.

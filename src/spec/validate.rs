@@ -376,6 +376,8 @@ impl Validator<'_> {
             required: bool,
             #[serde(default)]
             transforms: Vec<J>,
+            #[serde(default)]
+            token_domain: Option<String>,
         }
         let mut out = Vec::new();
         // Spec order, as written in the file (figment's maps are sorted by key): it is the
@@ -509,6 +511,26 @@ impl Validator<'_> {
                     }
                 }
             }
+            if let Some(d) = &col.token_domain {
+                let tp = format!("{base}.token_domain");
+                if d.is_empty()
+                    || d.len() > 128
+                    || !d
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                {
+                    self.d
+                        .issue(tp, "must be 1 to 128 letters, digits, '_', '.' or '-'");
+                } else if !transforms
+                    .iter()
+                    .any(|t| matches!(t, TransformConfig::Hash {} | TransformConfig::Encrypt {}))
+                {
+                    self.d.issue(
+                        tp,
+                        "only a column with a `hash` or `encrypt` transform has tokens",
+                    );
+                }
+            }
             if let Some(source) = source {
                 out.push(Column {
                     name: name.clone(),
@@ -516,6 +538,7 @@ impl Validator<'_> {
                     required: col.required,
                     transforms,
                     out_type: ty,
+                    token_domain: col.token_domain.clone(),
                 });
             }
         }

@@ -10,7 +10,9 @@ pub mod number;
 pub mod text;
 pub mod version;
 
-pub use crate::crypto::Tokenizer;
+pub use crate::crypto::{DomainTokenizer, Tokenizer};
+
+use std::sync::Arc;
 
 use crate::spec::{Column, EpochUnit, TransformConfig, typecheck};
 use crate::value::{CastType, Val, ValType};
@@ -48,6 +50,8 @@ pub struct PendingVault {
     /// The output table the value was written to (the vault row's binding scope).
     pub table: String,
     pub column: String,
+    /// The token domain the token was made in (vault rows are keyed by domain and token).
+    pub domain: Arc<str>,
     pub token: String,
     pub plaintext: Zeroizing<String>,
 }
@@ -57,6 +61,7 @@ impl std::fmt::Debug for PendingVault {
         f.debug_struct("PendingVault")
             .field("table", &self.table)
             .field("column", &self.column)
+            .field("domain", &self.domain)
             .field("token", &self.token)
             .finish_non_exhaustive()
     }
@@ -64,7 +69,8 @@ impl std::fmt::Debug for PendingVault {
 
 /// What a transform needs besides the value.
 pub struct Context<'a> {
-    pub tokenizer: Option<&'a Tokenizer>,
+    /// The token maker of the column's domain (for its target table), if it hashes.
+    pub tokenizer: Option<&'a DomainTokenizer>,
     /// The output table of the row being built.
     pub table: &'a str,
     pub column: &'a str,
@@ -156,6 +162,7 @@ impl Transform {
                     ctx.vault.push(PendingVault {
                         table: ctx.table.to_string(),
                         column: ctx.column.to_string(),
+                        domain: Arc::from(tok.domain()),
                         token: token.clone(),
                         plaintext: text,
                     });

@@ -2,6 +2,11 @@
 //! tokens of an encrypted column with the new key's tokens, in the vault and in the target
 //! table, so old and new rows of the same value match again.
 //!
+//! The new token is made in the column's token domain (its `token_domain`, else
+//! `table.column`) unless the spec keeps `vault.legacy_tokens`, so this is also how a vault
+//! moves from the undomained tokens of before to domained ones: drop `legacy_tokens` from the
+//! spec and re-tokenize each encrypted column.
+//!
 //! Only columns whose originals are in the vault (`encrypt`) can be re-tokenized; `hash`-only
 //! columns keep no original, so their old tokens stay as they are (see SECURITY.md).
 //!
@@ -138,7 +143,8 @@ pub fn check_column<'s>(spec: &'s Spec, column: &str) -> Result<&'s str, Retoken
     }
 }
 
-/// Replaces the old tokens of `column` with `tokenizer`'s, in batches of `batch_size`.
+/// Replaces the old tokens of `column` with `tokenizer`'s (in the column's token domain), in
+/// batches of `batch_size`.
 pub async fn retokenize(
     pool: &PgPool,
     spec: &Spec,
@@ -157,6 +163,15 @@ pub async fn retokenize(
     let vault = quote_ident(&spec.vault.table);
     let target = quote_ident(table);
     let col = quote_ident(column);
+    let tokens = spec
+        .output(table)
+        .and_then(|o| o.columns.iter().find(|c| c.name == column))
+        .map(|c| tokenizer.domain(&c.domain(table)))
+        .ok_or_else(|| RetokenizeError::Column {
+            column: column.to_string(),
+            spec: spec.file.display().to_string(),
+            problem: "no such column".into(),
+        })?;
     let select_first = format!(
         "SELECT token, key_id, nonce, ciphertext FROM {vault} WHERE target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
     );
@@ -239,7 +254,7 @@ pub async fn retokenize(
                     continue;
                 }
             };
-            let new = tokenizer.token(&plain);
+            let new = tokens.token(&plain);
             if new == token {
                 report.current += 1;
                 continue;

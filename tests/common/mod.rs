@@ -15,6 +15,32 @@ pub fn db_url() -> String {
 pub fn sqs_endpoint() -> String {
     std::env::var("ETL_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
 }
+/// The KMS endpoint (moto's KMS server; LocalStack's KMS fails on this host's Python).
+pub fn kms_endpoint() -> String {
+    std::env::var("ETL_TEST_KMS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:54568".into())
+}
+
+/// A new symmetric KMS key on the test KMS endpoint; returns its ARN.
+pub async fn fresh_kms_key() -> String {
+    let conf = aws_sdk_kms::Config::builder()
+        .endpoint_url(kms_endpoint())
+        .region(aws_sdk_kms::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .build();
+    let out = aws_sdk_kms::Client::from_conf(conf)
+        .create_key()
+        .description("etl-engine test keyring")
+        .send()
+        .await
+        .expect("test KMS must be running (scripts/test.sh starts it)");
+    out.key_metadata
+        .and_then(|m| m.arn)
+        .expect("a new key has an ARN")
+}
+
 /// The old, query-only SQS endpoint.
 pub fn legacy_sqs_endpoint() -> String {
     std::env::var("ETL_TEST_LEGACY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4567".into())

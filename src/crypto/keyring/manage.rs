@@ -1,9 +1,6 @@
-//! Changing a keyring: new keys, state changes, removal, and writing the file (the one place
-//! key material is written out), always atomically and with owner-only permissions.
+//! Changing a keyring in memory: new keys, state changes, removal. Writing it is in `file`.
 
-use super::{B64, Key, KeyFile, KeyState, Keyring, KeyringError, KeyringFile, Purpose};
-use base64::Engine;
-use std::path::{Path, PathBuf};
+use super::{Key, KeyState, Keyring, KeyringError, Purpose};
 
 impl Keyring {
     /// A new keyring with one active key per purpose.
@@ -17,6 +14,7 @@ impl Keyring {
         let suffix = hex::encode(suffix);
         Ok(Keyring {
             origin: "new keyring".into(),
+            kms: None,
             hash_keys: vec![Key::generate(format!("hmac-{stamp}-{suffix}"))?],
             encryption_keys: vec![Key::generate(format!("aes-{stamp}-{suffix}"))?],
         })
@@ -28,17 +26,42 @@ impl Keyring {
         self.add_key(Purpose::Encryption)
     }
 
-    /// Adds a new active key for `purpose`, demoting the current active one to decrypt-only
-    /// (so what it wrote stays readable). Returns the new key id.
+    /// Adds a new active key for `purpose` to a plain keyring, demoting the current active one
+    /// to decrypt-only (so what it wrote stays readable). Returns the new key id. A KMS-wrapped
+    /// keyring takes [`Keyring::add_wrapped_key`] instead.
     pub fn add_key(&mut self, purpose: Purpose) -> Result<String, KeyringError> {
+        if let Some(k) = &self.kms {
+            return Err(KeyringError::Invalid {
+                origin: self.origin.clone(),
+                problem: format!(
+                    "the keyring is wrapped by KMS key {}; new keys are made by KMS",
+                    k.key_id
+                ),
+            });
+        }
+        let id = Keyring::new_key_id(purpose, &self.origin)?;
+        let key = Key::generate(id.clone())?;
+        self.push_active(purpose, key);
+        Ok(id)
+    }
+
+    /// A fresh key id: purpose prefix, date, random suffix.
+    pub(super) fn new_key_id(purpose: Purpose, origin: &str) -> Result<String, KeyringError> {
         let mut suffix = [0u8; 3];
         getrandom::fill(&mut suffix).map_err(|e| KeyringError::Invalid {
-            origin: self.origin.clone(),
+            origin: origin.to_string(),
             problem: format!("no secure random source: {e}"),
         })?;
         let stamp = chrono::Utc::now().format("%Y%m%d");
-        let id = format!("{}-{stamp}-{}", purpose.id_prefix(), hex::encode(suffix));
-        let key = Key::generate(id.clone())?;
+        Ok(format!(
+            "{}-{stamp}-{}",
+            purpose.id_prefix(),
+            hex::encode(suffix)
+        ))
+    }
+
+    /// Appends `key` as the active key of `purpose`, demoting the current active one.
+    pub(super) fn push_active(&mut self, purpose: Purpose, key: Key) {
         let keys = self.keys_mut(purpose);
         for k in keys.iter_mut() {
             if k.state == KeyState::Active {
@@ -46,7 +69,6 @@ impl Keyring {
             }
         }
         keys.push(key);
-        Ok(id)
     }
 
     /// Sets the state of key `id`. Making a key active demotes the purpose's current active
@@ -56,6 +78,18 @@ impl Keyring {
         let purpose = self.purpose_of(id)?;
         let origin = self.origin.clone();
         let keys = self.keys_mut(purpose);
+        if state != KeyState::Retired
+            && keys
+                .iter()
+                .any(|k| k.id == id && k.state == KeyState::Retired)
+        {
+            return Err(KeyringError::Invalid {
+                origin: origin.clone(),
+                problem: format!(
+                    "key {id} is retired and its material was dropped from the keyring; it cannot be used again"
+                ),
+            });
+        }
         let mut demoted = None;
         if state == KeyState::Active {
             for k in keys
@@ -79,6 +113,11 @@ impl Keyring {
         }
         for k in keys.iter_mut().filter(|k| k.id == id) {
             k.state = state;
+            // A retired key keeps no material: not in memory, not in the file.
+            if state == KeyState::Retired {
+                k.material = None;
+                k.wrapped = None;
+            }
         }
         Ok(demoted)
     }
@@ -103,101 +142,5 @@ impl Keyring {
         }
         keys.retain(|k| k.id != id);
         Ok(purpose)
-    }
-
-    /// Replaces the keyring file at `path` atomically: the new content goes to a private
-    /// temporary file in the same directory, which is then renamed over the old one, so a
-    /// crash never leaves a half-written keyring.
-    pub fn replace_file(&self, path: &Path) -> Result<(), KeyringError> {
-        self.check()?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "keyring".into());
-        let mut suffix = [0u8; 6];
-        getrandom::fill(&mut suffix).map_err(|e| KeyringError::Invalid {
-            origin: self.origin.clone(),
-            problem: format!("no secure random source: {e}"),
-        })?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
-        self.write(&tmp, false)?;
-        std::fs::rename(&tmp, path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            KeyringError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    /// Serializes to JSON (the one place key material is written out: the keyring file).
-    pub fn to_json(&self) -> zeroize::Zeroizing<String> {
-        let conv = |keys: &[Key]| -> Vec<KeyFile> {
-            keys.iter()
-                .map(|k| KeyFile {
-                    id: k.id.clone(),
-                    state: k.state,
-                    key: B64.encode(k.material()),
-                })
-                .collect()
-        };
-        let mut file = KeyringFile {
-            hash_keys: conv(&self.hash_keys),
-            encryption_keys: conv(&self.encryption_keys),
-        };
-        let out = serde_json::to_string_pretty(&file).unwrap_or_default();
-        for k in file
-            .hash_keys
-            .iter_mut()
-            .chain(file.encryption_keys.iter_mut())
-        {
-            zeroize::Zeroize::zeroize(&mut k.key);
-        }
-        zeroize::Zeroizing::new(out + "\n")
-    }
-
-    /// Writes the keyring to `path` with owner-only permissions. With `overwrite` false an
-    /// existing file is never replaced.
-    pub fn write(&self, path: &Path, overwrite: bool) -> Result<(), KeyringError> {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true);
-        if overwrite {
-            opts.create(true).truncate(true);
-        } else {
-            opts.create_new(true);
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyringError::Exists {
-                    origin: path.display().to_string(),
-                }
-            } else {
-                KeyringError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
-        f.write_all(self.to_json().as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|source| KeyringError::Write {
-                path: path.to_path_buf(),
-                source,
-            })
     }
 }

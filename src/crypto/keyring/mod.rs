@@ -1,22 +1,24 @@
 //! The keyring: versioned secret keys for hashing (HMAC) and for vault encryption (AES-256-GCM),
 //! loaded from a JSON file or environment variable, never from a spec.
 //!
+//! A keyring is plain (each key's material in base64) or wrapped by an AWS KMS key (each key's
+//! material a KMS ciphertext blob, unwrapped in memory at start: see [`kms`]). Every command
+//! loads only the keys it needs ([`KeyUse`]): `run` never holds a decrypt-only key.
+//!
 //! Key bytes live only in zeroizing secret types; `Debug` prints ids and states, never material.
 //! Errors never echo file content, because the file content *is* the secret.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+mod file;
+pub mod kms;
 mod manage;
 
-/// Environment variable naming the keyring file.
-pub const KEYRING_ENV: &str = "ETL_KEYRING";
-/// Environment variable holding the keyring JSON itself (for platforms that inject secrets as env).
-pub const KEYRING_JSON_ENV: &str = "ETL_KEYRING_JSON";
+pub use file::{KEYRING_ENV, KEYRING_JSON_ENV, stash_json_from_env};
+pub use kms::KmsSettings;
 
 /// Errors loading or using a keyring. Messages name files and key ids, never key material.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,17 @@ pub enum KeyringError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "keyring {origin}: key {id} is not loaded by this command (it loads only the keys it needs: {need})"
+    )]
+    NotLoaded {
+        origin: String,
+        id: String,
+        need: &'static str,
+    },
+    /// A KMS call failed; `detail` names the operation, the key id and the KMS key.
+    #[error("keyring {origin}: {detail}")]
+    Kms { origin: String, detail: String },
 }
 
 /// What a key may be used for now.
@@ -65,7 +78,8 @@ pub enum KeyState {
     Active,
     /// Old ciphertexts still decrypt; nothing new is written with it.
     DecryptOnly,
-    /// Kept for the record only; nothing decrypts with it.
+    /// Kept for the record only (its id and state); its material is dropped from the file, so
+    /// nothing can decrypt with it any more.
     Retired,
 }
 
@@ -110,7 +124,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    /// The name used on the command line.
+    /// The name used on the command line and in the KMS encryption context.
     pub fn name(self) -> &'static str {
         match self {
             Purpose::Hash => "hash",
@@ -145,35 +159,107 @@ impl fmt::Display for Purpose {
     }
 }
 
-/// On-disk form of one key.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyFile {
-    id: String,
-    state: KeyState,
-    /// Base64 of 32 random bytes.
-    key: String,
+/// Which keys a command loads (least key: a host holds only the material its command needs,
+/// and with KMS only those blobs are unwrapped, one `kms:Decrypt` each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUse {
+    /// The active hash key (tokens).
+    pub hash: bool,
+    /// The active encryption key (new ciphertexts).
+    pub active_encryption: bool,
+    /// The decrypt-only encryption keys (old ciphertexts: recovery, rotation).
+    pub old_encryption: bool,
 }
 
-/// On-disk form of the keyring.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyringFile {
-    hash_keys: Vec<KeyFile>,
-    encryption_keys: Vec<KeyFile>,
+impl KeyUse {
+    /// `run`: the active hash key and the active encryption key, nothing that only decrypts.
+    pub const WRITE: KeyUse = KeyUse {
+        hash: true,
+        active_encryption: true,
+        old_encryption: false,
+    };
+    /// `vault-decrypt`, `rejects --show-bodies`: every encryption key that still decrypts.
+    pub const RECOVER: KeyUse = KeyUse {
+        hash: false,
+        active_encryption: true,
+        old_encryption: true,
+    };
+    /// `vault-rotate` and `vault-retokenize`: decrypt with any key, write with the active ones.
+    pub const ROTATE: KeyUse = KeyUse {
+        hash: true,
+        active_encryption: true,
+        old_encryption: true,
+    };
+
+    /// Keyring administration (`keyring add-key`, `set-state`, ...): nothing is unwrapped.
+    pub const NONE: KeyUse = KeyUse {
+        hash: false,
+        active_encryption: false,
+        old_encryption: false,
+    };
+
+    /// Whether a key of `purpose` in `state` is loaded for this use.
+    pub fn wants(self, purpose: Purpose, state: KeyState) -> bool {
+        match (purpose, state) {
+            (_, KeyState::Retired) => false,
+            (Purpose::Hash, KeyState::Active) => self.hash,
+            (Purpose::Hash, KeyState::DecryptOnly) => false,
+            (Purpose::Encryption, KeyState::Active) => self.active_encryption,
+            (Purpose::Encryption, KeyState::DecryptOnly) => self.old_encryption,
+        }
+    }
+
+    /// For messages: what this use loads.
+    fn describe(self) -> &'static str {
+        match (self.hash, self.active_encryption, self.old_encryption) {
+            (_, _, true) => "the active keys and the decrypt-only encryption keys",
+            (true, true, false) => "the active hash and encryption keys",
+            (true, false, false) => "the active hash key",
+            (false, true, false) => "the active encryption key",
+            (false, false, false) => "no key material",
+        }
+    }
 }
 
 /// One 256-bit key.
 pub struct Key {
     pub id: String,
     pub state: KeyState,
-    material: SecretBox<[u8; 32]>,
+    /// The plaintext key bytes, when loaded (a plain keyring, or unwrapped by KMS).
+    material: Option<SecretBox<[u8; 32]>>,
+    /// The KMS ciphertext blob of the key bytes, in a KMS-wrapped keyring.
+    wrapped: Option<Vec<u8>>,
+    /// What the keyring was loaded for, to explain a missing key.
+    loaded_for: KeyUse,
 }
 
 impl Key {
-    /// The raw key bytes; call sites are the HMAC and AES constructors only.
-    pub fn material(&self) -> &[u8; 32] {
-        self.material.expose_secret()
+    /// The raw key bytes; call sites are the HMAC and AES constructors only. Fails for a key
+    /// this command did not load (least key) or a retired key (no material at all).
+    pub fn material(&self) -> Result<&[u8; 32], KeyringError> {
+        self.material
+            .as_ref()
+            .map(|m| m.expose_secret())
+            .ok_or_else(|| KeyringError::NotLoaded {
+                origin: String::new(),
+                id: self.id.clone(),
+                need: self.loaded_for.describe(),
+            })
+    }
+
+    /// Whether the key bytes are in memory.
+    pub fn is_loaded(&self) -> bool {
+        self.material.is_some()
+    }
+
+    fn with_material(id: String, state: KeyState, bytes: SecretBox<[u8; 32]>) -> Self {
+        Key {
+            id,
+            state,
+            material: Some(bytes),
+            wrapped: None,
+            loaded_for: KeyUse::ROTATE,
+        }
     }
 
     fn generate(id: String) -> Result<Self, KeyringError> {
@@ -184,11 +270,7 @@ impl Key {
         })?;
         let material = SecretBox::new(Box::new(bytes));
         zeroize::Zeroize::zeroize(&mut bytes);
-        Ok(Key {
-            id,
-            state: KeyState::Active,
-            material,
-        })
+        Ok(Key::with_material(id, KeyState::Active, material))
     }
 }
 
@@ -198,6 +280,7 @@ impl fmt::Debug for Key {
             .field("id", &self.id)
             .field("state", &self.state)
             .field("material", &"<redacted>")
+            .field("wrapped", &self.wrapped.is_some())
             .finish()
     }
 }
@@ -207,86 +290,13 @@ impl fmt::Debug for Key {
 pub struct Keyring {
     /// Where it came from (file path or env variable name), for messages.
     pub origin: String,
+    /// The KMS key that wraps the material, for a KMS-wrapped keyring.
+    pub kms: Option<KmsSettings>,
     pub hash_keys: Vec<Key>,
     pub encryption_keys: Vec<Key>,
 }
 
 impl Keyring {
-    /// Loads the keyring: the spec's `vault.keyring` path if given, else `ETL_KEYRING`, else
-    /// `ETL_KEYRING_JSON`. No keyring is an error: there is no built-in default key.
-    pub fn load(spec_path: Option<&Path>) -> Result<Self, KeyringError> {
-        if let Some(p) = spec_path {
-            return Self::from_file(p);
-        }
-        if let Some(p) = std::env::var_os(KEYRING_ENV).filter(|v| !v.is_empty()) {
-            return Self::from_file(Path::new(&p));
-        }
-        if let Ok(json) = std::env::var(KEYRING_JSON_ENV)
-            && !json.trim().is_empty()
-        {
-            let json = zeroize::Zeroizing::new(json);
-            return Self::from_json(&json, KEYRING_JSON_ENV);
-        }
-        Err(KeyringError::Missing)
-    }
-
-    /// Reads a keyring file.
-    pub fn from_file(path: &Path) -> Result<Self, KeyringError> {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyringError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?);
-        Self::from_json(&text, &path.display().to_string())
-    }
-
-    /// Parses keyring JSON; `origin` names it in errors.
-    pub fn from_json(text: &str, origin: &str) -> Result<Self, KeyringError> {
-        let file: KeyringFile = serde_json::from_str(text).map_err(|e| KeyringError::Parse {
-            origin: origin.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
-        let convert = |keys: Vec<KeyFile>| -> Result<Vec<Key>, KeyringError> {
-            keys.into_iter()
-                .map(|k| {
-                    let bad = |problem: &str| KeyringError::BadKey {
-                        origin: origin.to_string(),
-                        id: k.id.clone(),
-                        problem: problem.to_string(),
-                    };
-                    let mut raw = zeroize::Zeroizing::new(
-                        B64.decode(k.key.trim())
-                            .map_err(|_| bad("key is not valid base64"))?,
-                    );
-                    if raw.len() != 32 {
-                        return Err(bad("key must be 32 bytes (256 bits) of base64"));
-                    }
-                    let mut bytes = [0u8; 32];
-                    bytes.copy_from_slice(&raw);
-                    zeroize::Zeroize::zeroize(&mut *raw);
-                    let material = SecretBox::new(Box::new(bytes));
-                    zeroize::Zeroize::zeroize(&mut bytes);
-                    let mut key_text = k.key;
-                    zeroize::Zeroize::zeroize(&mut key_text);
-                    Ok(Key {
-                        id: k.id,
-                        state: k.state,
-                        material,
-                    })
-                })
-                .collect()
-        };
-        let ring = Keyring {
-            origin: origin.to_string(),
-            hash_keys: convert(file.hash_keys)?,
-            encryption_keys: convert(file.encryption_keys)?,
-        };
-        ring.check()?;
-        Ok(ring)
-    }
-
     fn check(&self) -> Result<(), KeyringError> {
         let invalid = |problem: String| KeyringError::Invalid {
             origin: self.origin.clone(),
@@ -326,26 +336,42 @@ impl Keyring {
         Ok(())
     }
 
-    /// The active hashing key.
+    /// The active hashing key, with its material loaded.
     pub fn active_hash_key(&self) -> Result<&Key, KeyringError> {
-        self.hash_keys
-            .iter()
-            .find(|k| k.state == KeyState::Active)
-            .ok_or_else(|| KeyringError::Invalid {
-                origin: self.origin.clone(),
-                problem: "no active hash key (hash_keys)".into(),
-            })
+        self.active(Purpose::Hash)
     }
 
-    /// The active encryption key.
+    /// The active encryption key, with its material loaded.
     pub fn active_encryption_key(&self) -> Result<&Key, KeyringError> {
-        self.encryption_keys
+        self.active(Purpose::Encryption)
+    }
+
+    fn active(&self, purpose: Purpose) -> Result<&Key, KeyringError> {
+        let key = self
+            .keys(purpose)
             .iter()
             .find(|k| k.state == KeyState::Active)
             .ok_or_else(|| KeyringError::Invalid {
                 origin: self.origin.clone(),
-                problem: "no active encryption key (encryption_keys)".into(),
-            })
+                problem: match purpose {
+                    Purpose::Hash => "no active hash key (hash_keys)".into(),
+                    Purpose::Encryption => "no active encryption key (encryption_keys)".into(),
+                },
+            })?;
+        self.loaded(key)?;
+        Ok(key)
+    }
+
+    /// The material of `key` (a key of this keyring), or an error naming the keyring.
+    pub fn loaded<'a>(&self, key: &'a Key) -> Result<&'a [u8; 32], KeyringError> {
+        key.material().map_err(|e| match e {
+            KeyringError::NotLoaded { id, need, .. } => KeyringError::NotLoaded {
+                origin: self.origin.clone(),
+                id,
+                need,
+            },
+            other => other,
+        })
     }
 
     /// The keys of one purpose.
@@ -399,13 +425,16 @@ impl Keyring {
     /// A fixed, public keyring for spec unit tests and previews, so expected hashes are stable.
     /// Never usable by `run`: its ids say what it is.
     pub fn fixed_test_keyring() -> Self {
-        let key = |id: &str, byte: u8| Key {
-            id: id.to_string(),
-            state: KeyState::Active,
-            material: SecretBox::new(Box::new([byte; 32])),
+        let key = |id: &str, byte: u8| {
+            Key::with_material(
+                id.to_string(),
+                KeyState::Active,
+                SecretBox::new(Box::new([byte; 32])),
+            )
         };
         Keyring {
             origin: "built-in test keyring".into(),
+            kms: None,
             hash_keys: vec![key("test-hmac-not-secret", 0x11)],
             encryption_keys: vec![key("test-aes-not-secret", 0x22)],
         }
@@ -415,15 +444,20 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     #[test]
     fn round_trips_and_never_debugs_material() {
         let ring = Keyring::generate().unwrap();
-        let json = ring.to_json();
+        let json = ring.to_json().unwrap();
         let again = Keyring::from_json(&json, "t").unwrap();
-        assert_eq!(again.hash_keys[0].material(), ring.hash_keys[0].material());
+        assert_eq!(
+            again.hash_keys[0].material().unwrap(),
+            ring.hash_keys[0].material().unwrap()
+        );
         let dbg = format!("{again:?}");
-        let b64 = B64.encode(ring.hash_keys[0].material());
+        let b64 = B64.encode(ring.hash_keys[0].material().unwrap());
         assert!(!dbg.contains(&b64));
         assert!(dbg.contains("<redacted>"));
     }
@@ -524,6 +558,160 @@ mod tests {
         }
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A plain keyring with an active and a decrypt-only key of each purpose, and a retired
+    /// encryption key whose material is still in the file (as older versions wrote it).
+    fn four_keys() -> String {
+        let k = |b: u8| B64.encode([b; 32]);
+        format!(
+            r#"{{"hash_keys":[{{"id":"h1","state":"decrypt_only","key":"{}"}},{{"id":"h2","state":"active","key":"{}"}}],
+               "encryption_keys":[{{"id":"e0","state":"retired","key":"{}"}},{{"id":"e1","state":"decrypt_only","key":"{}"}},{{"id":"e2","state":"active","key":"{}"}}]}}"#,
+            k(1),
+            k(2),
+            k(3),
+            k(4),
+            k(5)
+        )
+    }
+
+    #[test]
+    fn each_use_loads_only_the_keys_it_needs() {
+        let text = four_keys();
+        let loaded = |u: KeyUse| -> Vec<String> {
+            let ring = Keyring::parse(&text, "f", Some(u)).unwrap();
+            ring.hash_keys
+                .iter()
+                .chain(&ring.encryption_keys)
+                .filter(|k| k.is_loaded())
+                .map(|k| k.id.clone())
+                .collect()
+        };
+        assert_eq!(loaded(KeyUse::WRITE), ["h2", "e2"]);
+        assert_eq!(loaded(KeyUse::RECOVER), ["e1", "e2"]);
+        assert_eq!(loaded(KeyUse::ROTATE), ["h2", "e1", "e2"]);
+        assert!(loaded(KeyUse::NONE).is_empty());
+        // A writer asked for an old key says why it has none.
+        let ring = Keyring::parse(&text, "f", Some(KeyUse::WRITE)).unwrap();
+        let err = ring
+            .loaded(&ring.encryption_keys[1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key e1 is not loaded") && err.contains("active hash and encryption"),
+            "{err}"
+        );
+        // Administration keeps all live material, and drops the retired key's from the file.
+        let ring = Keyring::from_json(&text, "f").unwrap();
+        assert!(!ring.encryption_keys[0].is_loaded());
+        let json = ring.to_json().unwrap();
+        assert!(!json.contains(&B64.encode([3u8; 32])), "{}", &*json);
+        assert!(json.contains(&B64.encode([4u8; 32])));
+        let again = Keyring::from_json(&json, "f").unwrap();
+        assert_eq!(again.summary().len(), 5);
+    }
+
+    #[test]
+    fn retiring_drops_material_for_good() {
+        let mut ring = Keyring::from_json(&four_keys(), "f").unwrap();
+        ring.set_state("e1", KeyState::Retired).unwrap();
+        assert!(!ring.encryption_keys[1].is_loaded());
+        assert!(!ring.to_json().unwrap().contains(&B64.encode([4u8; 32])));
+        let err = ring
+            .set_state("e1", KeyState::DecryptOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be used again"), "{err}");
+    }
+
+    #[test]
+    fn kms_fields_must_agree_with_the_material() {
+        let k = B64.encode([7u8; 32]);
+        let cases = [
+            // Plain material in a KMS-wrapped keyring.
+            (
+                format!(
+                    r#"{{"kms_key_id":"alias/k","hash_keys":[{{"id":"h","state":"active","key":"{k}"}}],"encryption_keys":[]}}"#
+                ),
+                "plain `key` material",
+            ),
+            // A blob without a KMS key.
+            (
+                r#"{"hash_keys":[{"id":"h","state":"active","wrapped_key":"AAAA"}],"encryption_keys":[]}"#
+                    .to_string(),
+                "wrapped_key without kms_key_id",
+            ),
+            (
+                r#"{"kms_key_id":"alias/k","hash_keys":[{"id":"h","state":"active"}],"encryption_keys":[]}"#
+                    .to_string(),
+                "no wrapped_key",
+            ),
+            (
+                r#"{"kms_endpoint_url":"http://x","hash_keys":[],"encryption_keys":[]}"#.to_string(),
+                "without kms_key_id",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Keyring::from_json(&text, "f").unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains(&k), "{err}");
+        }
+        // A wrapped keyring parses without KMS (nothing unwrapped) and writes back the blobs.
+        let text = r#"{"kms_key_id":"arn:aws:kms:eu-west-1:111122223333:key/x","hash_keys":[{"id":"h","state":"active","wrapped_key":"AQID"}],"encryption_keys":[]}"#;
+        let ring = Keyring::from_json(text, "f").unwrap();
+        assert!(!ring.hash_keys[0].is_loaded());
+        assert!(
+            ring.to_json()
+                .unwrap()
+                .contains("\"wrapped_key\": \"AQID\"")
+        );
+        assert!(ring.active_hash_key().is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn force_replaces_loose_files_privately_and_refuses_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ring = Keyring::generate().unwrap();
+        assert!(matches!(
+            ring.write(&path, false),
+            Err(KeyringError::Exists { .. })
+        ));
+        ring.write(&path, true).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        Keyring::from_file(&path).unwrap();
+        // A symbolic link where the keyring goes: refused, with or without --force, and the
+        // file it points to is untouched.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for force in [false, true] {
+            let err = ring.write(&link, force).unwrap_err().to_string();
+            assert!(
+                err.contains("symbolic link") || err.contains("exists"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A dangling link is refused too (it would create the file it names).
+        let dangling = dir.path().join("dangling.json");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(ring.write(&dangling, false).is_err());
+        assert!(!dir.path().join("nowhere").exists());
     }
 
     #[test]
