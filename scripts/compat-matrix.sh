@@ -156,7 +156,7 @@ ROWS=()
 failed=0
 for ver in $VERSIONS; do
     if [ "$ver" = 10 ]; then
-        ROWS+=("10|-|-|NOT TESTED: no PostgreSQL 10 binary can be had here (no wheel ships it)")
+        ROWS+=("10|-|-|NOT TESTED: no binary without Docker (no wheel on PyPI ships PostgreSQL 10)")
         continue
     fi
     t0=$SECONDS
