@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Fault-injection check of the delivery guarantees (nothing lost, nothing duplicated).
 #
-#   scripts/fault-test.sh [--messages N (20000)] [--processes P (1)] [--invalid K (N/100)] [--seed S]
+#   scripts/fault-test.sh [--spec logins (default) | another in scripts/fault_specs.py]
+#                         [--messages N (20000)] [--processes P (1)] [--kills K (5)] [--invalid K (N/100)] [--seed S]
 #
 # Builds the release binary, starts its own PostgreSQL and LocalStack (scripts/services.sh, on
-# their own ports and state directory, since it stops and restarts them), loads N messages, runs
-# P engine processes and injects faults: SIGKILL of an engine at three random moments, PostgreSQL
-# stopped for 10 s, the LocalStack process restarted once. Then it checks rows, duplicates,
-# rejects and the queue, and prints one line ending in PASS or FAIL (exit code 0 or 1).
+# free ports and its own state directory, since it stops and restarts them), loads N messages,
+# runs P engine processes on one queue with the shipped spec and injects faults: SIGKILL of an
+# engine at five random moments, PostgreSQL stopped for 10 s, the LocalStack process restarted
+# once. Then it checks rows (the spec's own check: none lost, none duplicated), rejects and the
+# queue, and prints one line ending in PASS or FAIL (exit code 0 or 1).
 # The orchestration itself is scripts/fault_test.py (see there for how the LocalStack restart
 # is handled: the community edition does not persist queues).
 #
-# Environment: FAULT_PGPORT (57532), FAULT_SQS_PORT (57666), FAULT_DIR (<project>/.local/fault),
+# Environment: FAULT_PGPORT, FAULT_SQS_PORT (default: free ports chosen at start),
+#              FAULT_DIR (<project>/.local/fault),
 #              ETL_VENV_DIR (where the LocalStack virtualenvs live; <project>/.local),
 #              FAULT_PROFILE (release; "dev" uses the debug build, e.g. when the test suite has just
 #              built it and a release build would take longer than the run),
@@ -20,8 +23,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-FAULT_PGPORT=${FAULT_PGPORT:-57532}
-FAULT_SQS_PORT=${FAULT_SQS_PORT:-57666}
+# Free ports by default: a fixed one can be held by a leftover server from an earlier run.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FAULT_PGPORT=${FAULT_PGPORT:-$(free_port)}
+FAULT_SQS_PORT=${FAULT_SQS_PORT:-$(free_port)}
 FAULT_DIR=${FAULT_DIR:-"$ROOT/.local/fault"}
 export ETL_VENV_DIR=${ETL_VENV_DIR:-"$ROOT/.local"}
 

@@ -3,10 +3,14 @@
 # (which builds the release binary and starts PostgreSQL + LocalStack on their own ports).
 #
 # Loads N messages with unique ids (a known number invalid) into a fresh queue, runs P engine
-# processes on it (no --drain, like a service), and while they work: SIGKILLs an engine at three
-# random moments (restarting it), stops PostgreSQL for 10 s, and restarts the LocalStack process
-# once. Then it checks: rows = valid messages, no user id twice, no valid message missing,
+# processes on it (no --drain, like a service), and while they work: SIGKILLs an engine at five
+# (--kills) random moments (restarting it), stops PostgreSQL for 10 s, and restarts the LocalStack process
+# once. Then it checks: rows = valid messages, none twice, no valid message missing,
 # rejects = invalid messages (and only those), queue empty; prints one line and exits 0 on PASS.
+#
+# --spec NAME picks the shipped spec (specs/NAME.yaml), run as shipped except for what the
+# ETL_SPEC_* variables below override; what differs per spec (tables, messages, the rows check)
+# lives in scripts/fault_specs.py.
 #
 # LocalStack's community edition keeps queues in memory only (PERSISTENCE=1 is a Pro feature;
 # localstack-core 4.13 ignores it), so a restart loses the queue and the messages still in it.
@@ -33,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
+
+from fault_specs import SPECS
 
 
 def log(msg):
@@ -71,8 +77,9 @@ class Psql:
 class Engines:
     """Engine processes, restarted when they exit without being told to."""
 
-    def __init__(self, binary, spec, keyring, log_dir, count):
+    def __init__(self, binary, spec, keyring, log_dir, count, overrides):
         self.binary, self.spec, self.keyring, self.log_dir = binary, spec, keyring, log_dir
+        self.overrides = overrides
         self.procs = [None] * count
         self.starts = [0] * count
         self.unexpected_exits = 0
@@ -82,7 +89,7 @@ class Engines:
         self.starts[i] += 1
         path = os.path.join(self.log_dir, f"engine-{i}-{self.starts[i]}.log")
         env = dict(os.environ, ETL_KEYRING=self.keyring, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                   RUST_LOG=os.environ.get("FAULT_RUST_LOG", "info,sqlx=warn"))
+                   RUST_LOG=os.environ.get("FAULT_RUST_LOG", "info,sqlx=warn"), **self.overrides)
         env.pop("ETL_KEYRING_JSON", None)
         with open(path, "w") as f:
             self.procs[i] = subprocess.Popen([self.binary, "run", self.spec], stdout=f, stderr=subprocess.STDOUT,
@@ -129,93 +136,6 @@ class Engines:
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def make_messages(n, invalid, rng, tag):
-    """Returns (bodies, kinds): kind is 'valid' or the reason the message is invalid."""
-    bad = set(rng.sample(range(n), invalid))
-    kinds_cycle = ["bad_json", "wrong_shape", "null_user_id", "too_long_device_type", "bad_version"]
-    bodies, kinds, uid = [], [], []
-    n_bad = 0
-    for i in range(n):
-        user = f"{tag}-{i:07d}"
-        msg = {"user_id": user, "app_version": f"{i % 5}.{i % 100}.{i % 7}", "device_type": ["android", "ios"][i % 2],
-               "ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "locale": [None, "RU", "US", "DE"][i % 4],
-               "device_id": f"{i % 1000:03d}-{i % 100:02d}-{i % 10000:04d}"}
-        kind = "valid"
-        if i in bad:
-            kind = kinds_cycle[n_bad % len(kinds_cycle)]
-            n_bad += 1
-            if kind == "bad_json":
-                body = json.dumps(msg)[:-7]
-                bodies.append(body)
-                kinds.append(kind)
-                uid.append(None)
-                continue
-            if kind == "wrong_shape":
-                msg = {"foo": "oops_wrong_msg_type", "bar": str(i)}
-                user = None
-            elif kind == "null_user_id":
-                msg["user_id"] = None
-                user = None
-            elif kind == "too_long_device_type":
-                # Passes the spec; Postgres refuses it (varchar(32)): isolated by splitting the batch.
-                msg["device_type"] = "x" * 40
-            elif kind == "bad_version":
-                msg["app_version"] = "v2.beta"
-        bodies.append(json.dumps(msg))
-        kinds.append(kind)
-        uid.append(user)
-    return bodies, kinds, uid
-
-
-def spec_text(queue, endpoint, db_url, vt):
-    return f"""# Written by scripts/fault_test.py for one fault-injection run.
-name: fault
-source:
-  type: sqs
-  queue: {queue}
-  endpoint_url: {endpoint}
-  region: us-east-1
-  wait_time_secs: 2
-  visibility_timeout_secs: {vt}
-  max_messages: 10
-  pollers: 4
-target:
-  url: {db_url}
-  table: user_logins
-  batch_size: 500
-  flush_interval_ms: 200
-  writers: 2
-columns:
-  user_id:
-    path: $.user_id
-    required: true
-  device_type:
-    path: $.device_type
-    transforms:
-      - type: lowercase
-  masked_ip:
-    path: $.ip
-    transforms:
-      - type: encrypt
-  masked_device_id:
-    path: $.device_id
-    transforms:
-      - type: encrypt
-  locale:
-    path: $.locale
-  app_version:
-    path: $.app_version
-    transforms:
-      - type: version_to_int
-  create_date:
-    meta: sent_timestamp
-    transforms:
-      - type: from_epoch
-        unit: millis
-        to: date
-"""
 
 
 class Queue:
@@ -272,9 +192,12 @@ def run_as_pg(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spec", choices=sorted(SPECS), default="logins",
+                    help="which shipped spec to run (scripts/fault_specs.py)")
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--invalid", type=int, default=None, help="default: 1%% of --messages")
+    ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of a random engine (default 5)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--visibility-timeout", type=int, default=10)
     ap.add_argument("--pg-outage-secs", type=int, default=10)
@@ -303,37 +226,47 @@ def main():
     os.makedirs(run_dir, exist_ok=True)
     log(f"seed {seed}; logs in {run_dir}")
 
+    plugin = SPECS[a.spec]()
     admin = Psql(a.pg_bin, a.pg_port, "postgres")
     admin.run(f"CREATE DATABASE {db}")
     pg = Psql(a.pg_bin, a.pg_port, db)
-    with open(os.path.join(a.root, "schema", "user_logins.sql")) as f:
-        pg.run(f.read())
+    for ddl in plugin.ddl:
+        with open(os.path.join(a.root, ddl)) as f:
+            pg.run(f.read())
     db_url = f"postgres://postgres:postgres@127.0.0.1:{a.pg_port}/{db}"
 
     keyring = os.path.join(run_dir, "keyring.json")
     subprocess.run([a.engine, "keygen", keyring], check=True, stdout=subprocess.DEVNULL)
-    queue = Queue(endpoint, f"fault-{stamp}-{seed % 100000}")
+    queue = Queue(endpoint, f"{plugin.queue_prefix}-{stamp}-{seed % 100000}")
     queue.create()
-    spec = os.path.join(run_dir, "fault.yaml")
-    with open(spec, "w") as f:
-        f.write(spec_text(queue.name, endpoint, db_url, a.visibility_timeout))
+    spec = os.path.join(a.root, plugin.spec)
+    # The shipped spec, pointed at this run's queue and database. A short visibility timeout
+    # makes messages held by a killed engine come back soon; a short long-poll keeps restarts quick.
+    overrides = {"ETL_SPEC_SOURCE__QUEUE": queue.name, "ETL_SPEC_SOURCE__ENDPOINT_URL": endpoint,
+                 "ETL_SPEC_SOURCE__REGION": "us-east-1", "ETL_SPEC_SOURCE__WAIT_TIME_SECS": "2",
+                 "ETL_SPEC_SOURCE__VISIBILITY_TIMEOUT_SECS": str(a.visibility_timeout),
+                 "ETL_SPEC_TARGET__URL": db_url}
+    with open(os.path.join(run_dir, "overrides.env"), "w") as f:
+        f.writelines(f"{k}={v}\n" for k, v in overrides.items())
     # The engine's own tables are an explicit, owner-run step; `run` only checks their version.
-    subprocess.run([a.engine, "setup", spec], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([a.engine, "setup", spec], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, **overrides})
 
-    bodies, kinds, uids = make_messages(n, invalid, rng, tag)
-    valid_ids = {u for u, k in zip(uids, kinds) if k == "valid"}
+    bodies, kinds = plugin.make_messages(n, invalid, rng, tag)
+    n_valid = sum(1 for k in kinds if k == "valid")
     t0 = time.time()
     msg_index = queue.send(list(enumerate(bodies)))
-    log(f"sent {len(msg_index)} messages ({len(valid_ids)} valid, {invalid} invalid) in {time.time() - t0:.1f} s")
+    log(f"{a.spec}: sent {len(msg_index)} messages ({n_valid} valid, {invalid} invalid) in {time.time() - t0:.1f} s")
 
-    engines = Engines(a.engine, spec, keyring, run_dir, a.processes)
-    faults = ["kill", "kill", "kill", "pg_outage", "sqs_restart"]
+    engines = Engines(a.engine, spec, keyring, run_dir, a.processes, overrides)
+    faults = ["kill"] * a.kills + ["pg_outage", "sqs_restart"]
     rng.shuffle(faults)
     thresholds = sorted(rng.uniform(0.05, 0.75) for _ in faults)
     plan = list(zip(thresholds, faults))
     log("fault plan (fraction of messages committed): " + ", ".join(f"{f}@{t:.0%}" for t, f in plan))
 
-    ledger_sql = "SELECT count(*) FROM etl_ledger WHERE pipeline = 'fault'"
+    # The run has its own database, so the whole ledger is this run's.
+    ledger_sql = "SELECT count(*) FROM etl_ledger"
     kills = pg_outage = sqs_restarts = resent = 0
     pg_data = os.path.join(a.state_dir, "pg", "data")
     pg_opts = f"-p {a.pg_port} -k {os.path.join(a.state_dir, 'pg')} -c listen_addresses=127.0.0.1"
@@ -401,7 +334,7 @@ def main():
                     now = committed()
                     if now != last:
                         last, since = now, time.time()
-                done_ids = set(pg.column("SELECT message_id FROM etl_ledger WHERE pipeline = 'fault'"))
+                done_ids = set(pg.column("SELECT message_id FROM etl_ledger"))
                 done = {msg_index[m] for m in done_ids if m in msg_index}
                 p = subprocess.run(["bash", os.path.join(a.root, "scripts", "services.sh"), "up"], env=services_env,
                                    capture_output=True, text=True)
@@ -458,24 +391,21 @@ def main():
         engines.kill_all()
         raise
 
-    rows = pg.scalar("SELECT count(*) FROM user_logins")
-    distinct = pg.scalar("SELECT count(DISTINCT user_id) FROM user_logins")
-    table_ids = set(pg.column("SELECT DISTINCT user_id FROM user_logins WHERE user_id IS NOT NULL"))
-    lost = len(valid_ids - table_ids)
-    unexpected = len(table_ids - valid_ids)
-    reject_ids = pg.column("SELECT message_id FROM etl_rejects WHERE pipeline = 'fault'")
+    check = plugin.verify(pg, bodies, kinds)
+    rows, duplicates, lost, unexpected = check["rows"], check["duplicates"], check["lost"], check["unexpected"]
+    reject_ids = pg.column("SELECT message_id FROM etl_rejects")
     rejected_kinds = [kinds[msg_index[m]] if m in msg_index else "unknown" for m in reject_ids]
     wrongly_rejected = sum(1 for k in rejected_kinds if k == "valid" or k == "unknown")
     rejected_invalid = {msg_index[m] for m in reject_ids if m in msg_index and kinds[msg_index[m]] != "valid"}
     d = queue.depth()
     queue_left = sum(d) if d is not None else -1
-    duplicates = rows - distinct
-    ok = (rows == len(valid_ids) and duplicates == 0 and lost == 0 and unexpected == 0
+    ok = (rows == check["expected"] and duplicates == 0 and lost == 0 and unexpected == 0
           and len(reject_ids) == invalid and len(rejected_invalid) == invalid and wrongly_rejected == 0
           and queue_left == 0 and clean_exit)
     result = "PASS" if ok else "FAIL"
     elapsed = time.time() - started
-    print(f"fault-test: messages={n} valid={len(valid_ids)} rows={rows} duplicates={duplicates} lost={lost} "
+    print(f"fault-test: spec={a.spec} messages={n} valid={n_valid} rows={rows}/{check['expected']} "
+          f"duplicates={duplicates} lost={lost} unexpected={unexpected} "
           f"rejects={len(reject_ids)}/{invalid} queue_left={queue_left} processes={a.processes} kills={kills} "
           f"pg_outage={pg_outage}s sqs_restart={sqs_restarts} resent_after_sqs_restart={resent} "
           f"engine_exits={engines.unexpected_exits} clean_shutdown={'yes' if clean_exit else 'no'} "
@@ -484,7 +414,7 @@ def main():
         log(f"kept database {db} and logs in {run_dir} for inspection")
         if wrongly_rejected:
             log(f"{wrongly_rejected} rejects are not invalid messages: "
-                + "; ".join(pg.column("SELECT DISTINCT reason FROM etl_rejects WHERE pipeline = 'fault' LIMIT 5")))
+                + "; ".join(pg.column("SELECT DISTINCT reason FROM etl_rejects LIMIT 5")))
         return 1
     admin.run(f"DROP DATABASE {db}", check=False)
     return 0

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Local development services for etl-engine, without Docker: PostgreSQL 15 and LocalStack SQS on loopback.
 #
-#   scripts/services.sh up [--legacy-sqs]   start (or reuse) both, create the queue(s), apply table DDL
-#   scripts/services.sh down                stop only what `up` started
-#   scripts/services.sh status              show what is running
+#   scripts/services.sh up [--legacy-sqs|--moto]   start (or reuse) both, create the queue(s), apply table DDL
+#   scripts/services.sh down                       stop only what `up` started
+#   scripts/services.sh status                     show what is running
 #
 # Environment: PGPORT (5432), SQS_PORT (4566), ETL_LOCAL_DIR (<project>/.local), QUEUES ("login-queue"),
 #              TABLE_DDL (space-separated, relative to the project), READY_TIMEOUT (seconds, 90),
 #              PYTHON (python3, used to create the LocalStack venvs), ETL_VENV_DIR (where the venvs live; ETL_LOCAL_DIR).
 # --legacy-sqs runs localstack-core 2.3.2, which only speaks the SQS query protocol.
+# --moto runs a moto server (moto[server] 5.2.5) on SQS_PORT instead of LocalStack: a third SQS
+# implementation (both protocols) and the KMS endpoint (LocalStack's KMS fails on Python 3.11).
+# moto scans the whole queue on every call: keep its queues to a few hundred messages.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +27,7 @@ PYTHON=${PYTHON:-python3}
 
 CURRENT_VERSION="localstack-core==4.13.0"
 LEGACY_VERSION="localstack-core==2.3.2"
+MOTO_VERSION="moto[server]==5.2.5"
 REQ_DIR="$ROOT/scripts/requirements"
 
 L=$ETL_LOCAL_DIR
@@ -34,6 +38,9 @@ LS_PID="$L/localstack.pid"
 LS_FLAVOUR="$L/localstack.flavour"
 LS_PORT_FILE="$L/localstack.port"
 LS_LOG="$L/localstack.log"
+MOTO_PID="$L/moto.pid"
+MOTO_PORT_FILE="$L/moto.port"
+MOTO_LOG="$L/moto.log"
 
 export PGPASSWORD=${PGPASSWORD:-postgres}
 unset PGHOST PGUSER PGDATABASE PGSERVICE || true
@@ -176,9 +183,27 @@ pg_down() {
 
 # Virtual environments can be shared between state dirs (tests run isolated services from one install).
 VENV_DIR=${ETL_VENV_DIR:-$L}
-venv_dir() { if [ "$1" = legacy ]; then echo "$VENV_DIR/venv-localstack-legacy"; else echo "$VENV_DIR/venv-localstack"; fi; }
-version_of() { if [ "$1" = legacy ]; then echo "$LEGACY_VERSION"; else echo "$CURRENT_VERSION"; fi; }
-req_base() { if [ "$1" = legacy ]; then echo "$REQ_DIR/localstack-legacy"; else echo "$REQ_DIR/localstack-current"; fi; }
+venv_dir() {
+    case $1 in
+        legacy) echo "$VENV_DIR/venv-localstack-legacy" ;;
+        moto) echo "$VENV_DIR/venv-moto" ;;
+        *) echo "$VENV_DIR/venv-localstack" ;;
+    esac
+}
+version_of() {
+    case $1 in
+        legacy) echo "$LEGACY_VERSION" ;;
+        moto) echo "$MOTO_VERSION" ;;
+        *) echo "$CURRENT_VERSION" ;;
+    esac
+}
+req_base() {
+    case $1 in
+        legacy) echo "$REQ_DIR/localstack-legacy" ;;
+        moto) echo "$REQ_DIR/moto" ;;
+        *) echo "$REQ_DIR/localstack-current" ;;
+    esac
+}
 
 ensure_venv() { # flavour
     local flavour=$1 venv marker want base
@@ -305,6 +330,88 @@ ls_up() { # flavour
     say "sqs: ready in $(since "$t0") s (pid $pid)"
 }
 
+# ---------------------------------------------------------------- moto server (SQS + KMS)
+
+# 0 when the port serves moto's own API (LocalStack has no /moto-api/ route on its gateway).
+moto_healthy() {
+    local url="http://127.0.0.1:$SQS_PORT/moto-api/data.json"
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS --max-time 2 -o /dev/null "$url" 2>/dev/null
+    else
+        "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$url" 2>/dev/null
+    fi
+}
+# PID of the moto server we started, if it is still alive (and still moto: PIDs get reused).
+moto_ours_pid() {
+    [ -f "$MOTO_PID" ] || return 1
+    local pid; pid=$(cat "$MOTO_PID")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *moto_server* ]] || return 1
+    echo "$pid"
+}
+
+moto_stop_ours() {
+    local pid
+    if pid=$(moto_ours_pid); then
+        kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+        say "moto: stopped (pid $pid)"
+    else
+        say "moto: no moto server started by this script is running, nothing to stop"
+    fi
+    rm -f "$MOTO_PID" "$MOTO_PORT_FILE"
+}
+
+moto_up() {
+    local pid
+    if pid=$(moto_ours_pid); then
+        if [ "$(cat "$MOTO_PORT_FILE" 2>/dev/null)" = "$SQS_PORT" ] && moto_healthy; then
+            say "moto: already running (ours, pid $pid) on 127.0.0.1:$SQS_PORT"
+            ensure_venv moto
+            return 0
+        fi
+        say "moto: ours is on port $(cat "$MOTO_PORT_FILE" 2>/dev/null), restarting on $SQS_PORT"
+        moto_stop_ours
+    else
+        rm -f "$MOTO_PID" "$MOTO_PORT_FILE"
+    fi
+    ensure_venv moto
+    if moto_healthy; then
+        say "moto: reusing the moto server already answering on 127.0.0.1:$SQS_PORT (not started by this script)"
+        return 0
+    fi
+    port_open "$SQS_PORT" && die "port $SQS_PORT is in use by something that is not a moto server; set SQS_PORT"
+    local venv; venv=$(venv_dir moto)
+    say "moto: starting $MOTO_VERSION on 127.0.0.1:$SQS_PORT"
+    local t0; t0=$(now)
+    : >"$MOTO_LOG"
+    # As for LocalStack: its own session, and $! is the server's own PID (setsid execs it).
+    setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$SQS_PORT" </dev/null >>"$MOTO_LOG" 2>&1 &
+    pid=$!
+    echo "$pid" >"$MOTO_PID"
+    echo "$SQS_PORT" >"$MOTO_PORT_FILE"
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until moto_healthy; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$MOTO_PID" "$MOTO_PORT_FILE"
+            fail_with_log "moto exited during start-up" "$MOTO_LOG"
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            moto_stop_ours >/dev/null
+            fail_with_log "moto not ready on 127.0.0.1:$SQS_PORT after ${READY_TIMEOUT}s" "$MOTO_LOG"
+        fi
+        sleep 0.3
+    done
+    say "moto: ready in $(since "$t0") s (pid $pid; SQS and KMS on http://127.0.0.1:$SQS_PORT)"
+}
+
 QUEUE_URLS=""
 create_queues() { # flavour
     local py; py="$(venv_dir "$1")/bin/python"
@@ -337,7 +444,7 @@ cmd_up() {
     ensure_pg_installed
     pg_up
     pg_setup
-    ls_up "$flavour"
+    if [ "$flavour" = moto ]; then moto_up; else ls_up "$flavour"; fi
     create_queues "$flavour"
     local q
     for q in $QUEUE_URLS; do say "sqs: queue $q"; done
@@ -348,6 +455,7 @@ cmd_up() {
 
 cmd_down() {
     ls_stop_ours
+    if [ -f "$MOTO_PID" ]; then moto_stop_ours; fi
     pg_down
 }
 
@@ -369,12 +477,15 @@ cmd_status() {
         echo "sqs: running (ours, $flavour: $(version_of "$flavour"), pid $pid, $health) on http://127.0.0.1:$port"
     elif ls_healthy; then
         echo "sqs: LocalStack $(ls_version) answering on http://127.0.0.1:$SQS_PORT (not started by this script)"
-    else
+    elif ! moto_ours_pid >/dev/null; then
         echo "sqs: not running"
+    fi
+    if pid=$(moto_ours_pid); then
+        echo "moto: running (ours, $MOTO_VERSION, pid $pid) on http://127.0.0.1:$(cat "$MOTO_PORT_FILE" 2>/dev/null || echo "$SQS_PORT")"
     fi
 }
 
-usage() { echo "usage: $0 up|down|status [--legacy-sqs]" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|status [--legacy-sqs|--moto]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 CMD=$1; shift
@@ -382,6 +493,7 @@ FLAVOUR=current
 for arg in "$@"; do
     case $arg in
         --legacy-sqs) FLAVOUR=legacy ;;
+        --moto) FLAVOUR=moto ;;
         *) usage ;;
     esac
 done
