@@ -71,9 +71,13 @@ enum Cmd {
     },
     /// A: receive + delete-batch with no processing, at the spec's poller concurrency.
     SqsCeiling {
-        /// The SQS spec whose source settings (pollers, batch size, visibility) to mirror.
+        /// The SQS spec whose source settings (batch size, visibility, a fixed poller count)
+        /// to mirror.
         #[arg(long)]
         spec: PathBuf,
+        /// Concurrent receive loops (default: the spec's fixed `pollers`, or 4 with `auto`).
+        #[arg(long)]
+        workers: Option<u32>,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -263,6 +267,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
         } => sqs::delete_queue(&endpoint, &queue_url).await?,
         Cmd::SqsCeiling {
             spec,
+            workers,
             endpoint,
             queue_url,
             expect,
@@ -272,7 +277,11 @@ async fn run(cmd: Cmd) -> Result<u8> {
             let etl_engine::spec::SourceConfig::Sqs(cfg) = &spec.source else {
                 bail!("{}: source is not sqs", spec.file.display())
             };
-            let r = sqs::ceiling(&endpoint, &queue_url, cfg, expect).await?;
+            let workers = workers.unwrap_or(match cfg.pollers {
+                etl_engine::spec::Pollers::Fixed(n) => n,
+                etl_engine::spec::Pollers::Auto => 4,
+            });
+            let r = sqs::ceiling(&endpoint, &queue_url, cfg, workers, expect).await?;
             write_json(&out, &r)?;
         }
         Cmd::PgCeiling {

@@ -9,12 +9,14 @@
 
 mod diagnose;
 pub mod load;
+mod pollers;
 pub mod position;
 pub mod typecheck;
 pub mod types;
 mod validate;
 
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
+pub use pollers::MAX_POLLERS;
 pub use types::*;
 
 use crate::value::ValType;
