@@ -4,9 +4,10 @@
 #
 #   scripts/bench.sh [--messages N] [--rss-messages M] [--reference-messages K] [--repeat R]
 #                    [--large-body-messages G] [--latency-ms MS [--latency-messages L]]
-#                    [--skip-reference] [--keep-services] [--only large-bodies]
+#                    [--skip-reference] [--keep-services] [--only ROWS]
 #
-#   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, at the engine's poller count
+#   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, 4 loops (or the spec's
+#      fixed source.pollers)
 #   B  etl-engine run specs/logins.yaml --drain: SQS -> hash + vault + casts -> Postgres
 #   C  benches/reference/reference_etl.py: boto3, hashlib, one INSERT and one delete per message
 #   D  Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows
@@ -16,9 +17,13 @@
 #      255 KiB (an extra JSON string field no column reads), for the peak-RSS check of the byte
 #      budget (source.max_in_flight_bytes, default settings). They are sent one per
 #      SendMessageBatch: classic SQS allows 256 KiB per batch in all (LocalStack 4.13: 1 MiB).
-#      --only large-bodies runs RL alone (a few minutes) and reports only it.
 #   BL, CL (with --latency-ms) B and C on L messages (default 5,000) through a proxy that delays
-#      every byte by MS in each direction, as if the endpoint were remote (informational)
+#      every byte by MS in each direction, as if the endpoint were remote (the proxy is the
+#      etl_bench helper's async `latency-proxy`); BL runs the shipped spec as is (pollers: auto)
+#   AL (with --latency-ms) A through the same proxy with 32 loops: what the endpoint serves at
+#      that latency to enough concurrency, the yardstick for BL
+#   --only ROWS runs and reports only the rows named, comma-separated (e.g. --only A,B,AL,BL;
+#      D and E run together; large-bodies is RL; AL, BL, CL need --latency-ms).
 #
 # D and E take a second or two each, so one run is at the mercy of a checkpoint or autovacuum:
 # they are measured R times (default 3), alternating, and the run with the median rate counts
@@ -26,9 +31,9 @@
 # checkpoint taken, so one measurement's aftermath does not land in the next.
 #
 # N defaults to 50,000 (about 1% invalid), M to 200,000, K to N. Prints a table and the ratios
-# B/A, B/C, E/D, checks the targets (B >= 0.8 A, B >= 5 C, E >= 0.5 D, peak RSS of R <= 150 MB,
-# peak RSS of RL <= 300 MB), writes everything to $BENCH_DIR/results.json, and exits 1 if a
-# measured target is missed.
+# B/A, B/C, E/D, BL/AL, checks the targets (B >= 0.9 A, B >= 5 C, E >= 0.5 D, BL >= 0.8 AL, peak
+# RSS of R <= 150 MB, peak RSS of RL <= 300 MB), writes everything to $BENCH_DIR/results.json,
+# and exits 1 if a measured target is missed.
 #
 # Services run on their own ports and state dir (BENCH_PGPORT=58432, BENCH_SQS_PORT=58566,
 # BENCH_DIR=<project>/.local/bench) and are stopped at the end unless --keep-services.
@@ -49,7 +54,7 @@ LARGE_BODY_MESSAGES=2000
 # 255 KiB: just under SQS's 256 KiB (262,144 bytes) per message, with room for attributes.
 LARGE_BODY_BYTES=261120
 ONLY=""
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --messages) MESSAGES=${2:?}; shift 2 ;;
@@ -72,15 +77,21 @@ for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES" "$LATENCY_MESSAGES" "
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: message counts must be positive integers (got $n)" >&2; exit 2; }
 done
 [[ $LARGE_BODY_MESSAGES =~ ^[0-9]+$ ]] || { echo "error: --large-body-messages must be a whole number" >&2; exit 2; }
-case $ONLY in
-    "") ;;
-    large-bodies) [ "$LARGE_BODY_MESSAGES" -gt 0 ] || { echo "error: --only large-bodies needs --large-body-messages > 0" >&2; exit 2; }
-        SKIP_REFERENCE=1 ;;
-    *) echo "error: --only takes large-bodies (got $ONLY)" >&2; exit 2 ;;
-esac
-# ALL=1: every measurement; 0: only the one --only names.
-ALL=1
-[ -z "$ONLY" ] || ALL=0
+ONLY=${ONLY//large-bodies/RL}
+for row in ${ONLY//,/ }; do
+    case $row in
+        A|B|C|D|E|R|RL|AL|BL|CL) ;;
+        *) echo "error: --only takes rows among A,B,C,D,E,R,RL,AL,BL,CL or large-bodies (got $row)" >&2; exit 2 ;;
+    esac
+done
+# want ROW: whether ROW is measured (every row without --only).
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+if want RL; then :; else LARGE_BODY_MESSAGES=0; fi
+want RL && [ -n "$ONLY" ] && [ "$LARGE_BODY_MESSAGES" = 0 ] && { echo "error: --only RL needs --large-body-messages > 0" >&2; exit 2; }
+if [ -n "$ONLY" ] && ! want C && ! want CL; then SKIP_REFERENCE=1; fi
+if { want AL || want BL || want CL; } && [ -n "$ONLY" ] && [ "$LATENCY_MS" = 0 ]; then
+    echo "error: --only AL/BL/CL needs --latency-ms" >&2; exit 2
+fi
 
 BENCH_PGPORT=${BENCH_PGPORT:-58432}
 BENCH_SQS_PORT=${BENCH_SQS_PORT:-58566}
@@ -152,12 +163,15 @@ gen() { # count -> prints the file, writes its counts next to it
     echo "$f"
 }
 valid_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["valid"])' "$1.counts"; }
-if [ "$ALL" = 1 ]; then
-    say "generating $MESSAGES and $RSS_MESSAGES messages"
+if want A || want B || want C || want D || want E; then
+    say "generating $MESSAGES messages"
     MSGS=$(gen "$MESSAGES")
-    RSS_MSGS=$(gen "$RSS_MESSAGES")
     REF_MSGS=$MSGS
-    [ "$REFERENCE_MESSAGES" = "$MESSAGES" ] || REF_MSGS=$(gen "$REFERENCE_MESSAGES")
+    [ "$REFERENCE_MESSAGES" = "$MESSAGES" ] || ! want C || REF_MSGS=$(gen "$REFERENCE_MESSAGES")
+fi
+if want R; then
+    say "generating $RSS_MESSAGES messages"
+    RSS_MSGS=$(gen "$RSS_MESSAGES")
 fi
 # RL's messages are these, padded by the loader as they are sent (500 MB never touch the disk).
 [ "$LARGE_BODY_MESSAGES" = 0 ] || LARGE_MSGS=$(gen "$LARGE_BODY_MESSAGES")
@@ -176,7 +190,7 @@ awk -v path="${MSGS:-}" '
     printf ' "latency_ms_each_way": %s, "latency_messages": %s,\n' "$LATENCY_MS" "$LATENCY_MESSAGES"
     printf ' "large_body_messages": %s, "large_body_bytes": %s, "only": %s,\n' "$LARGE_BODY_MESSAGES" "$LARGE_BODY_BYTES" \
         "$([ -n "$ONLY" ] && printf '"%s"' "$ONLY" || echo null)"
-    printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$([ "$ALL" = 1 ] && valid_of "$MSGS" || echo null)" "$(date -u +%FT%TZ)" \
+    printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$([ -n "${MSGS:-}" ] && valid_of "$MSGS" || echo null)" "$(date -u +%FT%TZ)" \
         "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     printf ' "machine": {"cpu_model": "%s", "cores": %s, "mem_total_mb": %s},\n' \
         "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" \
@@ -237,7 +251,7 @@ PY
 
 say "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-if [ "$ALL" = 1 ]; then
+if want D || want E; then
 # ------------------------------------------------------------------ D and E (no SQS)
 for i in $(seq 1 "$REPEAT"); do
     settle
@@ -255,15 +269,19 @@ for i in $(seq 1 "$REPEAT"); do
     settle "$DB"
 done
 pick_median "$REPEAT" "$OUT"
+fi
 
 # ------------------------------------------------------------------ A, B, C (SQS)
+if want A; then
 settle
 say "A: SQS ceiling (receive + delete-batch, no processing)"
 Q=$(fresh_queue bench-a "$MSGS")
 engine_env "$Q" "" "$BENCH_BIN" measure --out "$OUT/a-measure.json" --log "$OUT/a.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
     "$BENCH_BIN" sqs-ceiling --spec "$SPEC" --endpoint "$ENDPOINT" --queue-url "$Q" --expect "$MESSAGES" --out "$OUT/a.json"
 drop_queue "$Q"
+fi
 
+if want B; then
 settle
 say "B: engine, SQS -> Postgres (--drain)"
 DB=$(fresh_db bench_b)
@@ -273,9 +291,10 @@ engine_env "$Q" "$DB" "$BENCH_BIN" measure --out "$OUT/b-measure.json" --log "$O
 drop_queue "$Q"
 "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$MSGS")" \
     --expect-messages "$MESSAGES" --out "$OUT/b-check.json"
+fi
 
-if [ "$SKIP_REFERENCE" = 0 ]; then
-    settle "$DB"
+if want C && [ "$SKIP_REFERENCE" = 0 ]; then
+    settle
     say "C: Python reference ($REFERENCE_MESSAGES messages; one INSERT and one delete per message)"
     DB=$(fresh_db bench_c)
     Q=$(fresh_queue bench-c "$REF_MSGS")
@@ -285,7 +304,8 @@ if [ "$SKIP_REFERENCE" = 0 ]; then
     "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$REF_MSGS")" --out "$OUT/c-check.json"
 fi
 
-settle "$DB"
+if want R; then
+settle
 say "R: engine draining $RSS_MESSAGES messages (peak RSS)"
 DB=$(fresh_db bench_r)
 Q=$(fresh_queue bench-r "$RSS_MSGS")
@@ -311,14 +331,26 @@ if [ "$LARGE_BODY_MESSAGES" != 0 ]; then
     settle "$DB"
 fi
 
-if [ "$ALL" = 1 ] && [ "$LATENCY_MS" != 0 ]; then
-    say "BL, CL: $LATENCY_MESSAGES messages through a proxy adding $LATENCY_MS ms each way"
+if [ "$LATENCY_MS" != 0 ] && { want AL || want BL || want CL; }; then
+    say "AL, BL, CL: $LATENCY_MESSAGES messages through a proxy adding $LATENCY_MS ms each way"
     LAT_MSGS=$(gen "$LATENCY_MESSAGES")
-    python3 "$ROOT/benches/latency_proxy.py" --target-port "$BENCH_SQS_PORT" --delay-ms "$LATENCY_MS" >"$OUT/proxy.port" 2>"$OUT/proxy.log" &
+    "$BENCH_BIN" latency-proxy --target-port "$BENCH_SQS_PORT" --delay-ms "$LATENCY_MS" >"$OUT/proxy.port" 2>"$OUT/proxy.log" &
     PROXY_PID=$!
     for _ in $(seq 1 50); do [ -s "$OUT/proxy.port" ] && break; sleep 0.1; done
     [ -s "$OUT/proxy.port" ] || die "the latency proxy did not start (see $OUT/proxy.log)"
     SLOW="http://127.0.0.1:$(head -1 "$OUT/proxy.port")"
+    if want AL; then
+        settle
+        say "AL: SQS ceiling through the proxy, 32 loops"
+        Q=$(fresh_queue bench-al "$LAT_MSGS")
+        "$BENCH_BIN" measure --out "$OUT/al-measure.json" --log "$OUT/al.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
+            env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+            "$BENCH_BIN" sqs-ceiling --spec "$SPEC" --workers 32 --endpoint "$SLOW" --queue-url "$Q" --expect "$LATENCY_MESSAGES" --out "$OUT/al.json"
+        drop_queue "$Q"
+    fi
+    if want BL; then
+    settle
+    say "BL: engine through the proxy (the spec as shipped: pollers auto)"
     DB=$(fresh_db bench_bl)
     Q=$(fresh_queue bench-bl "$LAT_MSGS")
     engine_env "$Q" "$DB" env ETL_SPEC_SOURCE__ENDPOINT_URL="$SLOW" \
@@ -327,7 +359,8 @@ if [ "$ALL" = 1 ] && [ "$LATENCY_MS" != 0 ]; then
     drop_queue "$Q"
     "$BENCH_BIN" check-db --db "$DB" --target-table user_logins --expect-rows "$(valid_of "$LAT_MSGS")" \
         --expect-messages "$LATENCY_MESSAGES" --out "$OUT/bl-check.json"
-    if [ "$SKIP_REFERENCE" = 0 ]; then
+    fi
+    if want CL && [ "$SKIP_REFERENCE" = 0 ]; then
         DB=$(fresh_db bench_cl)
         Q=$(fresh_queue bench-cl "$LAT_MSGS")
         "$BENCH_BIN" measure --out "$OUT/cl-measure.json" --log "$OUT/cl.log" --endpoint "$ENDPOINT" --queue-url "$Q" -- \
@@ -343,7 +376,7 @@ say "load average after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 "$BENCH_BIN" report --dir "$OUT" || status=$?
 # Every D and E run, not only the median ones, go into the results too.
-[ "$ALL" = 0 ] || python3 - "$OUT" <<'PY'
+[ ! -s "$OUT/de-runs.json" ] || python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 r = json.load(open(f"{out}/results.json"))

@@ -164,6 +164,11 @@ impl Collector for LiveStats {
                 Some(g(&s.in_flight)),
             ),
             (
+                "etl_sqs_pollers",
+                "SQS receive loops running now (source.pollers; with `auto` it follows the backlog).",
+                Some(g(&s.pollers)).filter(|n| *n > 0),
+            ),
+            (
                 "etl_queue_messages_visible",
                 "Queue depth estimate: ApproximateNumberOfMessages, polled every 2 seconds.",
                 self.depth.visible(),
@@ -174,7 +179,8 @@ impl Collector for LiveStats {
                 self.depth.not_visible(),
             ),
         ];
-        // An unknown depth (not polled yet, or a file source) is left out rather than shown as 0.
+        // An unknown depth (not polled yet, or a file source) is left out rather than shown as 0;
+        // so is the poller count of a file source.
         for (name, help, value) in gauges {
             if let Some(v) = value {
                 let c = ConstGauge::new(v);
@@ -551,12 +557,14 @@ etl_batch_commit_seconds_count{pipeline="log\"ins"} 3
         // A scrape reads the pipeline's counters as they are now.
         stats.received.fetch_add(7, Ordering::Relaxed);
         stats.in_flight.store(5, Ordering::Relaxed);
+        stats.pollers.store(12, Ordering::Relaxed);
         let body = get("/metrics").await.unwrap().text().await.unwrap();
         assert_eq!(value(&body, received), 157.0);
         assert_eq!(
             value(&body, r#"etl_messages_in_flight{pipeline="logins"}"#),
             5.0
         );
+        assert_eq!(value(&body, r#"etl_sqs_pollers{pipeline="logins"}"#), 12.0);
 
         let health = get("/healthz").await.unwrap();
         assert_eq!(health.status(), 200);

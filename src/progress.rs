@@ -189,14 +189,16 @@ pub struct Snapshot {
     pub rate_per_sec: f64,
     /// Queue depth estimate, if known.
     pub queue_depth: Option<u64>,
+    /// SQS receive loops running now (none for a file source).
+    pub pollers: Option<u64>,
     /// Time since reporting started.
     pub elapsed: Duration,
 }
 
 impl Snapshot {
     /// The live status line: short enough for an 80-column terminal, so it never wraps (a
-    /// wrapped line could not be erased in place). The pipeline name and elapsed time come
-    /// last and are left out when the numbers need the room.
+    /// wrapped line could not be erased in place). The receive loops, elapsed time and pipeline
+    /// name come last, in that order, and are left out when the numbers need the room.
     pub fn line(&self, pipeline: &str) -> String {
         let mut line = format!(
             "recv {}  written {}  rejected {}  dup {}  {} msg/s",
@@ -209,10 +211,11 @@ impl Snapshot {
         if let Some(d) = self.queue_depth {
             line.push_str(&format!("  queue ~{}", compact(d)));
         }
-        for tail in [
+        let pollers = self.pollers.map(|n| format!("  pollers {n}"));
+        for tail in pollers.into_iter().chain([
             format!("  {}s", self.elapsed.as_secs()),
             format!("  [{pipeline}]"),
-        ] {
+        ]) {
             if line.chars().count() + tail.chars().count() <= MAX_LINE {
                 line.push_str(&tail);
             }
@@ -299,6 +302,7 @@ fn snapshot(
         in_flight: g(&stats.in_flight),
         rate_per_sec: rate.rate(now, written + rejected + duplicates),
         queue_depth: depth.visible(),
+        pollers: Some(g(&stats.pollers)).filter(|n| *n > 0),
         elapsed: now.duration_since(started),
     }
 }
@@ -331,6 +335,7 @@ async fn report(cfg: ProgressConfig, stop: CancellationToken) {
                 in_flight = s.in_flight,
                 rate_per_sec = s.rate_per_sec.round() as u64,
                 queue_depth = s.queue_depth,
+                pollers = s.pollers,
                 "Progress."
             ),
         }
@@ -411,6 +416,7 @@ mod tests {
             in_flight: 567,
             rate_per_sec: 3456.4,
             queue_depth: Some(98_765_432),
+            pollers: Some(12),
             elapsed: Duration::from_secs(377),
         };
         let line = s.line("logins");
@@ -436,6 +442,16 @@ mod tests {
         .line("logins");
         assert_eq!(
             no_depth,
+            "recv 150  written 130  rejected 20  dup 0  75 msg/s  pollers 12  377s  [logins]"
+        );
+        let file = Snapshot {
+            queue_depth: None,
+            pollers: None,
+            ..small
+        }
+        .line("logins");
+        assert_eq!(
+            file,
             "recv 150  written 130  rejected 20  dup 0  75 msg/s  377s  [logins]"
         );
     }

@@ -32,6 +32,8 @@ pub struct Stats {
     pub deleted: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
+    /// SQS receive loops running now (0: not an SQS source, or not running).
+    pub pollers: AtomicU64,
     pub batches: AtomicU64,
     pub released: AtomicU64,
     pub vault_rows: AtomicU64,

@@ -1,13 +1,15 @@
 //! The benchmark's helper program (`scripts/bench.sh` drives it): generates the data, fills
 //! queues, measures the two ceilings (A: the SQS endpoint, D: Postgres binary COPY), runs the
 //! engine and the Python reference under a stopwatch that also records peak RSS and the moment
-//! the queue is empty, checks what landed in the database, and writes the report.
+//! the queue is empty, checks what landed in the database, writes the report, and serves the
+//! latency proxy the BL/AL/CL rows go through.
 //!
 //! Run through `cargo bench` or `cargo test` without a subcommand it only says how to use it:
 //! the measurements need services and minutes, which unit tests must not.
 
 mod datagen;
 mod pg;
+mod proxy;
 mod report;
 mod sqs;
 
@@ -71,9 +73,13 @@ enum Cmd {
     },
     /// A: receive + delete-batch with no processing, at the spec's poller concurrency.
     SqsCeiling {
-        /// The SQS spec whose source settings (pollers, batch size, visibility) to mirror.
+        /// The SQS spec whose source settings (batch size, visibility, a fixed poller count)
+        /// to mirror.
         #[arg(long)]
         spec: PathBuf,
+        /// Concurrent receive loops (default: the spec's fixed `pollers`, or 4 with `auto`).
+        #[arg(long)]
+        workers: Option<u32>,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -129,6 +135,16 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve a TCP proxy that delays every byte by --delay-ms each way (prints its port).
+    LatencyProxy {
+        #[arg(long)]
+        target_port: u16,
+        /// One-way delay in milliseconds.
+        #[arg(long)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Print the table, check the targets, write results.json.
     Report {
         #[arg(long)]
@@ -163,6 +179,7 @@ fn main() -> std::process::ExitCode {
         "measure",
         "check-db",
         "report",
+        "latency-proxy",
         "help",
         "--help",
         "-h",
@@ -263,6 +280,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
         } => sqs::delete_queue(&endpoint, &queue_url).await?,
         Cmd::SqsCeiling {
             spec,
+            workers,
             endpoint,
             queue_url,
             expect,
@@ -272,7 +290,11 @@ async fn run(cmd: Cmd) -> Result<u8> {
             let etl_engine::spec::SourceConfig::Sqs(cfg) = &spec.source else {
                 bail!("{}: source is not sqs", spec.file.display())
             };
-            let r = sqs::ceiling(&endpoint, &queue_url, cfg, expect).await?;
+            let workers = workers.unwrap_or(match cfg.pollers {
+                etl_engine::spec::Pollers::Fixed(n) => n,
+                etl_engine::spec::Pollers::Auto => 4,
+            });
+            let r = sqs::ceiling(&endpoint, &queue_url, cfg, workers, expect).await?;
             write_json(&out, &r)?;
         }
         Cmd::PgCeiling {
@@ -339,6 +361,18 @@ async fn run(cmd: Cmd) -> Result<u8> {
             write_json(&out, &res)?;
         }
         Cmd::Report { dir } => return report::report(&dir),
+        Cmd::LatencyProxy {
+            target_port,
+            delay_ms,
+            port,
+        } => {
+            proxy::serve(
+                target_port,
+                port,
+                std::time::Duration::from_millis(delay_ms),
+            )
+            .await?
+        }
     }
     Ok(0)
 }

@@ -137,7 +137,7 @@ pub struct Ceiling {
     pub messages_per_sec: f64,
 }
 
-/// A: the engine's request pattern with nothing in between — `cfg.pollers` receive loops (asking
+/// A: the engine's request pattern with nothing in between — `workers` receive loops (asking
 /// for what the engine asks for) hand receipt handles straight to up to [`DELETE_CONCURRENCY`]
 /// concurrent DeleteMessageBatch calls, like the engine's acker, until `expect` messages are
 /// deleted (or, like the engine's drain, a poller sees two empty answers in a row).
@@ -145,6 +145,7 @@ pub async fn ceiling(
     endpoint: &str,
     queue_url: &str,
     cfg: &SqsSourceConfig,
+    workers: u32,
     expect: u64,
 ) -> anyhow::Result<Ceiling> {
     let s = setup(endpoint).await?;
@@ -158,7 +159,7 @@ pub async fn ceiling(
     let receive_calls = Arc::new(AtomicU64::new(0));
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<BatchEntry>>(64);
     let started = Instant::now();
-    let pollers: Vec<_> = (0..cfg.pollers)
+    let pollers: Vec<_> = (0..workers)
         .map(|_| {
             let (q, received, calls, tx) = (
                 q.clone(),
@@ -224,7 +225,7 @@ pub async fn ceiling(
     let messages = deleted.load(Ordering::Relaxed);
     Ok(Ceiling {
         messages,
-        workers: cfg.pollers,
+        workers,
         receive_calls: receive_calls.load(Ordering::Relaxed),
         delete_calls: delete_calls.load(Ordering::Relaxed),
         secs,

@@ -52,6 +52,16 @@ impl ByteBudget {
             .map(|p| Charge(Some(p)))
     }
 
+    /// Takes `bytes` if they are free now, without waiting (see [`ByteBudget::charge`]).
+    pub fn try_charge(&self, bytes: u64) -> Option<Charge> {
+        let n = u32::try_from(bytes.min(u64::from(self.total))).unwrap_or(self.total);
+        self.permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(|p| Charge(Some(p)))
+    }
+
     /// Bytes currently charged.
     #[cfg(test)]
     pub fn used(&self) -> u64 {

@@ -5,6 +5,7 @@
 
 use super::budget::ByteBudget;
 use super::drain::{Drain, Verdict};
+use super::pollers::Signals;
 use super::{PipelineError, Queued, RECEIVE_GRACE, RunOptions, Shared};
 use crate::process::Processor;
 use crate::retry::{Backoff, retry};
@@ -101,11 +102,22 @@ pub(super) struct Poller {
     pub opts: RunOptions,
     /// When draining: decides whether an empty receive ends this poller.
     pub drain: Option<Arc<Drain>>,
+    /// Where it reports its receives, and whether it is still wanted.
+    pub signals: Arc<Signals>,
+}
+
+/// Why a poller's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// No longer wanted (fewer loops): it left between receives, holding nothing.
+    Retired,
+    /// Shutdown, failure, or the drain is done: no loop should start again.
+    Finished,
 }
 
 /// Receives, processes and queues messages for the writers until `stop` fires, the run fails,
-/// or (draining) the queue stays empty for one long poll.
-pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken) {
+/// (draining) the queue is empty with nothing in flight, or the loop is no longer wanted.
+pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken) -> Exit {
     let Poller {
         n,
         cfg,
@@ -115,6 +127,7 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
         max_in_flight,
         opts,
         drain,
+        signals,
     } = p;
     // Draining ends once the queue stayed empty for one whole long poll; a wait of 0 (short
     // polling samples only some servers) is raised to 1 s so "empty" means empty.
@@ -130,6 +143,12 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
     };
     let stats = &shared.stats;
     while !stop.is_cancelled() {
+        // Only here, between receives: a loop never leaves with messages in hand.
+        if !signals.wanted(n) {
+            return Exit::Retired;
+        }
+        // Waiting for room counts as the pipeline pushing back, for the next receive.
+        let mut blocked = shared.in_flight.len() >= max_in_flight;
         shared.in_flight.wait_for_room(max_in_flight, &stop).await;
         if stop.is_cancelled() {
             break;
@@ -164,6 +183,7 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
                 break;
             }
         };
+        signals.received(msgs.len(), cfg.max_messages);
         if msgs.is_empty() {
             if let Some(drain) = &drain {
                 match drain.check(&shared.in_flight, queue.as_ref()).await {
@@ -204,36 +224,65 @@ pub(super) async fn poll_loop(p: Poller, shared: Shared, stop: CancellationToken
         for m in msgs {
             // Waiting for budget or for the writers is backpressure: the backlog stays in SQS.
             // A failed run stops waiting; what this poller holds is handed back at the end.
-            if !queue_one(&processor, m, &tx, &shared).await {
-                return;
+            match queue_one(&processor, m, &tx, &shared).await {
+                Queuing::Done { waited } => blocked |= waited,
+                Queuing::Stopped => return Exit::Finished,
             }
         }
+        if blocked {
+            signals.blocked();
+        }
     }
+    Exit::Finished
 }
 
-/// Charges one message to the byte budget, processes it and queues it for the writers.
-/// Returns false when the run failed or the writers are gone.
+/// How queuing one message went.
+enum Queuing {
+    /// Queued; `waited` if it had to wait for the byte budget or the writers.
+    Done { waited: bool },
+    /// The run failed or the writers are gone.
+    Stopped,
+}
+
+/// Charges one message to the byte budget, processes it and queues it for the writers, and
+/// says whether either had to wait (the pipeline pushing back, which the poller count heeds).
 async fn queue_one(
     processor: &Processor,
     m: ReceivedMessage,
     tx: &mpsc::Sender<Queued>,
     shared: &Shared,
-) -> bool {
+) -> Queuing {
     let abort = shared.failure.aborted();
-    let charge = tokio::select! {
-        c = shared.budget.charge(ByteBudget::cost(m.body.len())) => c,
-        _ = abort.cancelled() => None,
+    let cost = ByteBudget::cost(m.body.len());
+    let mut waited = false;
+    let charge = match shared.budget.try_charge(cost) {
+        Some(c) => Some(c),
+        None => {
+            waited = true;
+            tokio::select! {
+                c = shared.budget.charge(cost) => c,
+                _ = abort.cancelled() => None,
+            }
+        }
     };
     let Some(charge) = charge else {
-        return false;
+        return Queuing::Stopped;
     };
     let item = Queued {
         processed: processor.process(m),
         charge,
     };
+    let item = match tx.try_send(item) {
+        Ok(()) => return Queuing::Done { waited },
+        Err(mpsc::error::TrySendError::Closed(_)) => return Queuing::Stopped,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
     tokio::select! {
-        sent = tx.send(item) => sent.is_ok(),
-        _ = abort.cancelled() => false,
+        sent = tx.send(item) => match sent {
+            Ok(()) => Queuing::Done { waited: true },
+            Err(_) => Queuing::Stopped,
+        },
+        _ = abort.cancelled() => Queuing::Stopped,
     }
 }
 
@@ -278,7 +327,7 @@ pub(super) async fn file_loop(
                     .received
                     .fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 for m in msgs {
-                    if !queue_one(&processor, m, &tx, &shared).await {
+                    if let Queuing::Stopped = queue_one(&processor, m, &tx, &shared).await {
                         return Ok(());
                     }
                 }

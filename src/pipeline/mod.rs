@@ -16,7 +16,7 @@
 //!   the error (the binary exits non-zero). Nothing is deleted that did not commit.
 //!
 //! Tasks, one file each: [`intake`] (`pollers` receive and process; CPU work is a few µs per
-//! message), [`writer`] (`writers` batch and commit), [`acker`] (deletes in batches of 10
+//! message; [`pollers`] decides how many loops run), [`writer`] (`writers` batch and commit), [`acker`] (deletes in batches of 10
 //! concurrently), [`visibility`] (extends what is held). In flight is bounded by count
 //! ([`in_flight`]) and by bytes ([`budget`]), so a backlog stays in SQS, not in memory.
 
@@ -25,6 +25,7 @@ mod budget;
 mod drain;
 mod in_flight;
 mod intake;
+mod pollers;
 mod visibility;
 mod writer;
 
@@ -147,19 +148,24 @@ where
     let failure = failure.clone();
     tokio::spawn(async move {
         if let Err(e) = inner.await {
-            let message = if e.is_panic() {
-                let p = e.into_panic();
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panicked".into())
-            } else {
-                "cancelled".into()
-            };
-            tracing::error!(task, error = %message, "A task of the run failed; stopping the run and handing back the messages it held.");
-            failure.fail(PipelineError::TaskFailed { task, message });
+            failure.fail(task_failed(task, e));
         }
     })
+}
+
+/// The error for a task that panicked or was cancelled (logged here, once).
+fn task_failed(task: &'static str, e: tokio::task::JoinError) -> PipelineError {
+    let message = if e.is_panic() {
+        let p = e.into_panic();
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked".into())
+    } else {
+        "cancelled".into()
+    };
+    tracing::error!(task, error = %message, "A task of the run failed; stopping the run and handing back the messages it held.");
+    PipelineError::TaskFailed { task, message }
 }
 
 /// How long a receive call already sent may still deliver after shutdown began. A receive that
@@ -257,23 +263,34 @@ pub async fn run(
             config: cfg,
             client: q,
         } => {
-            for n in 0..cfg.pollers {
-                let poller = intake::Poller {
-                    n,
-                    cfg: cfg.clone(),
-                    queue: q.clone(),
-                    processor: processor.clone(),
-                    tx: tx.clone(),
-                    max_in_flight,
-                    opts,
-                    drain: drain.clone(),
-                };
-                producers.push(spawn_task(
-                    "poller",
-                    intake::poll_loop(poller, shared.clone(), stop_polling.clone()),
-                    &failure,
-                ));
-            }
+            // The loops (a fixed number, or as many as `auto` finds useful) run under one
+            // supervising task; a panic in any of them fails the run like any task's.
+            let mode = cfg.pollers;
+            let (cfg, q, processor, tx, drain) = (
+                cfg.clone(),
+                q.clone(),
+                processor.clone(),
+                tx.clone(),
+                drain.clone(),
+            );
+            let room =
+                u32::try_from(max_in_flight / cfg.max_messages.max(1) as usize).unwrap_or(u32::MAX);
+            let make = move |n, signals| intake::Poller {
+                n,
+                cfg: cfg.clone(),
+                queue: q.clone(),
+                processor: processor.clone(),
+                tx: tx.clone(),
+                max_in_flight,
+                opts,
+                drain: drain.clone(),
+                signals,
+            };
+            producers.push(spawn_task(
+                "poller",
+                pollers::supervise(mode, room, make, shared.clone(), stop_polling.clone()),
+                &failure,
+            ));
         }
         Source::File(f) => {
             let path = f.path.clone();

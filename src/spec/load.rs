@@ -434,7 +434,7 @@ name: t
         let crate::spec::SourceConfig::Sqs(sqs) = &s.source else {
             panic!("{:?}", s.source)
         };
-        assert_eq!(sqs.pollers, 8);
+        assert_eq!(sqs.pollers, crate::spec::Pollers::Fixed(8));
     }
 
     /// Parses `text` with the given `ETL_SPEC_*` variables set; returns the error text.
@@ -464,7 +464,7 @@ name: t
     fn env_override_errors_name_the_variable_not_a_line() {
         let (text, issues) = env_error(GOOD, &[("ETL_SPEC_SOURCE__POLLERS", "lots")]);
         assert!(
-            text.contains("source.pollers: invalid type: string \"lots\", expected a whole number (0 or more) (set by environment variable ETL_SPEC_SOURCE__POLLERS)"),
+            text.contains("source.pollers: invalid value: string \"lots\", expected `auto` or a whole number of receive loops (1 to 64) (set by environment variable ETL_SPEC_SOURCE__POLLERS)"),
             "{text}"
         );
         assert_eq!(
@@ -579,7 +579,7 @@ name: t
             "  queue: login-queue",
             "  queue: login-queue\n  pollers: many",
         ));
-        assert!(text.contains("specs/t.yaml:5:3: source.pollers: invalid type: string \"many\", expected a whole number"), "{text}");
+        assert!(text.contains("specs/t.yaml:5:3: source.pollers: invalid value: string \"many\", expected `auto` or a whole number"), "{text}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod decode_steps;
 mod diagnose;
 pub mod load;
 mod outputs;
+mod pollers;
 pub mod position;
 pub mod typecheck;
 pub mod types;
@@ -19,6 +20,7 @@ mod validate;
 
 pub use condition::Condition;
 pub use load::{SpecError, SpecIssue, load_spec, parse_spec_str};
+pub use pollers::MAX_POLLERS;
 pub use types::*;
 
 use crate::value::ValType;

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use super::pollers::Pollers;
 pub use crate::value::CastType;
 
 /// A whole spec file.
@@ -132,9 +133,10 @@ pub struct SqsSourceConfig {
     /// Messages per receive call, 1..=10.
     #[serde(default = "default_max_messages")]
     pub max_messages: u32,
-    /// Concurrent receive loops.
-    #[serde(default = "default_pollers")]
-    pub pollers: u32,
+    /// Concurrent receive loops: `auto` (the default) adapts them to the queue and the
+    /// writers between 1 and 64; a number from 1 to 64 fixes them.
+    #[serde(default)]
+    pub pollers: Pollers,
     /// A message received more often than this goes to rejects instead of looping forever.
     #[serde(default = "default_max_receive_count")]
     pub max_receive_count: u32,
@@ -482,9 +484,6 @@ fn default_visibility_timeout_secs() -> u32 {
 }
 fn default_max_messages() -> u32 {
     10
-}
-fn default_pollers() -> u32 {
-    4
 }
 /// 64 MiB: ample for thousands of small messages in flight, and bounds a queue of large ones.
 fn default_max_in_flight_bytes() -> u64 {

@@ -2,7 +2,7 @@
 //! column names, sources, transform chains (type-checked) and the spec's own tests.
 
 use super::diagnose::{Diagnostics, suggest, with_suggestion};
-use super::{Column, ColumnSource, MetaField, Output, Spec, types::*};
+use super::{Column, ColumnSource, MAX_POLLERS, MetaField, Output, Spec, types::*};
 use crate::value::ValType;
 use serde_json::Value as J;
 use std::path::Path;
@@ -314,7 +314,9 @@ impl Validator<'_> {
                 "must be between 1 and 43200 (12 hours, an SQS limit)",
             );
         }
-        if !(1..=64).contains(&s.pollers) {
+        if let Pollers::Fixed(n) = s.pollers
+            && !(1..=MAX_POLLERS).contains(&n)
+        {
             self.d.issue("source.pollers", "must be between 1 and 64");
         }
         if s.max_receive_count == 0 {
