@@ -75,6 +75,8 @@ QUEUE_URL=$("$PY" -c 'import sys, boto3
 c = boto3.client("sqs", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
 print(c.create_queue(QueueName=sys.argv[2])["QueueUrl"])' "http://127.0.0.1:$SQS_PORT" "$QUEUE")
 "$BIN" keygen "$RUN/keyring.json" >/dev/null
+# The engine's own tables: the explicit, owner-run step (`run` only checks their version).
+ETL_SPEC_TARGET__URL="postgres://postgres:postgres@127.0.0.1:$PGPORT/$DB" "$BIN" setup specs/logins.yaml >/dev/null
 
 queue_depth() {
     "$PY" -c 'import sys, boto3

@@ -10,4 +10,4 @@ pub mod tokenizer;
 
 pub use cipher::{Binding, CipherError, Sealed, VaultCipher};
 pub use keyring::{Key, KeyState, KeyUse, Keyring, KeyringError, KmsSettings, Purpose};
-pub use tokenizer::{DomainTokenizer, Tokenizer, default_domain};
+pub use tokenizer::{DomainTokenizer, Tokenizer};

@@ -25,11 +25,6 @@ use zeroize::Zeroize;
 /// Prefix of the HKDF `info` of a domain key; changing the derivation changes it.
 pub const DOMAIN_INFO_PREFIX: &[u8] = b"etl-engine/token-domain/v1:";
 
-/// The default token domain of a column: `table.column`.
-pub fn default_domain(table: &str, column: &str) -> String {
-    format!("{table}.{column}")
-}
-
 /// Holds the hash key and makes per-domain token makers from it.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -184,7 +179,7 @@ mod tests {
         let ring = Keyring::fixed_test_keyring();
         let t = Tokenizer::new(&ring.hash_keys[0]).unwrap();
         assert_eq!(
-            t.domain(&default_domain("user_logins", "masked_ip"))
+            t.domain("user_logins.masked_ip")
                 .token(b"199.172.111.135"),
             "028ee6665715db6966030e693f9f92c8b15cbeeb5ab4b36121dcb9f026dc09da"
         );

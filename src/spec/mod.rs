@@ -116,6 +116,11 @@ pub enum Write {
     },
 }
 
+/// The default token domain of a column: `table.column` (the tokenizer derives one key per domain).
+pub fn default_domain(table: &str, column: &str) -> String {
+    format!("{table}.{column}")
+}
+
 /// One target column, compiled.
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -142,7 +147,7 @@ impl Column {
     pub fn domain(&self, table: &str) -> String {
         self.token_domain
             .clone()
-            .unwrap_or_else(|| crate::crypto::default_domain(table, &self.name))
+            .unwrap_or_else(|| default_domain(table, &self.name))
     }
     /// Whether the column is masked by `hash` (a token that cannot be recovered).
     pub fn hashes(&self) -> bool {
