@@ -292,10 +292,25 @@ async fn audit_verify_finds_the_edited_row() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("anchor row is no longer"));
 }
 
+/// A login role in no group.
+async fn plain_role() -> String {
+    let name = unique("u_plain");
+    let admin = sqlx::PgPool::connect(&db_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN PASSWORD 'pw'"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    name
+}
+
 #[tokio::test]
 async fn setup_refuses_a_planted_function_and_closes_the_schema() {
     let db = fresh_db_bare().await;
-    let planter = login_role("etl_writer").await;
+    // Plain login roles: this test must not depend on roles.sql having run in the cluster.
+    let planter = plain_role().await;
     exec(&db, &format!("GRANT CREATE ON SCHEMA public TO {planter}")).await;
     exec(
         &url_as(&db, &planter),
@@ -324,7 +339,7 @@ async fn setup_refuses_a_planted_function_and_closes_the_schema() {
     exec(&db, "DROP FUNCTION etl_vault_audit_append_only()").await;
     run_engine(&["setup", spec.to_str().unwrap()], &[], true);
     // Setup took CREATE on its schema away from PUBLIC.
-    let fresh = login_role("etl_analyst").await;
+    let fresh = plain_role().await;
     let (can,): (bool,) = sqlx::query_as("SELECT has_schema_privilege($1, 'public', 'CREATE')")
         .bind(&fresh)
         .fetch_one(&pool)
