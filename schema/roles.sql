@@ -11,14 +11,21 @@
 --
 --   etl_writer    what `etl-engine run` needs and nothing more: INSERT into the target, vault,
 --                 ledger and rejects; SELECT only on the key columns that ON CONFLICT and
---                 RETURNING read (never nonces or ciphertexts); the key-usage counters.
+--                 RETURNING read (never nonces or ciphertexts); reading the key-usage counters
+--                 and adding to them only through etl_key_usage_add (never UPDATE).
 --   etl_analyst   SELECT on the target table: tokens, never originals.
 --   etl_recovery  SELECT on the target table (for `vault-decrypt --where`) and EXECUTE on the
---                 vault's recovery function, which writes an audit row with every read. No
---                 privilege on the vault or the audit table themselves. For `etl-engine rejects`:
---                 SELECT on the rejects' ids, reasons and times, and EXECUTE on the rejects
---                 table's body-reading function (audited the same way), never the ciphertexts.
--- Key rotation (`vault-rotate`) and retokenization run as the tables' owner.
+--                 vault's two recovery functions (<vault>_recover_grant writes and commits the
+--                 audit row, <vault>_recover(grant) then reads). No privilege on the vault or the
+--                 audit table themselves. For `etl-engine rejects`: SELECT on the rejects' ids,
+--                 reasons and times, and EXECUTE on the rejects table's two functions, never the
+--                 ciphertexts.
+--   etl_rotator   `vault-rotate`: SELECT on the vault and the rejects' key columns and
+--                 ciphertexts, UPDATE of key_id/nonce/ciphertext/rotated_at only, counting its
+--                 encryptions through etl_key_usage_add. Not an owner; no audit privilege.
+--   etl_auditor   SELECT on the audit table, for `etl-engine audit verify`.
+-- The audit and the recovery grants belong to etl_audit_owner (created by setup, NOLOGIN).
+-- Retokenization, erasure (`vault-erase`) and setup run as the tables' owner.
 
 \set ON_ERROR_STOP 1
 \if :{?target}
@@ -42,7 +49,9 @@
   \set rejects etl_rejects
 \endif
 \set recover_fn :vault '_recover'
+\set grant_fn :vault '_recover_grant'
 \set rejects_fn :rejects '_recover'
+\set rejects_grant_fn :rejects '_recover_grant'
 
 BEGIN;
 
@@ -52,7 +61,7 @@ DO $roles$
 DECLARE
   r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['etl_writer', 'etl_analyst', 'etl_recovery'] LOOP
+  FOREACH r IN ARRAY ARRAY['etl_writer', 'etl_analyst', 'etl_recovery', 'etl_rotator', 'etl_auditor'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       BEGIN
         EXECUTE format('CREATE ROLE %I NOLOGIN', r);
@@ -66,31 +75,46 @@ $roles$;
 
 SET LOCAL search_path = :"schema";
 
-GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery;
+GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery, etl_rotator, etl_auditor;
 
 -- Start from nothing, so re-running after a change of this file takes privileges away too.
-REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit, etl_schema_version
-  FROM etl_writer, etl_analyst, etl_recovery;
+REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit, etl_schema_version,
+  etl_recovery_grant, etl_recovery_columns
+  FROM etl_writer, etl_analyst, etl_recovery, etl_rotator, etl_auditor;
 
 -- Every command checks the engine's schema version before it starts.
-GRANT SELECT ON etl_schema_version TO etl_writer, etl_recovery;
-REVOKE ALL ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) FROM PUBLIC, etl_writer, etl_analyst;
-REVOKE ALL ON FUNCTION :"rejects_fn"(text, text, text[], integer, text, text) FROM PUBLIC, etl_writer, etl_analyst;
+GRANT SELECT ON etl_schema_version TO etl_writer, etl_recovery, etl_rotator, etl_auditor;
+REVOKE ALL ON FUNCTION :"grant_fn"(text, text, text, text[], text, text) FROM PUBLIC, etl_writer, etl_analyst, etl_rotator;
+REVOKE ALL ON FUNCTION :"recover_fn"(bigint) FROM PUBLIC, etl_writer, etl_analyst, etl_rotator;
+REVOKE ALL ON FUNCTION :"rejects_grant_fn"(text, text, text[], integer, text, text) FROM PUBLIC, etl_writer, etl_analyst, etl_rotator;
+REVOKE ALL ON FUNCTION :"rejects_fn"(bigint) FROM PUBLIC, etl_writer, etl_analyst, etl_rotator;
+REVOKE ALL ON FUNCTION etl_key_usage_add(text, bigint) FROM PUBLIC, etl_analyst, etl_recovery;
 
 -- Writer.
 GRANT INSERT ON :"target" TO etl_writer;
 GRANT INSERT, SELECT (pipeline, message_id) ON :"ledger" TO etl_writer;
 GRANT INSERT, SELECT (target_table, column_name, token) ON :"vault" TO etl_writer;
 GRANT INSERT, SELECT (pipeline, message_id) ON :"rejects" TO etl_writer;
-GRANT INSERT, SELECT (key_id, encryptions), UPDATE (encryptions, updated_at) ON etl_key_usage TO etl_writer;
+GRANT SELECT (key_id, encryptions) ON etl_key_usage TO etl_writer, etl_rotator;
+GRANT EXECUTE ON FUNCTION etl_key_usage_add(text, bigint) TO etl_writer, etl_rotator;
 
 -- Analyst.
 GRANT SELECT ON :"target" TO etl_analyst;
 
 -- Recovery.
 GRANT SELECT ON :"target" TO etl_recovery;
-GRANT EXECUTE ON FUNCTION :"recover_fn"(text, text, text, text[], text, text) TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"grant_fn"(text, text, text, text[], text, text) TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"recover_fn"(bigint) TO etl_recovery;
 GRANT SELECT (pipeline, message_id, reason, rejected_at) ON :"rejects" TO etl_recovery;
-GRANT EXECUTE ON FUNCTION :"rejects_fn"(text, text, text[], integer, text, text) TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"rejects_grant_fn"(text, text, text[], integer, text, text) TO etl_recovery;
+GRANT EXECUTE ON FUNCTION :"rejects_fn"(bigint) TO etl_recovery;
+
+-- Rotator: reads what it re-encrypts, updates only the key columns and ciphertexts.
+GRANT SELECT, UPDATE (key_id, nonce, ciphertext, rotated_at) ON :"vault" TO etl_rotator;
+GRANT SELECT (pipeline, message_id, key_id, nonce, body_ciphertext, rejected_at),
+  UPDATE (key_id, nonce, body_ciphertext) ON :"rejects" TO etl_rotator;
+
+-- Auditor: reads the audit to verify its chain.
+GRANT SELECT ON etl_vault_audit TO etl_auditor;
 
 COMMIT;

@@ -127,6 +127,14 @@ enum Command {
     },
     /// Re-encrypt vault values and reject bodies still under an older key with the active key.
     VaultRotate(cmd::vault::RotateArgs),
+    /// Erase one person's PII (right to erasure): null or delete their rows' tokens, delete
+    /// vault entries no other row uses and their rejects, audited.
+    VaultErase(cmd::erase::EraseArgs),
+    /// Check the recovery audit's hash chain.
+    Audit {
+        #[command(subcommand)]
+        action: cmd::audit::AuditAction,
+    },
     /// Replace the tokens of encrypted columns with the active hash key's, in the vault and the target table.
     VaultRetokenize(cmd::vault::RetokenizeArgs),
 }
@@ -249,6 +257,8 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         Command::Rejects(args) => cmd::rejects::cmd_rejects(args).await,
         Command::Keyring { action } => cmd::vault::cmd_keyring(action).await,
         Command::VaultRotate(args) => cmd::vault::cmd_rotate(args).await,
+        Command::VaultErase(args) => cmd::erase::cmd_erase(args).await,
+        Command::Audit { action } => cmd::audit::cmd_audit(action).await,
         Command::VaultRetokenize(args) => cmd::vault::cmd_retokenize(args).await,
     }
 }

@@ -127,6 +127,8 @@ async fn a_file_goes_through_the_same_pipeline_exactly_once() {
         0
     );
 
+    // The spec's own setup registers its pipeline for reading bodies.
+    run_engine(&["setup", spec.to_str().unwrap()], &[], true);
     // The invalid line's reject holds the raw line, base64-encoded.
     let out = run_engine(
         &[

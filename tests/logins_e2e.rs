@@ -120,7 +120,8 @@ async fn scenario(endpoint: &str, queue_name: &str, protocol: &str) {
     .unwrap();
     assert_eq!(raw_anywhere, 0);
 
-    // Recover by token, and by row selector.
+    // Recover by token, and by row selector (the spec's setup registers its encrypted columns).
+    run_engine(&["setup", spec_s], &[], true);
     let out = run_engine(
         &[
             "vault-decrypt",

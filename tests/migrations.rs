@@ -121,6 +121,34 @@ async fn a_0_1_database_is_migrated_and_still_decrypts_deduplicates_and_audits()
         1
     );
 
+    // The 0.1 audit rows (and the new one) are chained by the migration: verify checks out,
+    // and the migrated recovery went through the committed grant.
+    let out = run_engine(&["audit", "verify", spec_s], &[], true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let audit_rows = count(&pool, "SELECT count(*) FROM etl_vault_audit").await;
+    assert!(
+        stdout.contains(&format!("audit intact: {audit_rows} row(s)")) && audit_rows >= 2,
+        "{stdout}"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM etl_recovery_grant g JOIN etl_vault_audit a ON a.id = g.audit_id \
+             WHERE a.actor = 'tester' AND g.used_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    // The one-step 0.1 recovery function is gone: nothing reads the vault without a grant.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pg_proc WHERE proname = 'etl_vault_recover' AND pronargs = 6"
+        )
+        .await,
+        0
+    );
+
     // The old ledger still deduplicates: the same 150 messages write nothing again.
     let out = run_engine(&["run", spec_s], &env, true);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -295,6 +295,8 @@ async fn purchases_end_to_end() {
         "{vaulted:?}"
     );
     let (token, street) = street_token.unwrap();
+    // The spec's setup registers its encrypted columns for recovery.
+    run_engine(&["setup", spec_s], &[], true);
     let out = run_engine(
         &[
             "vault-decrypt",

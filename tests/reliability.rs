@@ -563,7 +563,9 @@ async fn one_row_postgres_refuses_is_rejected_and_the_other_49_commit() {
         "{reason}"
     );
     assert!(!reason.contains(&secret));
-    // Nothing lost: the refused row's reject keeps its original body, readable (audited).
+    // Nothing lost: the refused row's reject keeps its original body, readable (audited; the
+    // spec's setup registers its pipeline for reading bodies).
+    run_engine(&["setup", s.spec_s()], &[], true);
     let out = run_engine(
         &[
             "rejects",

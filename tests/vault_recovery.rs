@@ -180,7 +180,7 @@ async fn every_recovery_is_audited_in_every_form() {
     );
     exited(&out, 2);
     let direct = sqlx::query(
-        "SELECT * FROM etl_vault_recover('x', 'user_logins', 'masked_ip', ARRAY[$1], 'me', '  ')",
+        "SELECT etl_vault_recover_grant('x', 'user_logins', 'masked_ip', ARRAY[$1], 'me', '  ')",
     )
     .bind(&t0)
     .fetch_all(&pool)

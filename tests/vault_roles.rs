@@ -38,7 +38,8 @@ async fn allowed(url: &str, sql: &str) -> Option<String> {
 #[tokio::test]
 async fn each_role_can_do_what_it_must_and_nothing_more() {
     let f = Fixture::new().await;
-    psql(&f.db, &["-f", &project_file("schema/engine.sql")]);
+    // The spec's own setup registers its encrypted columns for recovery.
+    run_engine(&["setup", f.spec_s()], &[], true);
     psql(
         &f.db,
         &[
@@ -97,8 +98,13 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "DELETE FROM etl_vault",
         "DELETE FROM user_logins",
         "INSERT INTO etl_vault_audit (actor, spec, target_table, column_name, value_count, reason) VALUES ('w', 's', 't', 'c', 0, 'r')",
-        "SELECT * FROM etl_vault_recover('s', 'user_logins', 'masked_ip', ARRAY['x'], 'w', 'curious')",
-        "SELECT * FROM etl_rejects_recover('s', 'logins', NULL, 10, 'w', 'curious')",
+        "SELECT etl_vault_recover_grant('s', 'user_logins', 'masked_ip', ARRAY['x'], 'w', 'curious')",
+        "SELECT * FROM etl_vault_recover(1)",
+        "SELECT etl_rejects_recover_grant('s', 'logins', NULL, 10, 'w', 'curious')",
+        "SELECT * FROM etl_rejects_recover(1)",
+        "UPDATE etl_key_usage SET encryptions = 0",
+        "INSERT INTO etl_key_usage (key_id, encryptions) VALUES ('k-new', 0)",
+        "SELECT etl_vault_audit_append('recover', 'w', 's', NULL, 't', 'c', 0, 'r', NULL, NULL)",
         "CREATE TABLE sneaky (x int)",
     ] {
         denied(&writer, sql).await;
@@ -144,8 +150,9 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "SELECT * FROM etl_key_usage",
         "INSERT INTO user_logins (user_id) VALUES ('x')",
         "UPDATE user_logins SET locale = 'x'",
-        "SELECT * FROM etl_vault_recover('s', 'user_logins', 'masked_ip', ARRAY['x'], 'a', 'curious')",
-        "SELECT * FROM etl_rejects_recover('s', 'logins', NULL, 10, 'a', 'curious')",
+        "SELECT etl_vault_recover_grant('s', 'user_logins', 'masked_ip', ARRAY['x'], 'a', 'curious')",
+        "SELECT * FROM etl_vault_recover(1)",
+        "SELECT etl_rejects_recover_grant('s', 'logins', NULL, 10, 'a', 'curious')",
     ] {
         denied(&analyst, sql).await;
     }
@@ -203,11 +210,17 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     exited(&out, 0);
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got[0]["value"], sent[1].device_id.as_str());
-    // Calling the function directly (e.g. from psql) is audited just the same.
+    // Calling the functions directly (e.g. from psql) is audited just the same.
+    let grant = allowed(&recovery, &format!("SELECT etl_vault_recover_grant('psql', 'user_logins', 'masked_ip', ARRAY['{}'], 'r', 'ticket 9')::text", token.0))
+        .await
+        .expect("a grant id");
     assert!(
-        allowed(&recovery, &format!("SELECT token FROM etl_vault_recover('psql', 'user_logins', 'masked_ip', ARRAY['{}'], 'r', 'ticket 9')", token.0))
-            .await
-            .is_some()
+        allowed(
+            &recovery,
+            &format!("SELECT token FROM etl_vault_recover({grant})")
+        )
+        .await
+        .is_some()
     );
     // Rejects: the list (ids, reasons) without audit, the bodies only through the audited function.
     let out = f.engine(

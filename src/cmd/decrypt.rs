@@ -28,8 +28,12 @@ pub struct DecryptArgs {
     #[arg(long)]
     stdin: bool,
     /// Select rows of the target table: COLUMN=VALUE (repeatable; values are bound as parameters).
+    /// The value shows in the process list: prefer --where-stdin.
     #[arg(long = "where")]
     selectors: Vec<String>,
+    /// Read the COLUMN=VALUE selectors from stdin, one per line, so values stay out of `ps`.
+    #[arg(long, conflicts_with = "stdin")]
+    where_stdin: bool,
     /// Why the values are needed; recorded in the audit table. Required.
     #[arg(long)]
     reason: String,
@@ -50,7 +54,8 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
         output,
         mut tokens,
         stdin,
-        selectors,
+        mut selectors,
+        where_stdin,
         reason,
         actor,
         format,
@@ -72,6 +77,15 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
             }
         }
     }
+    if where_stdin {
+        let text =
+            std::io::read_to_string(std::io::stdin()).context("reading selectors from stdin")?;
+        selectors.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
     let selector = match (tokens.is_empty(), selectors.is_empty()) {
         (false, true) => Selector::Tokens(tokens),
         (true, false) => Selector::Where(
@@ -83,7 +97,7 @@ pub async fn cmd_decrypt(args: DecryptArgs) -> Result<u8> {
         ),
         (true, true) => {
             return Err(usage(
-                "say what to recover: --token TOKEN, --stdin, or --where COLUMN=VALUE",
+                "say what to recover: --token TOKEN, --stdin, --where COLUMN=VALUE or --where-stdin",
             ));
         }
         (false, false) => {

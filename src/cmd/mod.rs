@@ -1,8 +1,10 @@
 //! Command implementations behind the CLI in `main.rs`, one file per command family, plus the
 //! helpers they share (loading specs and keyrings with user-facing errors, connecting to Postgres).
 
+pub mod audit;
 pub mod check;
 pub mod decrypt;
+pub mod erase;
 pub mod ledger;
 pub mod rejects;
 pub mod run;

@@ -145,6 +145,11 @@ pub async fn cmd_run(
     let pool = connect_db(&spec.target.url, spec.target.writers + 2, &cancel).await?;
     super::require_schema(&pool, &spec).await?;
     Sink::check_outputs(&pool, &spec).await.map_err(usage)?;
+    // A key at its nonce limit never encrypts again.
+    let active_key = cipher.active_key_id().map(str::to_string);
+    if let Some(key_id) = &active_key {
+        sink::check_nonce_budget(&pool, key_id).await?;
+    }
 
     let connecting = cancel.clone();
     let source = Source::build(&spec.source, |cfg| async move {
@@ -187,6 +192,7 @@ pub async fn cmd_run(
         stats.clone(),
         key_usage_flush_interval(),
         flush_stop.clone(),
+        cancel.clone(),
     );
     let result = pipeline::run(
         &spec,
@@ -208,6 +214,10 @@ pub async fn cmd_run(
     }
     let summary = result?;
     println!("{}: {summary}", spec.name);
+    // A run stopped because its key reached the nonce limit says so in its exit code.
+    if let Some(key_id) = &active_key {
+        sink::check_nonce_budget(&pool, key_id).await?;
+    }
     if let Some(p) = summary_json {
         let json = serde_json::to_string_pretty(&summary)?;
         std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?;

@@ -4,6 +4,8 @@
 use super::{Exit, connect_db, load};
 use anyhow::{Result, anyhow};
 use etl_engine::db::migrate::MigrateError;
+use etl_engine::db::owners::{Registered, public_can_create, register};
+use etl_engine::db::schema::REJECTS_AUDIT_COLUMN;
 use etl_engine::sink;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,7 @@ pub async fn setup(args: SetupArgs) -> Result<()> {
         let pool = connect_db(&spec.target.url, 1, &cancel).await?;
         let applied = match sink::schema::setup(&pool, &spec).await {
             Ok(a) => a,
-            Err(e @ MigrateError::TooNew { .. }) => {
+            Err(e @ (MigrateError::TooNew { .. } | MigrateError::Owner(_))) => {
                 eprintln!("error: {}: {e}", path.display());
                 return Err(Exit(2).into());
             }
@@ -36,7 +38,43 @@ pub async fn setup(args: SetupArgs) -> Result<()> {
                 ));
             }
         };
+        // What may be recovered at all: this spec's encrypted columns and its rejects' bodies.
+        let mut entries = Vec::new();
+        for o in &spec.outputs {
+            for c in o.columns.iter().filter(|c| c.encrypts()) {
+                entries.push(Registered {
+                    object_table: spec.vault.table.clone(),
+                    target_table: o.table.clone(),
+                    column: c.name.clone(),
+                });
+            }
+        }
+        entries.push(Registered {
+            object_table: spec.rejects.table.clone(),
+            target_table: spec.name.clone(),
+            column: REJECTS_AUDIT_COLUMN.into(),
+        });
+        register(&pool, &entries).await.map_err(|e| {
+            anyhow!(
+                "{}: registering the recoverable columns: {e}",
+                path.display()
+            )
+        })?;
+        if let Some(schema) = public_can_create(&pool)
+            .await
+            .map_err(|e| anyhow!("{}: reading the schema's privileges: {e}", path.display()))?
+        {
+            eprintln!(
+                "warning: {}: every role may create objects in schema {schema} (and so plant functions under the engine's names); as its owner run: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC",
+                path.display()
+            );
+        }
         pool.close().await;
+        println!(
+            "{}: registered {} recoverable column(s) and the rejects' bodies",
+            path.display(),
+            entries.len() - 1
+        );
         for a in applied {
             let name = &a.object.name;
             let kind = a.object.kind.as_str();

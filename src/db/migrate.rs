@@ -12,6 +12,8 @@
 //! database set up by 0.1 (tables created on first use, no version table) is adopted at version 1
 //! without touching its data, and later steps migrate it from there.
 
+use super::owners::{self, OwnerError};
+use super::policy;
 use super::quote_ident;
 use super::schema::{self, EngineTables};
 use sqlx::{AssertSqlSafe, PgPool, Row};
@@ -71,26 +73,47 @@ pub struct Step {
 /// The ordered steps of a kind. The last step's version is the version this engine needs.
 pub fn steps(kind: Kind) -> &'static [Step] {
     match kind {
-        Kind::Shared => &[Step {
-            version: 1,
-            summary: "key-usage counters and the append-only recovery audit",
-            statements: |_| schema::shared_ddl(),
-        }],
+        Kind::Shared => &[
+            Step {
+                version: 1,
+                summary: "key-usage counters and the append-only recovery audit",
+                statements: |_| schema::shared_ddl(),
+            },
+            Step {
+                version: 2,
+                summary: "audit owned by etl_audit_owner and hash-chained, recovery grants, registry of recoverable columns, key usage counted through a function",
+                statements: |_| policy::shared_v2_ddl(),
+            },
+        ],
         Kind::Ledger => &[Step {
             version: 1,
             summary: "ledger of processed message ids",
             statements: schema::ledger_ddl,
         }],
-        Kind::Vault => &[Step {
-            version: 1,
-            summary: "vault of encrypted originals and its audited recovery function",
-            statements: schema::vault_ddl,
-        }],
-        Kind::Rejects => &[Step {
-            version: 1,
-            summary: "rejects and their audited body-reading function",
-            statements: schema::rejects_ddl,
-        }],
+        Kind::Vault => &[
+            Step {
+                version: 1,
+                summary: "vault of encrypted originals and its audited recovery function",
+                statements: schema::vault_ddl,
+            },
+            Step {
+                version: 2,
+                summary: "two-step recovery: a committed audit grant, then the read",
+                statements: policy::vault_v2_ddl,
+            },
+        ],
+        Kind::Rejects => &[
+            Step {
+                version: 1,
+                summary: "rejects and their audited body-reading function",
+                statements: schema::rejects_ddl,
+            },
+            Step {
+                version: 2,
+                summary: "two-step reading of bodies: a committed audit grant naming the pipeline, then the read",
+                statements: policy::rejects_v2_ddl,
+            },
+        ],
     }
 }
 
@@ -120,6 +143,9 @@ pub enum MigrateError {
     /// Postgres refused a statement or the connection failed.
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// A function the engine relies on is not the engine's own.
+    #[error("{0}")]
+    Owner(#[from] OwnerError),
     /// The database has never been set up for this engine, or not for this spec's tables, or
     /// only by 0.1 (which created tables on first use and recorded no version).
     #[error(
@@ -181,12 +207,16 @@ fn version_table_ddl() -> String {
 }
 
 /// Applies every missing step to every object of `tables`; idempotent. Refuses (changing
-/// nothing for that object) when an object is newer than this engine knows.
+/// nothing for that object) when an object is newer than this engine knows, and refuses
+/// before and after migrating when a function the engine relies on is not its own (owner and
+/// `SECURITY DEFINER` checked, not just the name).
 pub async fn setup(pool: &PgPool, tables: &EngineTables) -> Result<Vec<Applied>, MigrateError> {
+    owners::check(pool, tables, false).await?;
     let mut done = Vec::new();
     for object in objects(tables) {
         done.push(migrate_object(pool, &object).await?);
     }
+    owners::check(pool, tables, true).await?;
     Ok(done)
 }
 

@@ -4,7 +4,10 @@
 //! A leaf: it knows nothing of specs, messages or keys, so the sink and the vault
 //! administration can both use it without depending on each other.
 
+pub mod audit;
 pub mod migrate;
+pub mod owners;
+pub mod policy;
 pub mod schema;
 
 /// Quotes a validated `name` or `schema.name` as a Postgres identifier.

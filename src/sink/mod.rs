@@ -25,7 +25,10 @@ mod statements;
 mod target;
 
 pub use batch::{WriteProgress, WriteReport};
-pub use key_usage::{NONCE_WARN_AT, record_key_counts, record_key_usage, spawn_key_usage_flush};
+pub use key_usage::{
+    KeyUsageError, NONCE_LIMIT, NONCE_WARN_AT, check_nonce_budget, record_key_counts,
+    record_key_usage, spawn_key_usage_flush,
+};
 pub use target::type_compatible;
 
 use crate::crypto::{CipherError, VaultCipher};

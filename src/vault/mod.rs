@@ -2,6 +2,7 @@
 //! bodies, key rotation and re-tokenizing. The key material and ciphers themselves live in
 //! [`crate::crypto`].
 
+pub mod erase;
 pub mod recover;
 pub mod rejects;
 pub mod retokenize;

@@ -1,15 +1,19 @@
-//! PII recovery (`vault-decrypt`): tokens → original values, each recovery recorded in the
-//! append-only audit table by the same statement that reads the ciphertexts. If the audit row
-//! cannot be written or committed, nothing is decrypted.
+//! PII recovery (`vault-decrypt`): tokens → original values, in two steps so that no
+//! ciphertext is ever returned without a committed audit record.
 //!
-//! The vault is read only through a `SECURITY DEFINER` function (one per vault table, created
-//! with the engine's tables): the recovery role has no privilege on the vault table itself, so
-//! the only way to its ciphertexts writes an audit row. Who called is recorded as the database
-//! session user (not spoofable by the caller) next to the claimed `--actor`.
+//! 1. `<vault>_recover_grant(...)` checks the policy (reason, at most
+//!    [`MAX_RECOVER`] tokens, a column registered by `setup`), appends the audit row and a grant
+//!    for those tokens, and is committed on its own;
+//! 2. `<vault>_recover(grant)` returns the ciphertexts, only for a grant committed by an
+//!    earlier transaction of the same database user, unused and recent, and marks it used.
+//!
+//! Both are `SECURITY DEFINER` functions: the recovery role has no privilege on the vault table
+//! itself. Who called is recorded as the database session user (not spoofable by the caller)
+//! next to the claimed `--actor`.
 
 use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
+use crate::db::policy::{MAX_RECOVER, grant_function_name, read_function_name};
 use crate::db::quote_ident;
-use crate::db::schema::vault_recover_function_name as recover_function_name;
 use crate::spec::{Output, Spec};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
@@ -37,7 +41,7 @@ pub enum RecoverError {
     #[error("the audit record could not be written, so nothing was decrypted: {0}")]
     Audit(sqlx::Error),
     #[error(
-        "the recovery function {function} does not exist; create the engine's tables and functions as their owner (schema/engine.sql, or any etl-engine command run as the owner)"
+        "the recovery function {function} does not exist; run `etl-engine setup SPEC` as the owner of the engine's tables"
     )]
     MissingFunction { function: String },
     #[error(
@@ -49,6 +53,12 @@ pub enum RecoverError {
     },
     #[error("a reason is required (--reason): it is recorded in the audit table")]
     NoReason,
+    #[error(
+        "{count} values asked for; at most {max} per recovery (the database refuses more): narrow the selection"
+    )]
+    TooMany { count: usize, max: usize },
+    #[error("the database refused the recovery: {0}")]
+    Refused(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error("token {token}: {source}")]
@@ -139,50 +149,25 @@ pub async fn recover(
     if req.reason.trim().is_empty() {
         return Err(RecoverError::NoReason);
     }
-    let mut tx = pool.begin().await?;
     let tokens: Vec<String> = match &req.selector {
         Selector::Tokens(t) => t.clone(),
-        Selector::Where(conds) => {
-            let mut sql = format!(
-                "SELECT DISTINCT {}::text FROM {} WHERE ",
-                quote_ident(&req.column),
-                quote_ident(table)
-            );
-            for (i, (col, _)) in conds.iter().enumerate() {
-                // Column names are checked against the spec; values are bind parameters.
-                if !output.columns.iter().any(|c| &c.name == col) {
-                    let names: Vec<&str> = output.columns.iter().map(|c| c.name.as_str()).collect();
-                    return Err(RecoverError::Selector(format!(
-                        "no column {col} in output {table} (columns: {})",
-                        names.join(", ")
-                    )));
-                }
-                if i > 0 {
-                    sql.push_str(" AND ");
-                }
-                sql.push_str(&format!("{}::text = ${}", quote_ident(col), i + 1));
-            }
-            let mut q = sqlx::query_as::<_, (Option<String>,)>(AssertSqlSafe(sql));
-            for (_, v) in conds {
-                q = q.bind(v);
-            }
-            q.fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .filter_map(|r| r.0)
-                .collect()
-        }
+        Selector::Where(conds) => select_tokens(pool, output, &req.column, conds).await?,
     };
     let mut tokens = tokens;
     tokens.sort();
     tokens.dedup();
+    if tokens.len() > MAX_RECOVER {
+        return Err(RecoverError::TooMany {
+            count: tokens.len(),
+            max: MAX_RECOVER,
+        });
+    }
 
-    // One statement reads the ciphertexts and writes the audit row (inside the definer
-    // function); it is committed before anything is decrypted, so no value is ever seen
-    // without a durable audit record, and failed attempts are on record too.
-    let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT token, key_id, nonce, ciphertext FROM {}($1, $2, $3, $4, $5, $6)",
-        quote_ident(&recover_function_name(&spec.vault.table))
+    // Step 1, committed on its own (autocommit): the audit row and the grant it carries.
+    let grant_fn = grant_function_name(&spec.vault.table);
+    let grant: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {}($1, $2, $3, $4, $5, $6)",
+        quote_ident(&grant_fn)
     )))
     .bind(spec.file.display().to_string())
     .bind(table)
@@ -190,10 +175,19 @@ pub async fn recover(
     .bind(&tokens)
     .bind(&req.actor)
     .bind(&req.reason)
-    .fetch_all(&mut *tx)
+    .fetch_one(pool)
     .await
-    .map_err(|e| classify_call_error(e, recover_function_name(&spec.vault.table)))?;
-    tx.commit().await.map_err(RecoverError::Audit)?;
+    .map_err(|e| classify_call_error(e, grant_fn))?;
+    // Step 2: the ciphertexts that grant covers.
+    let read_fn = read_function_name(&spec.vault.table);
+    let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT token, key_id, nonce, ciphertext FROM {}($1)",
+        quote_ident(&read_fn)
+    )))
+    .bind(grant)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| classify_call_error(e, read_fn))?;
 
     let mut found: HashMap<String, Recovered> = HashMap::new();
     for (token, key_id, nonce, ct) in rows {
@@ -214,6 +208,68 @@ pub async fn recover(
         }
     }
     Ok(Outcome { recovered, missing })
+}
+
+/// The distinct values of `column` in the rows of `output` where every `column = value` of
+/// `conds` holds (names checked against the spec, values bound as parameters).
+pub(crate) async fn select_tokens(
+    pool: &PgPool,
+    output: &Output,
+    column: &str,
+    conds: &[(String, String)],
+) -> Result<Vec<String>, RecoverError> {
+    let table = output.table.as_str();
+    let sql = format!(
+        "SELECT DISTINCT {}::text FROM {} WHERE {}",
+        quote_ident(column),
+        quote_ident(table),
+        where_clause(output, conds, 1)?
+    );
+    let mut q = sqlx::query_as::<_, (Option<String>,)>(AssertSqlSafe(sql));
+    for (_, v) in conds {
+        q = q.bind(v);
+    }
+    Ok(q.fetch_all(pool)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.0)
+        .collect())
+}
+
+/// `col1::text = $first AND ...` for `conds`, each column checked against the output's
+/// columns; the values are for the caller to bind in order.
+pub(crate) fn where_clause(
+    output: &Output,
+    conds: &[(String, String)],
+    first: usize,
+) -> Result<String, RecoverError> {
+    if conds.is_empty() {
+        return Err(RecoverError::Selector("no COLUMN=VALUE given".into()));
+    }
+    let mut sql = String::new();
+    for (i, (col, _)) in conds.iter().enumerate() {
+        if !output.columns.iter().any(|c| &c.name == col) {
+            let names: Vec<&str> = output.columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(RecoverError::Selector(format!(
+                "no column {col} in output {} (columns: {})",
+                output.table,
+                names.join(", ")
+            )));
+        }
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        sql.push_str(&format!("{}::text = ${}", quote_ident(col), i + first));
+    }
+    Ok(sql)
+}
+
+/// Parses `COLUMN=VALUE` lines (from stdin), skipping blank ones.
+pub fn parse_where_lines(text: &str) -> Result<Vec<(String, String)>, RecoverError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_where)
+        .collect()
 }
 
 /// The output whose encrypted `column` is meant: the one named by `--output`, or the only one
@@ -267,6 +323,43 @@ pub fn resolve_output<'s>(
     }
 }
 
+/// The outputs a selector on `columns` applies to: the one named by `--output`, else every
+/// output that has all of them.
+pub(crate) fn resolve_output_tables<'s>(
+    spec: &'s Spec,
+    columns: &[&str],
+    wanted: Option<&str>,
+) -> Result<Vec<&'s Output>, RecoverError> {
+    let has_all = |o: &Output| {
+        columns
+            .iter()
+            .all(|c| o.columns.iter().any(|x| x.name == *c))
+    };
+    let found: Vec<&Output> = match wanted {
+        Some(table) => match spec.output(table) {
+            Some(o) => vec![o],
+            None => {
+                return Err(RecoverError::Output {
+                    table: table.to_string(),
+                    problem: format!(
+                        "not an output of the spec (outputs: {})",
+                        spec.table_names().join(", ")
+                    ),
+                });
+            }
+        },
+        None => spec.outputs.iter().filter(|o| has_all(o)).collect(),
+    };
+    if found.is_empty() || !found.iter().all(|o| has_all(o)) {
+        return Err(RecoverError::Selector(format!(
+            "no output of the spec has the column(s) {} (outputs: {})",
+            columns.join(", "),
+            spec.table_names().join(", ")
+        )));
+    }
+    Ok(found)
+}
+
 /// The names of an output's encrypted columns.
 fn encrypted_columns(o: &Output) -> Vec<&str> {
     o.columns
@@ -302,12 +395,20 @@ pub(crate) fn classify_call_error(e: sqlx::Error, function: String) -> RecoverEr
             RecoverError::MissingFunction { function }
         }
         sqlx::Error::Database(d)
-            if d.code().as_deref() == Some("42501") && d.message().contains("function") =>
+            if d.code().as_deref() == Some("42501")
+                && d.message().starts_with("permission denied") =>
         {
             RecoverError::NotAllowed {
                 function,
                 source: e,
             }
+        }
+        // The policy of the recovery functions: unregistered column, too many values, a
+        // grant that is not usable, no reason.
+        sqlx::Error::Database(d)
+            if matches!(d.code().as_deref(), Some("42501" | "54000" | "22023")) =>
+        {
+            RecoverError::Refused(d.message().to_string())
         }
         _ => RecoverError::Audit(e),
     }

@@ -2,15 +2,16 @@
 //! (no PII: reasons name a stage and a column, never a value), and — audited like
 //! `vault-decrypt` — their original bodies, so a reject can be inspected, fixed and replayed.
 //!
-//! Bodies are read only through a `SECURITY DEFINER` function per rejects table, which records
-//! the message ids it returns in the audit table before returning them; the recovery role has
-//! no privilege on the ciphertext columns themselves.
+//! Bodies are read in two steps, like vault values: `<rejects>_recover_grant` picks the message
+//! ids (at most [`MAX_RECOVER`]) and appends the audit row (with the pipeline and the ids) and
+//! its grant, committed on its own; `<rejects>_recover(grant)` then returns exactly those
+//! bodies. The recovery role has no privilege on the ciphertext columns themselves.
 
 use super::recover::{RecoverError, classify_call_error, decrypt_text};
 use super::rotate::REJECTS_BINDING_COLUMN;
 use crate::crypto::cipher::{Binding, VaultCipher};
+use crate::db::policy::{MAX_RECOVER, grant_function_name, read_function_name};
 use crate::db::quote_ident;
-use crate::db::schema::rejects_recover_function_name as recover_function_name;
 use crate::spec::Spec;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -71,8 +72,7 @@ pub async fn list(pool: &PgPool, spec: &Spec, q: &Query) -> Result<Vec<RejectInf
 }
 
 /// Reads and decrypts reject bodies. The audit row (listing exactly the message ids returned) is
-/// written by the same statement and committed before anything is decrypted; if it cannot be,
-/// nothing is.
+/// committed before any ciphertext is read; if it cannot be, nothing is.
 pub async fn recover_bodies(
     pool: &PgPool,
     spec: &Spec,
@@ -84,8 +84,30 @@ pub async fn recover_bodies(
     if reason.trim().is_empty() {
         return Err(RecoverError::NoReason);
     }
-    let function = recover_function_name(&spec.rejects.table);
-    let mut tx = pool.begin().await?;
+    let n_ids = q.message_ids.as_ref().map_or(0, Vec::len);
+    if n_ids > MAX_RECOVER || q.limit as usize > MAX_RECOVER {
+        return Err(RecoverError::TooMany {
+            count: n_ids.max(q.limit as usize),
+            max: MAX_RECOVER,
+        });
+    }
+    // Step 1, committed on its own: the audit row (pipeline, message ids) and its grant.
+    let grant_fn = grant_function_name(&spec.rejects.table);
+    let grant: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {}($1, $2, $3, $4, $5, $6)",
+        quote_ident(&grant_fn)
+    )))
+    .bind(spec.file.display().to_string())
+    .bind(&spec.name)
+    .bind(&q.message_ids)
+    .bind(i32::try_from(q.limit).unwrap_or(i32::MAX))
+    .bind(actor)
+    .bind(reason)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| classify_call_error(e, grant_fn))?;
+    // Step 2: exactly the bodies that grant names.
+    let read_fn = read_function_name(&spec.rejects.table);
     type Row = (
         String,
         String,
@@ -95,19 +117,13 @@ pub async fn recover_bodies(
         Option<Vec<u8>>,
     );
     let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT message_id, reason, rejected_at, key_id, nonce, body_ciphertext FROM {}($1, $2, $3, $4, $5, $6)",
-        quote_ident(&function)
+        "SELECT message_id, reason, rejected_at, key_id, nonce, body_ciphertext FROM {}($1)",
+        quote_ident(&read_fn)
     )))
-    .bind(spec.file.display().to_string())
-    .bind(&spec.name)
-    .bind(&q.message_ids)
-    .bind(i32::try_from(q.limit).unwrap_or(i32::MAX))
-    .bind(actor)
-    .bind(reason)
-    .fetch_all(&mut *tx)
+    .bind(grant)
+    .fetch_all(pool)
     .await
-    .map_err(|e| classify_call_error(e, function.clone()))?;
-    tx.commit().await.map_err(RecoverError::Audit)?;
+    .map_err(|e| classify_call_error(e, read_fn))?;
 
     let mut out = Vec::with_capacity(rows.len());
     for (message_id, reject_reason, rejected_at, key_id, nonce, ct) in rows {

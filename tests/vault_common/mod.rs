@@ -27,6 +27,8 @@ impl Fixture {
         let (name, queue_url) = fresh_queue(&endpoint).await;
         let keyring = keygen(dir.path(), "keyring.json");
         let spec = logins_spec(dir.path(), &endpoint, &name, &db, "auto");
+        // The spec's own setup registers its encrypted columns for recovery.
+        run_engine(&["setup", spec.to_str().unwrap()], &[], true);
         Fixture {
             dir,
             db,
