@@ -4,8 +4,10 @@
 //! - Ledger first: `INSERT .. ON CONFLICT DO NOTHING RETURNING message_id` tells which messages
 //!   are new; redelivered ones are skipped (and still acknowledged). Concurrent processes block
 //!   on the same ledger key until the first commits, so each message's rows are written once.
-//! - Rows go in through `UNNEST` of typed arrays: one bind parameter per column however many
-//!   rows, far below Postgres's 65,535-parameter limit.
+//! - Ledger, vault and output rows go in by binary COPY into per-session staging tables, then
+//!   one set-based `INSERT … SELECT … ON CONFLICT` per table: COPY's speed with every conflict
+//!   rule kept. Tokens known to be stored already ([`known_tokens`]) are neither encrypted nor
+//!   sent again.
 //! - A row Postgres refuses (value too long, constraint) fails the whole statement; the batch is
 //!   then split in halves until the bad row is alone, and that row becomes a reject. The other
 //!   halves commit on their own, so one bad row never fails a batch.
@@ -14,12 +16,15 @@
 //!
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
-//! (building the SQL), `bind` (one column's values as a typed array), `target` (checking the target table) and `key_usage`
-//! (counting encryptions against each key's nonce budget).
+//! (building the SQL), `copy` (binary COPY streams), `bind` (values sent as text),
+//! `known_tokens` (the vault's known-token cache), `target` (checking the target table) and
+//! `key_usage` (counting encryptions against each key's nonce budget).
 
 mod batch;
 mod bind;
+pub mod copy;
 mod key_usage;
+mod known_tokens;
 pub mod schema;
 mod statements;
 mod target;
@@ -105,9 +110,13 @@ pub struct Sink {
     outputs: Vec<statements::OutputWriter>,
     /// Encrypts vault values and reject bodies.
     cipher: Arc<VaultCipher>,
-    /// Inserts ledger entries and returns the ids not seen before.
+    /// Tokens known to be in the vault: neither encrypted nor sent again.
+    known: known_tokens::KnownTokens,
+    /// Creates this session's staging tables if missing (run at the start of each transaction).
+    sql_staging: String,
+    /// Inserts staged ledger entries and returns the ids not seen before.
     sql_ledger: String,
-    /// Inserts vault rows, skipping tokens already stored.
+    /// Inserts staged vault rows, skipping tokens already stored.
     sql_vault: String,
     /// Inserts rejects, skipping messages already rejected.
     sql_rejects: String,
@@ -126,5 +135,16 @@ impl Sink {
     /// The pool (for housekeeping queries).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Tokens this sink knows to be in the vault (and so neither encrypts nor sends again).
+    pub fn known_tokens(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Forgets every known token, so the next batches write their vault rows again (after
+    /// vault rows were deleted, e.g. by an erasure).
+    pub fn forget_known_tokens(&self) {
+        self.known.clear();
     }
 }
