@@ -1,12 +1,12 @@
-//! The sink's COPY path keeps every delivery guarantee, against a real Postgres: a message
+//! The sink keeps every delivery guarantee, against a real Postgres: a message
 //! redelivered while its first write is in progress is written once, two writers racing on the
-//! same tokens both commit with one vault row each, a row Postgres refuses inside a COPY batch
-//! becomes a reject while the rest commits, and a connection killed between COPY and commit
+//! same tokens both commit with one vault row each, a row Postgres refuses inside a batch
+//! becomes a reject while the rest commits, and a connection killed before commit
 //! leaves nothing half-written and a retry writes once. Also: known tokens are neither
 //! encrypted nor sent again, and only tokens of committed batches become known.
 //!
-//! A write is held between its COPYs and its commit by a lock the test takes on the target
-//! table (the output's `INSERT … SELECT` waits on it after ledger and vault are staged).
+//! A write is held before its commit by a lock the test takes on the target
+//! table (the output insert waits on it after ledger and vault rows are inserted).
 
 mod common;
 use common::*;

@@ -1,6 +1,10 @@
 //! Binary COPY streams (`COPY … FROM STDIN (FORMAT binary)`, the format of the Postgres `COPY`
 //! docs): the encoder the sink writes batches with, and the benchmark its ceiling with.
 //!
+//! The sink writes by array binding for now (see the sink module: the driver does not set
+//! TCP_NODELAY, so each COPY waits ~40 ms for a delayed ACK); [`staging_type`] and
+//! [`staging_cast`] describe the staging tables a COPY path uses.
+//!
 //! Only types whose binary form is fixed and simple are sent in it: text, int4, int8, bool,
 //! date and timestamptz. Numeric, jsonb, uuid and text[] values are sent as their text and cast
 //! by Postgres in the `INSERT … SELECT` that follows the COPY into a staging table, exactly as

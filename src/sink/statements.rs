@@ -1,8 +1,8 @@
 //! The SQL the sink runs: statements built once per spec from quoted identifiers (one per
-//! output, with its write mode), and one transaction per batch part that COPYs ledger, vault
-//! and output rows into staging tables and inserts them from there set-based.
+//! output, with its write mode), and one transaction per batch part binding ledger, vault,
+//! output and reject rows as typed arrays.
 
-use super::copy::{CopyBuf, staging_cast, staging_type};
+use super::bind::{bind_column, unnest_select};
 use super::known_tokens::KnownTokens;
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
@@ -24,38 +24,19 @@ impl Sink {
         let ledger = quote_ident(&spec.ledger.table);
         let vault = quote_ident(&spec.vault.table);
         let rejects = quote_ident(&spec.rejects.table);
-        let outputs: Vec<OutputWriter> = spec
-            .outputs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| OutputWriter::new(i, o))
-            .collect();
-        // Staging tables live as long as the session and are emptied at every commit; creating
-        // them "if not exists" at the start of each transaction costs a catalog lookup, and
-        // the notice that they exist is not worth a line in anyone's log.
-        let mut staging = format!(
-            "SET LOCAL client_min_messages = warning; \
-             CREATE TEMP TABLE IF NOT EXISTS {STAGE_LEDGER} (message_id text, outcome text) ON COMMIT DELETE ROWS; \
-             CREATE TEMP TABLE IF NOT EXISTS {STAGE_VAULT} (target_table text, column_name text, token text, \
-             key_id text, nonce bytea, ciphertext bytea) ON COMMIT DELETE ROWS;"
-        );
-        for o in &outputs {
-            staging.push_str(&o.sql_stage_create);
-        }
         Sink {
             pool,
             pipeline: spec.name.clone(),
-            outputs,
+            outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             known: KnownTokens::default(),
-            sql_staging: staging,
             sql_ledger: format!(
-                "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, message_id, outcome FROM {STAGE_LEDGER} \
+                "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
                  ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
             ),
             sql_vault: format!(
                 "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext) \
-                 SELECT * FROM {STAGE_VAULT} ORDER BY target_table, column_name, token \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
                  ON CONFLICT (target_table, column_name, token) DO NOTHING"
             ),
             sql_rejects: format!(
@@ -68,27 +49,21 @@ impl Sink {
 
     /// Writes `batch` in one transaction: ledger first, then vault rows, every output's rows
     /// and rejects of the messages the ledger had not seen. Any error rolls it all back.
-    ///
-    /// Ledger, vault and output rows go in by binary COPY into this session's staging tables,
-    /// then by one set-based `INSERT … SELECT` each, which keeps every `ON CONFLICT` rule.
     pub(super) async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
-        sqlx::raw_sql(AssertSqlSafe(self.sql_staging.clone()))
-            .execute(&mut *tx)
-            .await?;
-        let mut ledger = CopyBuf::new();
-        for p in batch {
-            ledger.row(2);
-            ledger.text(&p.message_id);
-            ledger.text(match p.outcome {
+        let ids: Vec<&str> = batch.iter().map(|p| p.message_id.as_str()).collect();
+        let outcomes: Vec<&str> = batch
+            .iter()
+            .map(|p| match p.outcome {
                 Outcome::Rows { .. } => "row",
                 Outcome::Skip { .. } => "skip",
                 Outcome::Reject { .. } => "reject",
-            });
-        }
-        copy_in(&mut tx, &self.sql_copy_ledger(), ledger).await?;
+            })
+            .collect();
         let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql_ledger.clone()))
             .bind(&self.pipeline)
+            .bind(&ids)
+            .bind(&outcomes)
             .fetch_all(&mut *tx)
             .await?;
         let fresh: HashSet<String> = fresh.into_iter().map(|r| r.0).collect();
@@ -130,24 +105,17 @@ impl Sink {
             }
             let offered = rows.len() as u64;
             let rows = out.dedup(rows);
-            let mut buf = CopyBuf::new();
-            for row in rows {
-                buf.row(out.types.len());
-                for (i, ty) in out.types.iter().enumerate() {
-                    buf.val(*ty, row.get(i).unwrap_or(&Val::Null));
-                }
+            let mut q = sqlx::query(AssertSqlSafe(out.sql.clone()));
+            for (i, col) in out.types.iter().enumerate() {
+                q = bind_column(q, *col, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
             }
-            copy_in(&mut tx, &out.sql_stage_copy, buf).await?;
-            let written = sqlx::query(AssertSqlSafe(out.sql.clone()))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let written = q.execute(&mut *tx).await?.rows_affected();
             report.rows += written;
             report.unchanged_rows += offered - written.min(offered);
             *report.rows_by_table.entry(out.table.clone()).or_default() += written;
         }
 
-        // Rejects (rare: array binding is fast enough), bodies encrypted.
+        // Rejects, bodies encrypted.
         let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) =
             (vec![], vec![], vec![], vec![], vec![]);
         for p in &new {
@@ -190,15 +158,10 @@ impl Sink {
         Ok(report)
     }
 
-    /// `COPY` into the ledger's staging table.
-    fn sql_copy_ledger(&self) -> String {
-        format!("COPY {STAGE_LEDGER} (message_id, outcome) FROM STDIN (FORMAT binary)")
-    }
-
     /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
     /// known to be stored already, inserted in key order so concurrent writers sharing hot
-    /// tokens wait for each other instead of deadlocking. Returns the tokens sent, which are
-    /// in the vault once the transaction commits.
+    /// tokens wait for each other instead of deadlocking. Returns the tokens sent, which are in
+    /// the vault once the transaction commits.
     async fn write_vault<'p>(
         &self,
         new: &[&'p Processed],
@@ -230,7 +193,8 @@ impl Sink {
         if pending.is_empty() {
             return Ok(pending);
         }
-        let mut buf = CopyBuf::new();
+        let (mut v_tab, mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for pv in &pending {
             let b = Binding {
                 scope: &pv.table,
@@ -239,24 +203,20 @@ impl Sink {
             };
             let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            buf.row(6);
-            buf.text(&pv.table);
-            buf.text(&pv.column);
-            buf.text(&pv.token);
-            buf.text(&sealed.key_id);
-            buf.bytes(&sealed.nonce);
-            buf.bytes(&sealed.ciphertext);
+            v_tab.push(pv.table.clone());
+            v_col.push(pv.column.clone());
+            v_tok.push(pv.token.clone());
+            v_kid.push(sealed.key_id);
+            v_nonce.push(sealed.nonce.to_vec());
+            v_ct.push(sealed.ciphertext);
         }
-        copy_in(
-            tx,
-            &format!(
-                "COPY {STAGE_VAULT} (target_table, column_name, token, key_id, nonce, ciphertext) \
-                 FROM STDIN (FORMAT binary)"
-            ),
-            buf,
-        )
-        .await?;
         let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
+            .bind(&v_tab)
+            .bind(&v_col)
+            .bind(&v_tok)
+            .bind(&v_kid)
+            .bind(&v_nonce)
+            .bind(&v_ct)
             .execute(&mut **tx)
             .await?;
         report.vault_rows = r.rows_affected();
@@ -264,35 +224,14 @@ impl Sink {
     }
 }
 
-/// The ledger's staging table (this session's, emptied at commit).
-const STAGE_LEDGER: &str = "pg_temp.etl_stage_ledger";
-/// The vault's staging table.
-const STAGE_VAULT: &str = "pg_temp.etl_stage_vault";
-
-/// Sends one finished binary COPY stream with `statement` (`COPY … FROM STDIN (FORMAT binary)`).
-async fn copy_in(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    buf: CopyBuf,
-) -> Result<u64, SinkError> {
-    let mut copy = tx.copy_in_raw(statement).await?;
-    copy.send(buf.finish()).await?;
-    Ok(copy.finish().await?)
-}
-
-/// One output's statements, built once: how its rows are staged and written.
+/// One output's statement, built once: how its rows are written.
 #[derive(Debug)]
 pub(super) struct OutputWriter {
     /// The table as the spec names it.
     pub(super) table: String,
     /// Column types, in statement order.
     types: Vec<ValType>,
-    /// Creates this output's staging table if this session has none yet.
-    sql_stage_create: String,
-    /// `COPY` into the staging table.
-    sql_stage_copy: String,
-    /// The statement: `INSERT … SELECT … FROM` the staging table, with the write mode's
-    /// `ON CONFLICT`.
+    /// The statement: `INSERT … SELECT * FROM UNNEST(…)` with the write mode's `ON CONFLICT`.
     sql: String,
     /// Positions of the upsert key columns (empty unless upsert).
     key: Vec<usize>,
@@ -301,37 +240,14 @@ pub(super) struct OutputWriter {
 }
 
 impl OutputWriter {
-    /// The statements for output number `index` of a spec.
-    fn new(index: usize, o: &Output) -> Self {
+    fn new(o: &Output) -> Self {
         let names: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let pos = |name: &str| o.columns.iter().position(|c| c.name == name);
-        // Named by position and shape: two specs sharing a session never share a staging
-        // table of another shape.
-        let shape: Vec<&str> = o.columns.iter().map(|c| staging_type(c.out_type)).collect();
-        let stage = format!(
-            "pg_temp.etl_stage_o{index}_{:016x}",
-            fnv1a(&shape.join(","))
-        );
-        let stage_cols: Vec<String> = (1..=o.columns.len()).map(|i| format!("c{i}")).collect();
-        let stage_defs: Vec<String> = stage_cols
-            .iter()
-            .zip(&shape)
-            .map(|(c, t)| format!("{c} {t}"))
-            .collect();
-        let select: Vec<String> = o
-            .columns
-            .iter()
-            .zip(&stage_cols)
-            .map(|(c, s)| match staging_cast(c.out_type) {
-                Some(cast) => format!("{s}::{cast}"),
-                None => s.clone(),
-            })
-            .collect();
         let mut sql = format!(
-            "INSERT INTO {} AS cur ({}) SELECT {} FROM {stage}",
+            "INSERT INTO {} AS cur ({}) {}",
             quote_ident(&o.table),
             names.join(", "),
-            select.join(", "),
+            unnest_select(&o.columns)
         );
         let (mut key, mut newer) = (Vec::new(), None);
         match &o.write {
@@ -372,14 +288,6 @@ impl OutputWriter {
         Self {
             table: o.table.clone(),
             types: o.columns.iter().map(|c| c.out_type).collect(),
-            sql_stage_create: format!(
-                " CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS;",
-                stage_defs.join(", ")
-            ),
-            sql_stage_copy: format!(
-                "COPY {stage} ({}) FROM STDIN (FORMAT binary)",
-                stage_cols.join(", ")
-            ),
             sql,
             key,
             newer,
@@ -432,11 +340,4 @@ fn newer_order(a: Option<&Val>, b: Option<&Val>) -> Option<Ordering> {
         (Val::Date(x), Val::Date(y)) => Some(x.cmp(y)),
         (x, y) => Some(x.to_text().cmp(&y.to_text())),
     }
-}
-
-/// FNV-1a of `s`: a stable short name for a staging table's shape (not a security measure).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
