@@ -386,6 +386,8 @@ struct Measured {
     /// From start until the queue was first seen empty (visible + in flight = 0).
     drained_secs: Option<f64>,
     peak_rss_kb: Option<u64>,
+    /// User + system CPU time of the command (its own process and waited-for children).
+    cpu_secs: Option<f64>,
 }
 
 async fn measure(
@@ -401,7 +403,7 @@ async fn measure(
     // GNU time reports the child's peak RSS (ru_maxrss) exactly, whatever its lifetime.
     let mut child = tokio::process::Command::new("/usr/bin/time")
         .arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(&rss_file)
         .args(command)
@@ -444,17 +446,31 @@ async fn measure(
         }
         None => None,
     };
-    let peak_rss_kb = std::fs::read_to_string(&rss_file).ok().and_then(|t| {
-        t.lines()
-            .filter_map(|l| l.trim().parse::<u64>().ok())
-            .next_back()
-    });
+    // The last line is "peak-RSS-KiB user-secs system-secs" (earlier lines may be a notice).
+    let last: Vec<String> = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next_back()
+                .map(|l| l.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default();
+    let peak_rss_kb = last.first().and_then(|v| v.parse::<u64>().ok());
+    let cpu_secs = match (last.get(1), last.get(2)) {
+        (Some(u), Some(s)) => u
+            .parse::<f64>()
+            .ok()
+            .zip(s.parse::<f64>().ok())
+            .map(|(u, s)| u + s),
+        _ => None,
+    };
     let m = Measured {
         command: command.join(" "),
         exit_code: status.code(),
         wall_secs: wall.as_secs_f64(),
         drained_secs,
         peak_rss_kb,
+        cpu_secs,
     };
     write_json(out, &m)?;
     if !status.success() {

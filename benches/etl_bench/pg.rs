@@ -1,88 +1,22 @@
 //! D, the Postgres ceiling: everything the engine writes for a set of messages — target rows,
 //! vault rows, ledger rows and rejects — transformed and encrypted up front with the engine's own
-//! code, then loaded with binary COPY, as many connections as the spec has writers.
+//! code, then loaded with binary COPY (the encoder the sink itself uses), as many connections as
+//! the spec has writers.
 //!
 //! Only the COPY transactions are timed: this is what Postgres itself can take, with nothing of
 //! the engine's per-message work in the way.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::Utc;
 use etl_engine::crypto::{Binding, Keyring, VaultCipher};
 use etl_engine::process::{Outcome, Processed, Processor};
+use etl_engine::sink::copy::CopyBuf;
 use etl_engine::source::ReceivedMessage;
 use etl_engine::spec::Spec;
 use etl_engine::transform::Tokenizer;
-use etl_engine::value::{Val, ValType};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
-
-/// A binary COPY stream under construction (the format of the Postgres `COPY` docs).
-pub struct CopyBuf {
-    buf: Vec<u8>,
-    /// Rows written.
-    pub rows: u64,
-}
-
-impl CopyBuf {
-    /// A buffer holding the signature and an empty header extension.
-    pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 16);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        Self { buf, rows: 0 }
-    }
-    /// Starts a row of `fields` fields.
-    pub fn row(&mut self, fields: i16) {
-        self.rows += 1;
-        self.buf.extend_from_slice(&fields.to_be_bytes());
-    }
-    /// One field: its bytes in the column type's binary form, or NULL.
-    pub fn field(&mut self, v: Option<&[u8]>) {
-        match v {
-            Some(b) => {
-                self.buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                self.buf.extend_from_slice(b);
-            }
-            None => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    /// A text (or varchar) field.
-    pub fn text(&mut self, s: &str) {
-        self.field(Some(s.as_bytes()));
-    }
-    /// A value of a column of type `ty`, in that type's binary form.
-    pub fn val(&mut self, ty: ValType, v: &Val) {
-        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
-        match (ty, v) {
-            (_, v) if v.is_null() => self.field(None),
-            (ValType::Integer, Val::Int(i)) => self.field(Some(&i.to_be_bytes())),
-            (ValType::BigInt, Val::BigInt(i)) => self.field(Some(&i.to_be_bytes())),
-            (ValType::BigInt, Val::Int(i)) => self.field(Some(&i64::from(*i).to_be_bytes())),
-            (ValType::Boolean, Val::Bool(b)) => self.field(Some(&[u8::from(*b)])),
-            (ValType::Date, Val::Date(d)) => {
-                self.field(Some(&((*d - epoch).num_days() as i32).to_be_bytes()))
-            }
-            (ValType::Timestamp, Val::Timestamp(t)) => {
-                let base: DateTime<Utc> = epoch.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
-                let micros = (*t - base).num_microseconds().unwrap_or_default();
-                self.field(Some(&micros.to_be_bytes()))
-            }
-            (ValType::Json | ValType::Text, v) => match v.to_text() {
-                Some(s) => self.text(&s),
-                None => self.field(None),
-            },
-            // The sink binds such a mismatch as NULL too.
-            _ => self.field(None),
-        }
-    }
-    /// The finished stream, with its trailer.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
-        self.buf
-    }
-}
 
 /// The four COPY streams of one connection.
 struct Part {
@@ -164,7 +98,7 @@ pub async fn run(
                 } => {
                     ledger.text("row");
                     for row in rows {
-                        target.row(output.columns.len() as i16);
+                        target.row(output.columns.len());
                         for (c, v) in output.columns.iter().zip(&row.values) {
                             target.val(c.out_type, v);
                         }

@@ -40,7 +40,7 @@ pub(super) fn unnest_select(columns: &[Column]) -> String {
 }
 
 /// The text a value of static type `ty` is bound as, for the types bound as text.
-fn bound_text(ty: ValType, v: &Val) -> Option<String> {
+pub(super) fn bound_text(ty: ValType, v: &Val) -> Option<String> {
     if v.is_null() {
         return None;
     }

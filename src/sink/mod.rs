@@ -5,7 +5,11 @@
 //!   are new; redelivered ones are skipped (and still acknowledged). Concurrent processes block
 //!   on the same ledger key until the first commits, so each message's rows are written once.
 //! - Rows go in through `UNNEST` of typed arrays: one bind parameter per column however many
-//!   rows, far below Postgres's 65,535-parameter limit.
+//!   rows, far below Postgres's 65,535-parameter limit. (Binary COPY into staging tables was
+//!   measured slower with the current Postgres driver, which sends COPY's closing message in a
+//!   separate small write on a socket without TCP_NODELAY: about 40 ms of delayed ACK per COPY.
+//!   The encoder, [`copy`], is kept for the benchmark and for when the driver sets it.)
+//! - Tokens known to be stored already ([`known_tokens`]) are neither encrypted nor sent again.
 //! - A row Postgres refuses (value too long, constraint) fails the whole statement; the batch is
 //!   then split in halves until the bad row is alone, and that row becomes a reject. The other
 //!   halves commit on their own, so one bad row never fails a batch.
@@ -14,12 +18,15 @@
 //!
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
-//! (building the SQL), `bind` (one column's values as a typed array), `target` (checking the target table) and `key_usage`
-//! (counting encryptions against each key's nonce budget).
+//! (building the SQL), `copy` (binary COPY streams), `bind` (one column's values as a typed array),
+//! `known_tokens` (the vault's known-token cache), `target` (checking the target table) and
+//! `key_usage` (counting encryptions against each key's nonce budget).
 
 mod batch;
 mod bind;
+pub mod copy;
 mod key_usage;
+mod known_tokens;
 pub mod schema;
 mod statements;
 mod target;
@@ -108,6 +115,8 @@ pub struct Sink {
     outputs: Vec<statements::OutputWriter>,
     /// Encrypts vault values and reject bodies.
     cipher: Arc<VaultCipher>,
+    /// Tokens known to be in the vault: neither encrypted nor sent again.
+    known: known_tokens::KnownTokens,
     /// Inserts ledger entries and returns the ids not seen before.
     sql_ledger: String,
     /// Inserts vault rows, skipping tokens already stored.
@@ -129,5 +138,16 @@ impl Sink {
     /// The pool (for housekeeping queries).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Tokens this sink knows to be in the vault (and so neither encrypts nor sends again).
+    pub fn known_tokens(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Forgets every known token, so the next batches write their vault rows again (after
+    /// vault rows were deleted, e.g. by an erasure).
+    pub fn forget_known_tokens(&self) {
+        self.known.clear();
     }
 }

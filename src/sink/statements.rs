@@ -3,6 +3,7 @@
 //! output and reject rows as typed arrays.
 
 use super::bind::{bind_column, unnest_select};
+use super::known_tokens::KnownTokens;
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
@@ -28,6 +29,7 @@ impl Sink {
             pipeline: spec.name.clone(),
             outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
+            known: KnownTokens::default(),
             sql_ledger: format!(
                 "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
                  ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
@@ -84,7 +86,7 @@ impl Sink {
             .filter(|p| matches!(p.outcome, Outcome::Skip { .. }))
             .count() as u64;
 
-        self.write_vault(&new, &mut tx, &mut report).await?;
+        let stored = self.write_vault(&new, &mut tx, &mut report).await?;
 
         // Every output's rows, in spec order.
         for (oi, out) in self.outputs.iter().enumerate() {
@@ -146,18 +148,26 @@ impl Sink {
             report.rejects = r_id.len() as u64;
         }
         tx.commit().await?;
+        // Only now are these tokens certainly in the vault (written here or by a concurrent
+        // writer whose row won).
+        self.known.remember(
+            stored
+                .iter()
+                .map(|pv| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
+        );
         Ok(report)
     }
 
-    /// Vault rows: one encryption per distinct (table, column, token) in the batch, inserted in
-    /// key order so concurrent writers sharing hot tokens wait for each other instead of
-    /// deadlocking.
-    async fn write_vault(
+    /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
+    /// known to be stored already, inserted in key order so concurrent writers sharing hot
+    /// tokens wait for each other instead of deadlocking. Returns the tokens sent, which are in
+    /// the vault once the transaction commits.
+    async fn write_vault<'p>(
         &self,
-        new: &[&Processed],
+        new: &[&'p Processed],
         tx: &mut Transaction<'_, Postgres>,
         report: &mut WriteReport,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Vec<&'p PendingVault>, SinkError> {
         let mut pending: Vec<&PendingVault> = new
             .iter()
             .filter_map(|p| match &p.outcome {
@@ -170,12 +180,22 @@ impl Sink {
             (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
         });
         pending.dedup_by(|a, b| a.table == b.table && a.column == b.column && a.token == b.token);
+        let known = self.known.known(
+            pending
+                .iter()
+                .map(|pv| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
+        );
+        let pending: Vec<&PendingVault> = pending
+            .into_iter()
+            .zip(known)
+            .filter_map(|(pv, k)| (!k).then_some(pv))
+            .collect();
         if pending.is_empty() {
-            return Ok(());
+            return Ok(pending);
         }
         let (mut v_tab, mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for pv in pending {
+        for pv in &pending {
             let b = Binding {
                 scope: &pv.table,
                 column: &pv.column,
@@ -200,7 +220,7 @@ impl Sink {
             .execute(&mut **tx)
             .await?;
         report.vault_rows = r.rows_affected();
-        Ok(())
+        Ok(pending)
     }
 }
 
