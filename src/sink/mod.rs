@@ -19,6 +19,7 @@
 
 mod batch;
 mod bind;
+pub mod ddl;
 mod key_usage;
 pub mod schema;
 mod statements;
