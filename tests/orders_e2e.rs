@@ -94,6 +94,11 @@ fn example_lines() -> Vec<String> {
         .collect()
 }
 
+/// orders by id: (email, zip, total, placed_at as epoch seconds).
+type Orders = BTreeMap<String, (String, String, String, i64)>;
+/// order_items in key order: (order_id, line, sku, qty, price).
+type Items = Vec<(String, i32, String, i32, String)>;
+
 /// The tables as they are: orders by id, items by (order, line).
 async fn tables(
     db: &str,
@@ -133,13 +138,7 @@ fn dollars(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-fn assert_tables(
-    w: &Want,
-    got: &(
-        BTreeMap<String, (String, String, String, i64)>,
-        Vec<(String, i32, String, i32, String)>,
-    ),
-) {
+fn assert_tables(w: &Want, got: &(Orders, Items)) {
     let (orders, items) = got;
     assert_eq!(
         orders.keys().collect::<Vec<_>>(),
