@@ -17,8 +17,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Table DDL files applied on `up`, in order; missing files are skipped so more can be listed ahead of time.
-TABLE_DDL=${TABLE_DDL:-"schema/user_logins.sql schema/purchases.sql schema/signups.sql"}
-QUEUES=${QUEUES:-"login-queue purchase-queue signup-queue"}
+TABLE_DDL=${TABLE_DDL:-"schema/user_logins.sql schema/purchases.sql schema/signups.sql schema/orders.sql schema/events.sql"}
+QUEUES=${QUEUES:-"login-queue purchase-queue signup-queue order-queue event-queue"}
 PGPORT=${PGPORT:-5432}
 SQS_PORT=${SQS_PORT:-4566}
 ETL_LOCAL_DIR=${ETL_LOCAL_DIR:-"$ROOT/.local"}

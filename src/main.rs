@@ -68,8 +68,15 @@ enum Command {
         /// The spec file.
         spec: PathBuf,
     },
-    /// Check a spec and report every problem, without touching any service.
+    /// Check specs and report every problem, without touching any service. Exit 2 if one is invalid.
     Validate {
+        /// Spec files.
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+    /// Print `CREATE TABLE IF NOT EXISTS` statements for every output of a spec (types from the
+    /// transforms, NOT NULL from `required`, the upsert key as the primary key).
+    Ddl {
         /// The spec file.
         spec: PathBuf,
     },
@@ -230,17 +237,8 @@ async fn dispatch(cmd: Command) -> Result<u8> {
         } => cmd::run::cmd_run(&spec, drain, summary_json.as_deref(), observe).await,
         Command::Setup(args) => cmd::setup::setup(args).await.map(|()| 0),
         Command::Check { spec } => cmd::check::cmd_check(&spec).await,
-        Command::Validate { spec } => {
-            let s = cmd::load(&spec)?;
-            println!(
-                "{}: OK ({} columns in {}, pipeline {})",
-                spec.display(),
-                s.all_columns().count(),
-                s.table_names().join(", "),
-                s.name
-            );
-            Ok(0)
-        }
+        Command::Validate { specs } => cmd::spec_tools::cmd_validate(&specs),
+        Command::Ddl { spec } => cmd::spec_tools::cmd_ddl(&spec),
         Command::Keygen { file, force, kms } => cmd::vault::cmd_keygen(&file, force, kms).await,
         Command::VaultDecrypt(args) => cmd::decrypt::cmd_decrypt(args).await,
         Command::Send {

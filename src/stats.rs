@@ -5,15 +5,21 @@
 //! readers see numbers that are at most a moment old.
 
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What one written batch did, as counted in [`Stats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchCounts {
-    /// Target rows inserted.
+    /// Target rows inserted or updated, in every output.
     pub rows: u64,
+    /// The same rows by output table.
+    pub rows_by_table: BTreeMap<String, u64>,
+    /// Rows an `upsert` or `ignore` output left as they were (a stored or newer row won).
+    pub unchanged_rows: u64,
+    /// Messages acknowledged without rows: a `filter:` matched, or `unmatched: skip`.
+    pub skipped: u64,
     /// Messages written to the rejects table.
     pub rejects: u64,
     /// Messages skipped because the ledger already had them.
@@ -29,6 +35,12 @@ pub struct Stats {
     pub rows: AtomicU64,
     pub rejects: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Messages acknowledged without rows (a filter matched, or no output did with `unmatched: skip`).
+    pub skipped: AtomicU64,
+    /// Rows an upsert or ignore output left as they were.
+    pub unchanged_rows: AtomicU64,
+    /// Rows written by output table (a few tables per spec: a lock taken once per batch).
+    pub rows_by_table: std::sync::Mutex<BTreeMap<String, u64>>,
     pub deleted: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -61,6 +73,16 @@ impl Stats {
         self.rows.fetch_add(r.rows, Ordering::Relaxed);
         self.rejects.fetch_add(r.rejects, Ordering::Relaxed);
         self.duplicates.fetch_add(r.duplicates, Ordering::Relaxed);
+        self.skipped.fetch_add(r.skipped, Ordering::Relaxed);
+        self.unchanged_rows
+            .fetch_add(r.unchanged_rows, Ordering::Relaxed);
+        if !r.rows_by_table.is_empty()
+            && let Ok(mut by) = self.rows_by_table.lock()
+        {
+            for (t, n) in &r.rows_by_table {
+                *by.entry(t.clone()).or_default() += n;
+            }
+        }
         self.vault_rows.fetch_add(r.vault_rows, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         let micros = elapsed.as_micros() as u64;
@@ -100,13 +122,23 @@ impl Stats {
             rows: g(&self.rows),
             rejects: g(&self.rejects),
             duplicates: g(&self.duplicates),
+            skipped: g(&self.skipped),
+            unchanged_rows: g(&self.unchanged_rows),
+            rows_by_table: self
+                .rows_by_table
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
             deleted: g(&self.deleted),
             released: g(&self.released),
             retries: g(&self.retries),
             batches: g(&self.batches),
             elapsed_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             active_secs: (active.as_secs_f64() * 1000.0).round() / 1000.0,
-            messages_per_sec: ((g(&self.rows) + g(&self.rejects) + g(&self.duplicates)) as f64
+            messages_per_sec: ((g(&self.rows)
+                + g(&self.rejects)
+                + g(&self.duplicates)
+                + g(&self.skipped)) as f64
                 / secs)
                 .round(),
             left_in_queue: None,
@@ -121,6 +153,12 @@ pub struct Summary {
     pub rows: u64,
     pub rejects: u64,
     pub duplicates: u64,
+    /// Messages acknowledged without rows: a `filter:` matched, or `unmatched: skip`.
+    pub skipped: u64,
+    /// Rows an `upsert` (a stored or newer row won) or `ignore` output left as they were.
+    pub unchanged_rows: u64,
+    /// Rows written (inserted or updated) by output table; they add up to `rows`.
+    pub rows_by_table: BTreeMap<String, u64>,
     pub deleted: u64,
     /// Messages handed back to the queue (visibility 0) after a batch could not be written.
     pub released: u64,
@@ -153,9 +191,62 @@ impl std::fmt::Display for Summary {
             self.messages_per_sec,
             self.active_secs
         )?;
+        if self.skipped > 0 {
+            write!(f, "; skipped {} (filter or unmatched)", self.skipped)?;
+        }
+        if self.unchanged_rows > 0 {
+            write!(
+                f,
+                "; {} row(s) left unchanged by upsert/ignore",
+                self.unchanged_rows
+            )?;
+        }
+        if self.rows_by_table.len() > 1 {
+            let parts: Vec<String> = self
+                .rows_by_table
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect();
+            write!(f, "; rows by table: {}", parts.join(", "))?;
+        }
         match self.left_in_queue {
             Some(n) if n > 0 => write!(f, "; {n} message(s) left in the queue"),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_unchanged_and_rows_by_table_add_up_across_batches() {
+        let stats = Stats::default();
+        let batch = |a: u64, b: u64| BatchCounts {
+            rows: a + b,
+            rows_by_table: [("orders".to_string(), a), ("order_items".to_string(), b)]
+                .into_iter()
+                .collect(),
+            unchanged_rows: 1,
+            skipped: 2,
+            ..BatchCounts::default()
+        };
+        stats.add_batch(&batch(1, 3), &HashMap::new(), Duration::from_millis(1));
+        stats.add_batch(&batch(2, 5), &HashMap::new(), Duration::from_millis(1));
+        let s = stats.summary(Instant::now());
+        assert_eq!((s.rows, s.skipped, s.unchanged_rows), (11, 4, 2));
+        assert_eq!(s.rows_by_table["orders"], 3);
+        assert_eq!(s.rows_by_table["order_items"], 8);
+        let line = s.to_string();
+        assert!(line.starts_with("received 0, written 11, rejected 0, duplicates skipped 0"));
+        assert!(line.contains("; skipped 4 (filter or unmatched)"), "{line}");
+        assert!(
+            line.contains("; rows by table: order_items 8, orders 3"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["rows_by_table"]["order_items"], 8);
+        assert_eq!(json["skipped"], 4);
     }
 }

@@ -1,10 +1,13 @@
 //! The SNS pipeline (specs/signups.yaml) end to end against real LocalStack and Postgres: the
 //! example envelopes go through `send` → `run --drain`; rows carry the event's fields and the
-//! envelope's MessageId, and the SubscriptionConfirmation and malformed messages are rejects.
+//! envelope's MessageId, and the SubscriptionConfirmation and malformed messages are rejects; a
+//! re-sent signup updates its row in place. The table comes from `etl-engine ddl`.
 //! What should happen is computed here from the examples, independently of the engine.
 
 mod common;
+mod examples_common;
 use common::*;
+use examples_common::{assert_schema_file_agrees_with_ddl, create_tables_from_ddl};
 use serde_json::Value as J;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -93,16 +96,13 @@ async fn signups_end_to_end() {
     let endpoint = sqs_endpoint();
     let (queue, url) = fresh_queue(&endpoint).await;
     let db = fresh_db().await;
-    exec(
-        &db,
-        &std::fs::read_to_string(root().join("schema/signups.sql")).unwrap(),
-    )
-    .await;
     let dir = tempfile::tempdir().unwrap();
     let keyring = keygen(dir.path(), "k.json");
     let kr = keyring.to_str().unwrap();
     let spec = signups_spec(dir.path(), &endpoint, &queue, &db);
     let spec_s = spec.to_str().unwrap();
+    let ddl = create_tables_from_ddl(spec_s, &db).await;
+    assert_schema_file_agrees_with_ddl("schema/signups.sql", &ddl).await;
 
     // The spec's own tests pass, and `check` accepts the uuid column.
     run_engine(&["test", spec_s], &[], true);
@@ -245,6 +245,47 @@ async fn signups_end_to_end() {
             .iter()
             .any(|(r,)| r.contains("arn:aws") || r.contains("example.com")),
         "{reasons:?}"
+    );
+
+    // A producer re-sends a signup with another plan (a new SNS MessageId, a new SQS message):
+    // the row is updated in place, not refused and not doubled.
+    let text = std::fs::read_to_string(root().join("examples/signups.jsonl")).unwrap();
+    let mut env: J = text
+        .lines()
+        .map(|l| serde_json::from_str::<J>(l).unwrap())
+        .find(|e| {
+            e["Type"] == "Notification"
+                && e["Message"].as_str().is_some_and(|m| m.contains("user_id"))
+        })
+        .unwrap();
+    let mut event: J = serde_json::from_str(env["Message"].as_str().unwrap()).unwrap();
+    let user_id = event["user_id"].as_str().unwrap().to_lowercase();
+    event["plan"] = "enterprise".into();
+    env["Message"] = event.to_string().into();
+    env["MessageId"] = "0d6c2d1e-7b1a-4f43-9d55-5f1c3b9a0001".into();
+    let file = dir.path().join("resend.jsonl");
+    std::fs::write(&file, env.to_string() + "\n").unwrap();
+    run_engine(&["send", spec_s, file.to_str().unwrap()], &[], true);
+    run_engine(&["run", spec_s, "--drain"], &[("ETL_KEYRING", kr)], true);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM signups").await,
+        want.len() as i64,
+        "updated in place"
+    );
+    let (plan, mid): (String, String) =
+        sqlx::query_as("SELECT plan, sns_message_id FROM signups WHERE user_id::text = $1")
+            .bind(&user_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (plan.as_str(), mid.as_str()),
+        ("enterprise", "0d6c2d1e-7b1a-4f43-9d55-5f1c3b9a0001")
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM etl_rejects").await,
+        invalid as i64,
+        "no new reject"
     );
     pool.close().await;
 }

@@ -82,18 +82,94 @@ fn schema_accepts_shipped_specs_and_rejects_misspellings() {
             spec.display()
         );
         let mut bad = doc.clone();
-        let (_, col) = bad["columns"]
-            .as_object_mut()
-            .unwrap()
-            .iter_mut()
-            .next()
-            .unwrap();
+        // The first column: of the single-table form, or of the first output.
+        let columns = if bad["columns"].is_object() {
+            &mut bad["columns"]
+        } else {
+            &mut bad["outputs"][0]["columns"]
+        };
+        let (_, col) = columns.as_object_mut().unwrap().iter_mut().next().unwrap();
         col["transforms"] = serde_json::json!([{"type": "versoin_to_int"}]);
         assert!(
             !validator.is_valid(&bad),
             "{}: unknown transform accepted",
             spec.display()
         );
+    }
+}
+
+#[test]
+fn validate_takes_several_specs_and_names_the_invalid_one() {
+    let specs = shipped_specs();
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(specs.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+    let text = stdout(&run_engine(&args, &[], true));
+    assert_eq!(
+        text.lines().filter(|l| l.contains(": OK (")).count(),
+        specs.len(),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: b\nsource: {type: file, path: x.jsonl}\ntarget: {url: u}\n",
+    )
+    .unwrap();
+    let out = engine()
+        .args([
+            "validate",
+            specs[0].to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": OK ("),
+        "the valid spec is still reported"
+    );
+    assert!(stderr(&out).contains("bad.yaml"), "{}", stderr(&out));
+}
+
+#[test]
+fn ddl_covers_every_output_of_the_shipped_specs() {
+    for (spec, tables) in [
+        ("specs/orders.yaml", &["orders", "order_items"][..]),
+        ("specs/events.yaml", &["page_views", "event_purchases"][..]),
+        ("specs/signups.yaml", &["signups"][..]),
+    ] {
+        let ddl = stdout(&run_engine(
+            &["ddl", root().join(spec).to_str().unwrap()],
+            &[],
+            true,
+        ));
+        assert_eq!(
+            ddl.matches("CREATE TABLE IF NOT EXISTS").count(),
+            tables.len(),
+            "{ddl}"
+        );
+        for t in tables {
+            assert!(
+                ddl.contains(&format!("CREATE TABLE IF NOT EXISTS \"{t}\" (")),
+                "{ddl}"
+            );
+        }
+    }
+    let ddl = stdout(&run_engine(
+        &["ddl", root().join("specs/orders.yaml").to_str().unwrap()],
+        &[],
+        true,
+    ));
+    for line in [
+        "\"total\" numeric NOT NULL",
+        "\"placed_at\" timestamptz NOT NULL",
+        "\"line\" integer NOT NULL",
+        "PRIMARY KEY (\"order_id\")",
+        "PRIMARY KEY (\"order_id\", \"line\")",
+    ] {
+        assert!(ddl.contains(line), "missing `{line}`:\n{ddl}");
     }
 }
 

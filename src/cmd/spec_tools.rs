@@ -1,6 +1,6 @@
 //! Commands for writing specs, none of which touches a queue or a database:
-//! `schema` (the JSON Schema editors complete specs from), `test` (a spec's `tests:` block) and
-//! `preview` (what a JSON Lines file would become).
+//! `schema` (the JSON Schema editors complete specs from), `validate`, `ddl` (the tables a spec
+//! writes), `test` (a spec's `tests:` block) and `preview` (what a JSON Lines file would become).
 
 use super::{load, usage};
 use anyhow::{Context, Result};
@@ -23,6 +23,35 @@ pub fn spec_schema() -> Result<String> {
 /// `etl-engine schema`: prints the JSON Schema (kept in the repository as schema/spec.schema.json).
 pub fn cmd_schema() -> Result<u8> {
     print!("{}", spec_schema()?);
+    Ok(0)
+}
+
+/// `etl-engine validate SPEC...`: checks each spec and reports every problem of every spec.
+/// Exit 0 when all are valid, 2 when one is not.
+pub fn cmd_validate(specs: &[PathBuf]) -> Result<u8> {
+    let mut invalid = false;
+    for path in specs {
+        match load(path) {
+            Ok(s) => println!(
+                "{}: OK ({} columns in {}, pipeline {})",
+                path.display(),
+                s.all_columns().count(),
+                s.table_names().join(", "),
+                s.name
+            ),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                invalid = true;
+            }
+        }
+    }
+    Ok(if invalid { 2 } else { 0 })
+}
+
+/// `etl-engine ddl SPEC`: prints the `CREATE TABLE` statements of the spec's outputs.
+pub fn cmd_ddl(spec_path: &Path) -> Result<u8> {
+    let spec = load(spec_path)?;
+    print!("{}", etl_engine::sink::ddl::create_tables(&spec));
     Ok(0)
 }
 

@@ -112,6 +112,9 @@ async fn write_batch(w: &Writer, shared: &Shared, batch: Vec<crate::process::Pro
     stats.add_batch(
         &BatchCounts {
             rows: report.rows,
+            rows_by_table: report.rows_by_table,
+            unchanged_rows: report.unchanged_rows,
+            skipped: report.skipped,
             rejects: report.rejects,
             duplicates: report.duplicates,
             vault_rows: report.vault_rows,
@@ -124,6 +127,7 @@ async fn write_batch(w: &Writer, shared: &Shared, batch: Vec<crate::process::Pro
             rows = report.rows,
             rejects = report.rejects,
             duplicates = report.duplicates,
+            skipped = report.skipped,
             "Committed a batch."
         ),
         WriteEnd::Failed(e) => tracing::error!(

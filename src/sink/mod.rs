@@ -25,6 +25,7 @@
 mod batch;
 mod bind;
 pub mod copy;
+pub mod ddl;
 mod key_usage;
 mod known_tokens;
 pub mod schema;
