@@ -122,6 +122,8 @@ async fn events_end_to_end() {
     let spec = example_spec("events", "event-queue", dir.path(), &endpoint, &queue, &db);
     let spec_s = spec.to_str().unwrap();
     let ddl = create_tables_from_ddl(spec_s, &db).await;
+    // The owner registers the spec's encrypted columns for recovery.
+    run_engine(&["setup", spec_s], &[], true);
     assert_schema_file_agrees_with_ddl("schema/events.sql", &ddl).await;
     run_engine(&["test", spec_s], &[], true);
     run_engine(&["check", spec_s], &[("ETL_KEYRING", kr)], true);

@@ -201,6 +201,8 @@ async fn orders_end_to_end() {
 
     // The tables come from the spec; the shipped schema file agrees with them.
     let ddl = create_tables_from_ddl(spec_s, &db).await;
+    // The owner registers the spec's encrypted columns for recovery.
+    run_engine(&["setup", spec_s], &[], true);
     assert_schema_file_agrees_with_ddl("schema/orders.sql", &ddl).await;
     run_engine(&["test", spec_s], &[], true);
     run_engine(&["check", spec_s], &[("ETL_KEYRING", kr)], true);

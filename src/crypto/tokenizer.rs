@@ -179,8 +179,7 @@ mod tests {
         let ring = Keyring::fixed_test_keyring();
         let t = Tokenizer::new(&ring.hash_keys[0]).unwrap();
         assert_eq!(
-            t.domain("user_logins.masked_ip")
-                .token(b"199.172.111.135"),
+            t.domain("user_logins.masked_ip").token(b"199.172.111.135"),
             "028ee6665715db6966030e693f9f92c8b15cbeeb5ab4b36121dcb9f026dc09da"
         );
         assert_eq!(
