@@ -5,12 +5,10 @@
 use super::sqs_json::JsonClient;
 use super::sqs_query::QueryClient;
 use super::{ErrorKind, QueueClient, SqsError};
-use crate::aws::is_local_emulator;
 use crate::spec::{SqsProtocol, SqsSourceConfig};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,16 +42,8 @@ pub async fn aws_setup(
         .timeout_config(timeouts);
     if let Some(ep) = endpoint_url {
         loader = loader.endpoint_url(ep);
-        let has_env_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
-            || std::env::var_os("AWS_PROFILE").is_some();
-        if !has_env_creds && is_local_emulator(ep) {
-            loader = loader.credentials_provider(Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "local-endpoint",
-            ));
+        if let Some(creds) = crate::aws::emulator_credentials(Some(ep)) {
+            loader = loader.credentials_provider(creds);
         }
     }
     let conf = loader.load().await;
@@ -183,7 +173,7 @@ pub async fn create_queue(
 
 #[cfg(test)]
 mod tests {
-    use super::is_local_emulator;
+    use crate::aws::is_local_emulator;
 
     #[test]
     fn dummy_credentials_only_for_local_emulators() {

@@ -10,7 +10,6 @@
 use super::{Key, KeyState, KeyUse, Keyring, KeyringError, Purpose};
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
-use aws_credential_types::Credentials;
 use aws_sdk_kms::primitives::Blob;
 use secrecy::SecretBox;
 use std::time::Duration;
@@ -87,20 +86,8 @@ impl KmsClient {
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_KMS").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-        let has_env_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
-            || std::env::var_os("AWS_PROFILE").is_some();
-        if !has_env_creds
-            && endpoint
-                .as_deref()
-                .is_some_and(crate::aws::is_local_emulator)
-        {
-            loader = loader.credentials_provider(Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "local-endpoint",
-            ));
+        if let Some(creds) = crate::aws::emulator_credentials(endpoint.as_deref()) {
+            loader = loader.credentials_provider(creds);
         }
         let conf = loader.load().await;
         KmsClient {
