@@ -1,18 +1,19 @@
 //! Binary COPY streams (`COPY … FROM STDIN (FORMAT binary)`, the format of the Postgres `COPY`
-//! docs): the encoder the sink writes batches with, and the benchmark its ceiling with.
-//!
-//! The sink writes by array binding for now (see the sink module: the driver does not set
-//! TCP_NODELAY, so each COPY waits ~40 ms for a delayed ACK); [`staging_type`] and
-//! [`staging_cast`] describe the staging tables a COPY path uses.
+//! docs): the encoder the sink writes ledger, vault and `insert` outputs with, the benchmark its
+//! ceiling with, and the rule for when a plain COPY into a keyed table is worth trying.
 //!
 //! Only types whose binary form is fixed and simple are sent in it: text, int4, int8, bool,
-//! date and timestamptz. Numeric, jsonb, uuid and text[] values are sent as their text and cast
-//! by Postgres in the `INSERT … SELECT` that follows the COPY into a staging table, exactly as
-//! the array-binding path did: Postgres parses them, so no amount ever passes through a float
-//! and an unparsable value is refused with the same SQLSTATE as before.
+//! date and timestamptz. A column goes in by COPY only when its table column has exactly that
+//! type ([`direct_type`]): binary COPY does no assignment cast, so an int4 sent to a bigint
+//! column would be refused, and the text of a timestamp cast to a text column would depend on
+//! the session. Numeric, jsonb, uuid and text[] columns are bound as arrays of text and cast by
+//! Postgres, which parses them exactly: no amount ever passes through a float.
 
 use crate::value::{Val, ValType};
 use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The Postgres epoch (2000-01-01) dates and timestamps count from in the binary format.
 fn pg_epoch() -> NaiveDate {
@@ -74,8 +75,8 @@ impl CopyBuf {
         self.field(Some(b));
     }
 
-    /// A value of a column of static type `ty`, in the binary form of the staging column type
-    /// [`staging_type`] gives. A value of another runtime type than `ty` is NULL, as the
+    /// A value of a column of static type `ty`, in that type's binary form ([`direct_type`]
+    /// says when a column takes it). A value of another runtime type than `ty` is NULL, as the
     /// array binding made it.
     pub fn val(&mut self, ty: ValType, v: &Val) {
         match (ty, v) {
@@ -104,11 +105,21 @@ impl CopyBuf {
                 self.field(None)
             }
             (ValType::BigInt, _) => self.field(None),
+            (ValType::Numeric, Val::Numeric(d)) => self.field(Some(&numeric_binary(*d))),
+            (ValType::Numeric, Val::Int(i)) => self.field(Some(&numeric_binary(Decimal::from(*i)))),
+            (ValType::Numeric, Val::BigInt(i)) => {
+                self.field(Some(&numeric_binary(Decimal::from(*i))))
+            }
+            (ValType::Jsonb, v) => {
+                // jsonb's binary form: a version byte (1), then the JSON text.
+                let mut b = vec![1u8];
+                b.extend_from_slice(v.to_json().to_string().as_bytes());
+                self.field(Some(&b))
+            }
             (
                 ValType::Json
                 | ValType::Text
                 | ValType::Numeric
-                | ValType::Jsonb
                 | ValType::Uuid
                 | ValType::TextArray,
                 v,
@@ -126,32 +137,119 @@ impl CopyBuf {
     }
 }
 
-/// The type of a staging column holding values of `ty` as [`CopyBuf::val`] encodes them.
-pub fn staging_type(ty: ValType) -> &'static str {
-    match ty {
-        ValType::Integer => "int4",
-        ValType::BigInt => "int8",
-        ValType::Boolean => "bool",
-        ValType::Date => "date",
-        ValType::Timestamp => "timestamptz",
-        ValType::Json
-        | ValType::Text
-        | ValType::Numeric
-        | ValType::Jsonb
-        | ValType::Uuid
-        | ValType::TextArray => "text",
+/// The type a value of spec type `ty` is encoded as in a binary COPY into a column of Postgres
+/// type `pg_type` (`information_schema` name), or `None` when a COPY would not store exactly
+/// what binding the value and letting Postgres cast it stores: then the column's output is
+/// bound as arrays instead.
+pub fn direct_type(ty: ValType, pg_type: &str) -> Option<ValType> {
+    match (ty, pg_type) {
+        // varchar(n) and char(n) check their length on receive as on input (SQLSTATE 22001).
+        (ValType::Text | ValType::Json, "text" | "character varying" | "character") => Some(ty),
+        (ValType::Integer, "integer") => Some(ValType::Integer),
+        (ValType::Integer | ValType::BigInt, "bigint") => Some(ValType::BigInt),
+        (ValType::Numeric, "numeric") | (ValType::Jsonb, "jsonb") => Some(ty),
+        (ValType::Boolean, "boolean")
+        | (ValType::Date, "date")
+        | (ValType::Timestamp, "timestamp with time zone") => Some(ty),
+        _ => None,
     }
 }
 
-/// The cast from the staging column to the value's own type, where they differ (Postgres
-/// parses the text exactly; an unparsable value fails with class 22, like any refused row).
-pub fn staging_cast(ty: ValType) -> Option<&'static str> {
-    match ty {
-        ValType::Numeric => Some("numeric"),
-        ValType::Jsonb => Some("jsonb"),
-        ValType::Uuid => Some("uuid"),
-        ValType::TextArray => Some("text[]"),
-        _ => None,
+/// Whether [`CopyBuf::val`] stores exactly what binding `v` as text and casting it stores: not
+/// for a numeric column's value that is not a number (Postgres would refuse its text, where a
+/// COPY would have to send something else); the batch then goes in by array binding.
+pub fn exact_in_copy(ty: ValType, v: &Val) -> bool {
+    !matches!(ty, ValType::Numeric)
+        || matches!(v, Val::Numeric(_) | Val::Int(_) | Val::BigInt(_))
+        || v.is_null()
+}
+
+/// Postgres's binary form of a numeric: digit count, weight (of the first base-10,000 digit),
+/// sign, display scale, then the base-10,000 digits, most significant first. Postgres
+/// applies the column's precision and scale on receipt, rounding as a cast would.
+fn numeric_binary(d: Decimal) -> Vec<u8> {
+    let scale = d.scale();
+    // Align the fraction to whole base-10,000 digits: 12.5 (125, scale 1) → 125000 (scale 4).
+    let pad = (4 - scale % 4) % 4;
+    let frac_groups = (scale + pad) / 4;
+    // |mantissa| < 2^96, times at most 10^3: fits a u128.
+    let mut n = d.mantissa().unsigned_abs() * 10u128.pow(pad);
+    let mut groups: Vec<i16> = Vec::new();
+    while n > 0 {
+        groups.push((n % 10_000) as i16);
+        n /= 10_000;
+    }
+    // Fraction groups that are all zero below the first non-zero integer digit still count.
+    while (groups.len() as u32) < frac_groups {
+        groups.push(0);
+    }
+    groups.reverse();
+    let mut weight = groups.len() as i32 - frac_groups as i32 - 1;
+    // Leading zeros are not sent (each lowers the weight); nor are trailing ones.
+    let lead = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..lead);
+    weight -= lead as i32;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if d.is_sign_negative() && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(8 + 2 * groups.len());
+    // At most 10 groups (29 digits + 3 of padding) and a weight within ±8: all fit an i16.
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&(weight as i16).to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&(scale as i16).to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    out
+}
+
+/// Sends one finished binary COPY stream with `statement` (`COPY … FROM STDIN (FORMAT binary)`)
+/// and returns the rows Postgres took. The whole stream is one write, so the driver's small
+/// closing message follows it at once (the driver sets TCP_NODELAY).
+pub async fn copy_in(
+    conn: &mut PgConnection,
+    statement: &str,
+    buf: CopyBuf,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(buf.finish()).await?;
+    copy.finish().await
+}
+
+/// Writes that skip trying a plain COPY after a conflict with a stored row.
+const SKIP_AFTER_CONFLICT: u32 = 16;
+
+/// Whether to try a plain COPY into a table whose unique key may already hold some of the rows
+/// (the ledger: redelivered messages; the vault: tokens stored by another writer). A COPY that
+/// hits a stored key fails as a whole and is redone as `INSERT … ON CONFLICT`; after such a
+/// conflict the next [`SKIP_AFTER_CONFLICT`] writes go straight to the `INSERT`, so a stretch
+/// of redeliveries or a vault filled before a restart costs one wasted COPY, not one per batch.
+#[derive(Debug, Default)]
+pub struct CopyGate {
+    /// Writes left before trying COPY again.
+    skip: AtomicU32,
+}
+
+impl CopyGate {
+    /// Whether this write should try COPY (counts down the writes to skip).
+    pub fn try_copy(&self) -> bool {
+        self.skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// A COPY hit a stored key.
+    pub fn conflicted(&self) {
+        self.skip.store(SKIP_AFTER_CONFLICT, Ordering::Relaxed);
     }
 }
 
@@ -187,6 +285,62 @@ mod tests {
         let micros = (86_400_000_000i64 + 1_000_000).to_be_bytes();
         assert_eq!(&out[27..31], &[0, 0, 0, 8]);
         assert_eq!(&out[31..39], &micros);
+    }
+
+    #[test]
+    fn a_gate_skips_copy_for_a_while_after_a_conflict() {
+        let g = CopyGate::default();
+        assert!(g.try_copy());
+        g.conflicted();
+        let tries: Vec<bool> = (0..=SKIP_AFTER_CONFLICT).map(|_| g.try_copy()).collect();
+        assert!(tries[..SKIP_AFTER_CONFLICT as usize].iter().all(|t| !t));
+        assert!(tries[SKIP_AFTER_CONFLICT as usize]);
+    }
+
+    #[test]
+    fn only_exact_binary_forms_are_copied() {
+        assert_eq!(
+            direct_type(ValType::Integer, "bigint"),
+            Some(ValType::BigInt)
+        );
+        assert_eq!(direct_type(ValType::BigInt, "integer"), None);
+        assert_eq!(
+            direct_type(ValType::Timestamp, "timestamp without time zone"),
+            None
+        );
+        assert_eq!(direct_type(ValType::Integer, "text"), None);
+        assert_eq!(direct_type(ValType::Numeric, "real"), None);
+        assert_eq!(direct_type(ValType::Uuid, "uuid"), None);
+        assert_eq!(
+            direct_type(ValType::Text, "character varying"),
+            Some(ValType::Text)
+        );
+    }
+
+    /// (digit count, weight, sign, display scale, digits) of a numeric's binary form.
+    fn numeric_parts(s: &str) -> (i16, i16, u16, i16, Vec<i16>) {
+        let b = numeric_binary(s.parse().unwrap());
+        let at = |i: usize| i16::from_be_bytes([b[i], b[i + 1]]);
+        let digits = (0..at(0) as usize).map(|k| at(8 + 2 * k)).collect();
+        (at(0), at(2), at(4) as u16, at(6), digits)
+    }
+
+    #[test]
+    fn numerics_in_base_ten_thousand() {
+        assert_eq!(numeric_parts("12.50"), (2, 0, 0, 2, vec![12, 5000]));
+        assert_eq!(
+            numeric_parts("-12345678.9"),
+            (3, 1, 0x4000, 1, vec![1234, 5678, 9000])
+        );
+        assert_eq!(numeric_parts("0.0001"), (1, -1, 0, 4, vec![1]));
+        assert_eq!(numeric_parts("0.00001"), (1, -2, 0, 5, vec![1000]));
+        assert_eq!(numeric_parts("10000"), (1, 1, 0, 0, vec![1]));
+        assert_eq!(numeric_parts("0.00"), (0, 0, 0, 2, vec![]));
+        assert_eq!(numeric_parts("-0"), (0, 0, 0, 0, vec![]));
+        assert_eq!(
+            numeric_parts("79228162514264337593543950335"),
+            (8, 7, 0, 0, vec![7, 9228, 1625, 1426, 4337, 5935, 4395, 335])
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The Postgres sink: one transaction per batch writes the ledger, vault rows, target rows and
 //! rejects together, so a message's effect is committed entirely or not at all.
 //!
-//! - Ledger first: `INSERT .. ON CONFLICT DO NOTHING RETURNING message_id` tells which messages
-//!   are new; redelivered ones are skipped (and still acknowledged). Concurrent processes block
-//!   on the same ledger key until the first commits, so each message's rows are written once.
-//! - Rows go in through `UNNEST` of typed arrays: one bind parameter per column however many
-//!   rows, far below Postgres's 65,535-parameter limit. (Binary COPY into staging tables was
-//!   measured slower with the current Postgres driver, which sends COPY's closing message in a
-//!   separate small write on a socket without TCP_NODELAY: about 40 ms of delayed ACK per COPY.
-//!   The encoder, [`copy`], is kept for the benchmark and for when the driver sets it.)
+//! - Ledger first: its entries tell which messages are new; redelivered ones are skipped (and
+//!   still acknowledged). Concurrent processes block on the same ledger key until the first
+//!   commits, so each message's rows are written once.
+//! - Ledger, vault and output rows go in by binary COPY, as fast as Postgres takes rows. Where a
+//!   key may already be stored (the ledger: a redelivered message; the vault: a token another
+//!   writer stored; `upsert`/`ignore` outputs: an existing row), the COPY runs under a savepoint:
+//!   on a unique violation it is rolled back and redone as the `INSERT … ON CONFLICT` statement,
+//!   so every conflict rule holds, and that table skips COPY for the next few writes. Columns
+//!   with no exact binary form (uuid, text[], a type that needs an assignment cast) and rejects
+//!   go in through `UNNEST` of typed arrays: one bind parameter per column however many rows.
 //! - Tokens known to be stored already ([`known_tokens`]) are neither encrypted nor sent again.
 //! - A row Postgres refuses (value too long, constraint) fails the whole statement; the batch is
 //!   then split in halves until the bad row is alone, and that row becomes a reject. The other
@@ -18,7 +20,8 @@
 //!
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
-//! (building the SQL), `copy` (binary COPY streams), `bind` (one column's values as a typed array),
+//! (the SQL and one batch part's transaction), `output` (one output's writer), `copy` (binary
+//! COPY streams), `bind` (one column's values as a typed array),
 //! `known_tokens` (the vault's known-token cache), `target` (checking the target table) and
 //! `key_usage` (counting encryptions against each key's nonce budget).
 
@@ -28,6 +31,7 @@ pub mod copy;
 pub mod ddl;
 mod key_usage;
 mod known_tokens;
+mod output;
 pub mod schema;
 mod statements;
 mod target;
@@ -53,6 +57,15 @@ pub enum SinkError {
     /// Encrypting a vault value or a reject body failed (a key problem).
     #[error(transparent)]
     Cipher(#[from] CipherError),
+    /// A COPY into an output was refused for its binary format: the table's column types
+    /// changed while the engine ran. The plan is made again at the next try (retriable).
+    #[error(
+        "target table {table}: a column's type changed while running; the write will be retried with the new types"
+    )]
+    StalePlan {
+        /// The table as the spec names it.
+        table: String,
+    },
     /// The target table is missing or does not fit the spec's columns.
     #[error("target table {table}: {problem}")]
     Target {
@@ -101,6 +114,7 @@ impl SinkError {
                 sqlx::Error::Database(d) => d.code().is_some_and(|c| is_transient_sqlstate(&c)),
                 _ => false,
             },
+            SinkError::StalePlan { .. } => true,
             _ => false,
         }
     }
@@ -113,17 +127,13 @@ pub struct Sink {
     /// The spec's name: the ledger and rejects key, and the binding scope of reject bodies.
     pipeline: String,
     /// One statement per output, in spec order.
-    outputs: Vec<statements::OutputWriter>,
+    outputs: Vec<output::OutputWriter>,
     /// Encrypts vault values and reject bodies.
     cipher: Arc<VaultCipher>,
     /// Tokens known to be in the vault: neither encrypted nor sent again.
     known: known_tokens::KnownTokens,
-    /// Inserts ledger entries and returns the ids not seen before.
-    sql_ledger: String,
-    /// Inserts vault rows, skipping tokens already stored.
-    sql_vault: String,
-    /// Inserts rejects, skipping messages already rejected.
-    sql_rejects: String,
+    /// The statements, and when to COPY.
+    sql: statements::Statements,
 }
 
 /// Connects a pool to `url`, failing fast with a clear error when Postgres is unreachable.

@@ -1,21 +1,49 @@
-//! The SQL the sink runs: statements built once per spec from quoted identifiers (one per
-//! output, with its write mode), and one transaction per batch part binding ledger, vault,
-//! output and reject rows as typed arrays.
+//! The SQL the sink runs and the transaction of one batch part: ledger, vault and outputs go in
+//! by binary COPY, falling back to their `INSERT … ON CONFLICT` where a stored key makes a COPY
+//! fail (or a column has no exact binary form); rejects are bound as typed arrays.
 
-use super::bind::{bind_column, unnest_select};
+use super::bind::bind_column;
+use super::copy::{CopyBuf, CopyGate, copy_in};
 use super::known_tokens::KnownTokens;
+use super::output::OutputWriter;
+use super::target::column_types;
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
-use crate::spec::{Output, Spec, Write};
+use crate::spec::Spec;
 use crate::transform::PendingVault;
 use crate::value::{Val, ValType};
 use sqlx::postgres::PgPool;
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
-use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use sqlx::{Acquire, AssertSqlSafe, Postgres, Transaction};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+/// How each output's rows go in: `Some(types)` by binary COPY with those encodings, `None` by
+/// array binding (see [`OutputWriter::copy_plan`]).
+pub(super) type CopyPlans = Arc<Vec<Option<Vec<ValType>>>>;
+
+/// Statements and COPY state of one sink, built once per spec.
+#[derive(Debug)]
+pub(super) struct Statements {
+    /// `COPY` into the ledger.
+    copy_ledger: String,
+    /// Inserts ledger entries and returns the ids not seen before.
+    ledger: String,
+    /// `COPY` into the vault.
+    copy_vault: String,
+    /// Inserts vault rows, skipping tokens already stored.
+    vault: String,
+    /// Inserts rejects, skipping messages already rejected.
+    rejects: String,
+    /// Whether the next ledger write tries COPY.
+    ledger_gate: CopyGate,
+    /// Whether the next vault write tries COPY.
+    vault_gate: CopyGate,
+    /// Each output's COPY plan, read from the tables at the first write and read again after a
+    /// COPY was refused for its binary format (a column's type changed under a running engine).
+    plans: RwLock<Option<CopyPlans>>,
+}
 
 impl Sink {
     /// Builds the statements for `spec`. Check the schema version ([`schema::check`](super::schema::check))
@@ -24,49 +52,54 @@ impl Sink {
         let ledger = quote_ident(&spec.ledger.table);
         let vault = quote_ident(&spec.vault.table);
         let rejects = quote_ident(&spec.rejects.table);
+        let vault_cols = "target_table, column_name, token, key_id, nonce, ciphertext";
         Sink {
             pool,
             pipeline: spec.name.clone(),
             outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             known: KnownTokens::default(),
-            sql_ledger: format!(
-                "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
-                 ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
-            ),
-            sql_vault: format!(
-                "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
-                 ON CONFLICT (target_table, column_name, token) DO NOTHING"
-            ),
-            sql_rejects: format!(
-                "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
-                 ON CONFLICT (pipeline, message_id) DO NOTHING"
-            ),
+            sql: Statements {
+                copy_ledger: format!(
+                    "COPY {ledger} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)"
+                ),
+                ledger: format!(
+                    "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
+                     ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
+                ),
+                copy_vault: format!("COPY {vault} ({vault_cols}) FROM STDIN (FORMAT binary)"),
+                vault: format!(
+                    "INSERT INTO {vault} ({vault_cols}) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
+                     ON CONFLICT (target_table, column_name, token) DO NOTHING"
+                ),
+                rejects: format!(
+                    "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
+                     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
+                     ON CONFLICT (pipeline, message_id) DO NOTHING"
+                ),
+                ledger_gate: CopyGate::default(),
+                vault_gate: CopyGate::default(),
+                plans: RwLock::new(None),
+            },
         }
     }
 
     /// Writes `batch` in one transaction: ledger first, then vault rows, every output's rows
     /// and rejects of the messages the ledger had not seen. Any error rolls it all back.
     pub(super) async fn write_once(&self, batch: &[Processed]) -> Result<WriteReport, SinkError> {
+        let plans = self.copy_plans().await?;
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
-        let ids: Vec<&str> = batch.iter().map(|p| p.message_id.as_str()).collect();
-        let outcomes: Vec<&str> = batch
+        // A message id twice in one batch (possible with redelivery) is written once. Ledger
+        // entries go in id order, so two writers holding the same redelivered messages wait
+        // for each other instead of deadlocking.
+        let mut seen = HashSet::new();
+        let mut firsts: Vec<&Processed> = batch
             .iter()
-            .map(|p| match p.outcome {
-                Outcome::Rows { .. } => "row",
-                Outcome::Skip { .. } => "skip",
-                Outcome::Reject { .. } => "reject",
-            })
+            .filter(|p| seen.insert(p.message_id.as_str()))
             .collect();
-        let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql_ledger.clone()))
-            .bind(&self.pipeline)
-            .bind(&ids)
-            .bind(&outcomes)
-            .fetch_all(&mut *tx)
-            .await?;
-        let fresh: HashSet<String> = fresh.into_iter().map(|r| r.0).collect();
+        firsts.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
+        let fresh = self.write_ledger(&firsts, &mut tx).await?;
         let mut report = WriteReport {
             acked: batch
                 .iter()
@@ -74,11 +107,10 @@ impl Sink {
                 .collect(),
             ..Default::default()
         };
-        // A message id twice in one batch (possible with redelivery) is written once.
         let mut seen = HashSet::new();
         let new: Vec<&Processed> = batch
             .iter()
-            .filter(|p| fresh.contains(&p.message_id) && seen.insert(p.message_id.as_str()))
+            .filter(|p| fresh.contains(p.message_id.as_str()) && seen.insert(p.message_id.as_str()))
             .collect();
         report.duplicates = (batch.len() - new.len()) as u64;
         report.skipped = new
@@ -87,66 +119,12 @@ impl Sink {
             .count() as u64;
 
         let stored = self.write_vault(&new, &mut tx, &mut report).await?;
-
-        // Every output's rows, in spec order.
         for (oi, out) in self.outputs.iter().enumerate() {
-            let rows: Vec<&Vec<Val>> = new
-                .iter()
-                .filter_map(|p| match &p.outcome {
-                    Outcome::Rows { rows, .. } => Some(rows.iter()),
-                    _ => None,
-                })
-                .flatten()
-                .filter(|r| r.output == oi)
-                .map(|r| &r.values)
-                .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let offered = rows.len() as u64;
-            let rows = out.dedup(rows);
-            let mut q = sqlx::query(AssertSqlSafe(out.sql.clone()));
-            for (i, col) in out.types.iter().enumerate() {
-                q = bind_column(q, *col, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
-            }
-            let written = q.execute(&mut *tx).await?.rows_affected();
-            report.rows += written;
-            report.unchanged_rows += offered - written.min(offered);
-            *report.rows_by_table.entry(out.table.clone()).or_default() += written;
-        }
-
-        // Rejects, bodies encrypted.
-        let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for p in &new {
-            if let Outcome::Reject { reason } = &p.outcome {
-                let body = p.body.as_str();
-                let b = Binding {
-                    scope: &self.pipeline,
-                    column: "rejects",
-                    token: &p.message_id,
-                };
-                let sealed = self.cipher.encrypt(b, body.as_bytes())?;
-                *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-                r_id.push(p.message_id.clone());
-                r_reason.push(reason.clone());
-                r_kid.push(sealed.key_id);
-                r_nonce.push(sealed.nonce.to_vec());
-                r_ct.push(sealed.ciphertext);
-            }
-        }
-        if !r_id.is_empty() {
-            sqlx::query(AssertSqlSafe(self.sql_rejects.clone()))
-                .bind(&self.pipeline)
-                .bind(&r_id)
-                .bind(&r_reason)
-                .bind(&r_kid)
-                .bind(&r_nonce)
-                .bind(&r_ct)
-                .execute(&mut *tx)
+            let plan = plans.get(oi).and_then(Option::as_deref);
+            self.write_output(oi, out, plan, &new, &mut tx, &mut report)
                 .await?;
-            report.rejects = r_id.len() as u64;
         }
+        self.write_rejects(&new, &mut tx, &mut report).await?;
         tx.commit().await?;
         // Only now are these tokens certainly in the vault (written here or by a concurrent
         // writer whose row won).
@@ -158,10 +136,66 @@ impl Sink {
         Ok(report)
     }
 
+    /// Each output's COPY plan, reading the tables' column types at the first write.
+    async fn copy_plans(&self) -> Result<CopyPlans, SinkError> {
+        if let Some(p) = self.sql.plans.read().ok().and_then(|g| g.clone()) {
+            return Ok(p);
+        }
+        let mut plans = Vec::with_capacity(self.outputs.len());
+        for out in &self.outputs {
+            plans.push(out.copy_plan(&column_types(&self.pool, &out.table).await?));
+        }
+        let plans: CopyPlans = Arc::new(plans);
+        if let Ok(mut g) = self.sql.plans.write() {
+            *g = Some(plans.clone());
+        }
+        Ok(plans)
+    }
+
+    /// Ledger entries of `firsts` (distinct ids, in id order); returns the ids not seen before.
+    /// Tries one COPY under a savepoint: if none was seen before, that is all of them. If one
+    /// was (a redelivery), the COPY fails as a whole and `INSERT … ON CONFLICT DO NOTHING
+    /// RETURNING` sorts them out.
+    async fn write_ledger<'p>(
+        &self,
+        firsts: &[&'p Processed],
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<HashSet<&'p str>, SinkError> {
+        let outcome = |p: &Processed| match p.outcome {
+            Outcome::Rows { .. } => "row",
+            Outcome::Skip { .. } => "skip",
+            Outcome::Reject { .. } => "reject",
+        };
+        if self.sql.ledger_gate.try_copy() {
+            let mut buf = CopyBuf::new();
+            for p in firsts {
+                buf.row(3);
+                buf.text(&self.pipeline);
+                buf.text(&p.message_id);
+                buf.text(outcome(p));
+            }
+            if copy_or_conflict(tx, &self.sql.copy_ledger, buf, &self.sql.ledger_gate).await? {
+                return Ok(firsts.iter().map(|p| p.message_id.as_str()).collect());
+            }
+        }
+        let ids: Vec<&str> = firsts.iter().map(|p| p.message_id.as_str()).collect();
+        let outcomes: Vec<&str> = firsts.iter().map(|p| outcome(p)).collect();
+        let fresh: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(self.sql.ledger.clone()))
+            .bind(&self.pipeline)
+            .bind(&ids)
+            .bind(&outcomes)
+            .fetch_all(&mut **tx)
+            .await?;
+        let fresh: HashSet<String> = fresh.into_iter().map(|r| r.0).collect();
+        Ok(ids.into_iter().filter(|id| fresh.contains(*id)).collect())
+    }
+
     /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
     /// known to be stored already, inserted in key order so concurrent writers sharing hot
-    /// tokens wait for each other instead of deadlocking. Returns the tokens sent, which are in
-    /// the vault once the transaction commits.
+    /// tokens wait for each other instead of deadlocking. Tries one COPY under a savepoint;
+    /// if a token is already stored (by another writer), `INSERT … ON CONFLICT DO NOTHING`
+    /// keeps the stored row. Returns the tokens sent, which are in the vault once the
+    /// transaction commits.
     async fn write_vault<'p>(
         &self,
         new: &[&'p Processed],
@@ -193,151 +227,208 @@ impl Sink {
         if pending.is_empty() {
             return Ok(pending);
         }
-        let (mut v_tab, mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut sealed = Vec::with_capacity(pending.len());
         for pv in &pending {
             let b = Binding {
                 scope: &pv.table,
                 column: &pv.column,
                 token: &pv.token,
             };
-            let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
-            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            v_tab.push(pv.table.clone());
-            v_col.push(pv.column.clone());
-            v_tok.push(pv.token.clone());
-            v_kid.push(sealed.key_id);
-            v_nonce.push(sealed.nonce.to_vec());
-            v_ct.push(sealed.ciphertext);
+            let s = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
+            *report.encryptions.entry(s.key_id.clone()).or_default() += 1;
+            sealed.push(s);
         }
-        let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
-            .bind(&v_tab)
-            .bind(&v_col)
-            .bind(&v_tok)
-            .bind(&v_kid)
-            .bind(&v_nonce)
-            .bind(&v_ct)
+        if self.sql.vault_gate.try_copy() {
+            let mut buf = CopyBuf::new();
+            for (pv, s) in pending.iter().zip(&sealed) {
+                buf.row(6);
+                buf.text(&pv.table);
+                buf.text(&pv.column);
+                buf.text(&pv.token);
+                buf.text(&s.key_id);
+                buf.bytes(&s.nonce);
+                buf.bytes(&s.ciphertext);
+            }
+            if copy_or_conflict(tx, &self.sql.copy_vault, buf, &self.sql.vault_gate).await? {
+                report.vault_rows = pending.len() as u64;
+                return Ok(pending);
+            }
+        }
+        let r = sqlx::query(AssertSqlSafe(self.sql.vault.clone()))
+            .bind(
+                pending
+                    .iter()
+                    .map(|pv| pv.table.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pending
+                    .iter()
+                    .map(|pv| pv.column.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pending
+                    .iter()
+                    .map(|pv| pv.token.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(sealed.iter().map(|s| s.key_id.as_str()).collect::<Vec<_>>())
+            .bind(sealed.iter().map(|s| s.nonce.to_vec()).collect::<Vec<_>>())
+            .bind(
+                sealed
+                    .iter()
+                    .map(|s| s.ciphertext.as_slice())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
         report.vault_rows = r.rows_affected();
         Ok(pending)
     }
-}
 
-/// One output's statement, built once: how its rows are written.
-#[derive(Debug)]
-pub(super) struct OutputWriter {
-    /// The table as the spec names it.
-    pub(super) table: String,
-    /// Column types, in statement order.
-    types: Vec<ValType>,
-    /// The statement: `INSERT … SELECT * FROM UNNEST(…)` with the write mode's `ON CONFLICT`.
-    sql: String,
-    /// Positions of the upsert key columns (empty unless upsert).
-    key: Vec<usize>,
-    /// Position of the `only_if_newer` column.
-    newer: Option<usize>,
-}
-
-impl OutputWriter {
-    fn new(o: &Output) -> Self {
-        let names: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let pos = |name: &str| o.columns.iter().position(|c| c.name == name);
-        let mut sql = format!(
-            "INSERT INTO {} AS cur ({}) {}",
-            quote_ident(&o.table),
-            names.join(", "),
-            unnest_select(&o.columns)
-        );
-        let (mut key, mut newer) = (Vec::new(), None);
-        match &o.write {
-            Write::Insert => {}
-            Write::Ignore => sql.push_str(" ON CONFLICT DO NOTHING"),
-            Write::Upsert {
-                key: k,
-                only_if_newer,
-            } => {
-                key = k.iter().filter_map(|n| pos(n)).collect();
-                newer = only_if_newer.as_deref().and_then(pos);
-                let keys: Vec<String> = k.iter().map(|n| quote_ident(n)).collect();
-                let updates: Vec<String> = o
-                    .columns
-                    .iter()
-                    .filter(|c| !k.contains(&c.name))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
-                    .collect();
-                if updates.is_empty() {
-                    sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
-                } else {
-                    sql.push_str(&format!(
-                        " ON CONFLICT ({}) DO UPDATE SET {}",
-                        keys.join(", "),
-                        updates.join(", ")
-                    ));
-                    if let Some(n) = only_if_newer {
-                        // An older message never overwrites a newer row; an equal one may
-                        // (a re-sent message then rewrites the same values).
-                        sql.push_str(&format!(
-                            " WHERE cur.{0} IS NULL OR cur.{0} <= EXCLUDED.{0}",
-                            quote_ident(n)
-                        ));
-                    }
+    /// Output number `oi`'s rows of the `new` messages: by COPY when `plan` says how, else by
+    /// its `INSERT … SELECT … FROM UNNEST` with the write mode's conflict rule.
+    async fn write_output(
+        &self,
+        oi: usize,
+        out: &OutputWriter,
+        plan: Option<&[ValType]>,
+        new: &[&Processed],
+        tx: &mut Transaction<'_, Postgres>,
+        report: &mut WriteReport,
+    ) -> Result<(), SinkError> {
+        let rows: Vec<&Vec<Val>> = new
+            .iter()
+            .filter_map(|p| match &p.outcome {
+                Outcome::Rows { rows, .. } => Some(rows.iter()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|r| r.output == oi)
+            .map(|r| &r.values)
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let offered = rows.len() as u64;
+        let rows = out.dedup(rows);
+        let copy = match plan {
+            Some(plan) if !out.keyed || out.gate.try_copy() => OutputWriter::copy_rows(plan, &rows),
+            _ => None,
+        };
+        let copied = match copy {
+            Some(buf) if !out.keyed => Some(
+                copy_in(tx, &out.sql_copy, buf)
+                    .await
+                    .map_err(|e| self.copy_refused(out, e))?,
+            ),
+            Some(buf) => copy_or_conflict(tx, &out.sql_copy, buf, &out.gate)
+                .await
+                .map_err(|e| self.copy_refused(out, e))?
+                .then_some(rows.len() as u64),
+            None => None,
+        };
+        let written = match copied {
+            Some(n) => n,
+            None => {
+                let mut q = sqlx::query(AssertSqlSafe(out.sql.clone()));
+                for (i, col) in out.types.iter().enumerate() {
+                    q = bind_column(q, *col, rows.iter().map(|r| r.get(i).unwrap_or(&Val::Null)));
                 }
+                q.execute(&mut **tx).await?.rows_affected()
             }
-        }
-        Self {
-            table: o.table.clone(),
-            types: o.columns.iter().map(|c| c.out_type).collect(),
-            sql,
-            key,
-            newer,
-        }
+        };
+        report.rows += written;
+        report.unchanged_rows += offered - written.min(offered);
+        *report.rows_by_table.entry(out.table.clone()).or_default() += written;
+        Ok(())
     }
 
-    /// For upsert: one row per key, so the statement never touches a row twice (Postgres
-    /// refuses that). The later row wins; with `only_if_newer`, the newer one (ties: later).
-    /// Other modes keep every row.
-    fn dedup<'r>(&self, rows: Vec<&'r Vec<Val>>) -> Vec<&'r Vec<Val>> {
-        if self.key.is_empty() {
-            return rows;
+    /// The error of a refused COPY into `out`. Binary data the column cannot read ("incorrect
+    /// binary data format", 22P03, or "insufficient data left in message", 08P01, when the
+    /// column's binary form is longer) means the table's column types changed since the plan
+    /// was made: the plan is made again at the next try, instead of every row becoming a
+    /// reject or the same stream being retried forever.
+    fn copy_refused(&self, out: &OutputWriter, e: sqlx::Error) -> SinkError {
+        if has_sqlstate(&e, "22P03") || has_sqlstate(&e, "08P01") {
+            if let Ok(mut g) = self.sql.plans.write() {
+                *g = None;
+            }
+            return SinkError::StalePlan {
+                table: out.table.clone(),
+            };
         }
-        let mut at: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-        let mut kept: Vec<&'r Vec<Val>> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: Vec<Option<String>> = self
-                .key
-                .iter()
-                .map(|&i| row.get(i).and_then(Val::to_text))
-                .collect();
-            match at.get(&key) {
-                Some(&i) => {
-                    let older = self.newer.is_some_and(|n| {
-                        newer_order(row.get(n), kept[i].get(n)) == Some(Ordering::Less)
-                    });
-                    if !older {
-                        kept[i] = row;
-                    }
-                }
-                None => {
-                    at.insert(key, kept.len());
-                    kept.push(row);
-                }
+        e.into()
+    }
+
+    /// Rejects among the `new` messages, bodies encrypted (rare: bound as arrays).
+    async fn write_rejects(
+        &self,
+        new: &[&Processed],
+        tx: &mut Transaction<'_, Postgres>,
+        report: &mut WriteReport,
+    ) -> Result<(), SinkError> {
+        let (mut r_id, mut r_reason, mut r_kid, mut r_nonce, mut r_ct) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for p in new {
+            if let Outcome::Reject { reason } = &p.outcome {
+                let b = Binding {
+                    scope: &self.pipeline,
+                    column: "rejects",
+                    token: &p.message_id,
+                };
+                let sealed = self.cipher.encrypt(b, p.body.as_bytes())?;
+                *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+                r_id.push(p.message_id.as_str());
+                r_reason.push(reason.as_str());
+                r_kid.push(sealed.key_id);
+                r_nonce.push(sealed.nonce.to_vec());
+                r_ct.push(sealed.ciphertext);
             }
         }
-        kept
+        if r_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(AssertSqlSafe(self.sql.rejects.clone()))
+            .bind(&self.pipeline)
+            .bind(&r_id)
+            .bind(&r_reason)
+            .bind(&r_kid)
+            .bind(&r_nonce)
+            .bind(&r_ct)
+            .execute(&mut **tx)
+            .await?;
+        report.rejects = r_id.len() as u64;
+        Ok(())
     }
 }
 
-/// The order of two `only_if_newer` values: numbers by value, dates and times by instant,
-/// anything else by text; a missing value is older than any other.
-fn newer_order(a: Option<&Val>, b: Option<&Val>) -> Option<Ordering> {
-    let a = a.filter(|v| !v.is_null());
-    let b = b.filter(|v| !v.is_null());
-    match (a?, b?) {
-        (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
-        (Val::BigInt(x), Val::BigInt(y)) => Some(x.cmp(y)),
-        (Val::Timestamp(x), Val::Timestamp(y)) => Some(x.cmp(y)),
-        (Val::Date(x), Val::Date(y)) => Some(x.cmp(y)),
-        (x, y) => Some(x.to_text().cmp(&y.to_text())),
+/// Whether `e` is a database error with SQLSTATE `code`.
+fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(code))
+}
+
+/// COPYs `buf` with `statement` under a savepoint. `Ok(true)`: every row went in. `Ok(false)`:
+/// a row's key was already stored (unique violation, 23505); the savepoint is rolled back, so
+/// the transaction goes on as if the COPY had not been tried, and `gate` skips COPY for a while.
+async fn copy_or_conflict(
+    tx: &mut Transaction<'_, Postgres>,
+    statement: &str,
+    buf: CopyBuf,
+    gate: &CopyGate,
+) -> Result<bool, sqlx::Error> {
+    let mut sp = (&mut *tx).begin().await?;
+    match copy_in(&mut sp, statement, buf).await {
+        Ok(_) => {
+            sp.commit().await?;
+            Ok(true)
+        }
+        Err(e) if has_sqlstate(&e, "23505") => {
+            sp.rollback().await?;
+            gate.conflicted();
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -57,28 +57,13 @@ impl Sink {
         table: &str,
         columns: &[Column],
     ) -> Result<(), SinkError> {
-        let (schema, name) = match table.split_once('.') {
-            Some((s, n)) => (Some(s.to_string()), n.to_string()),
-            None => (None, table.to_string()),
-        };
-        // An array column's data_type is just ARRAY; udt_name (`_text`) says of what.
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT column_name::text, CASE WHEN data_type = 'ARRAY' THEN \
-             CASE udt_name WHEN '_text' THEN 'text[]' WHEN '_varchar' THEN 'character varying[]' ELSE udt_name::text END \
-             ELSE data_type::text END FROM information_schema.columns \
-             WHERE table_name = $1 AND ($2::text IS NULL AND table_schema = ANY(current_schemas(false)) OR table_schema = $2)",
-        )
-        .bind(&name)
-        .bind(&schema)
-        .fetch_all(pool)
-        .await?;
-        if rows.is_empty() {
+        let have = column_types(pool, table).await?;
+        if have.is_empty() {
             return Err(SinkError::Target {
                 table: table.to_string(),
                 problem: "does not exist (or this role cannot see it); create it first, e.g. from schema/".into(),
             });
         }
-        let have: HashMap<String, String> = rows.into_iter().collect();
         let mut problems = Vec::new();
         for c in columns {
             match have.get(&c.name) {
@@ -102,6 +87,31 @@ impl Sink {
             problem: format!("{} (it has: {})", problems.join("; "), names.join(", ")),
         })
     }
+}
+
+/// The columns of `table` (`schema.table`, or a name found on the search path) with their types
+/// as `information_schema.columns.data_type` says (`text[]` / `character varying[]` for those
+/// arrays); empty when the table does not exist or this role cannot see it.
+pub(super) async fn column_types(
+    pool: &PgPool,
+    table: &str,
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let (schema, name) = match table.split_once('.') {
+        Some((s, n)) => (Some(s.to_string()), n.to_string()),
+        None => (None, table.to_string()),
+    };
+    // An array column's data_type is just ARRAY; udt_name (`_text`) says of what.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, CASE WHEN data_type = 'ARRAY' THEN \
+         CASE udt_name WHEN '_text' THEN 'text[]' WHEN '_varchar' THEN 'character varying[]' ELSE udt_name::text END \
+         ELSE data_type::text END FROM information_schema.columns \
+         WHERE table_name = $1 AND ($2::text IS NULL AND table_schema = ANY(current_schemas(false)) OR table_schema = $2)",
+    )
+    .bind(&name)
+    .bind(&schema)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// The `cast` that would make the spec's values fit a column of `pg_type`, as a hint.
