@@ -215,6 +215,7 @@ async fn two_writers_racing_on_the_same_tokens_both_commit_with_one_vault_row_ea
     );
     assert_eq!(db.count("SELECT count(*) FROM etl_vault").await, 20);
     assert_eq!(db.orphan_tokens().await, 0);
+    assert_eq!((a.tokens_in_flight(), b.tokens_in_flight()), (0, 0));
     // Every stored row decrypts to its value: no half of a row from each writer.
     let cipher = db.cipher();
     let rows: Vec<VaultRow> = sqlx::query_as(
@@ -415,5 +416,40 @@ async fn a_column_whose_type_changed_under_a_running_sink_is_planned_again() {
         db.count("SELECT count(*) FROM user_logins WHERE app_version = 2003000")
             .await,
         20
+    );
+}
+
+#[tokio::test]
+async fn writers_of_one_process_sharing_new_tokens_copy_each_once_and_wait_for_each_other() {
+    let db = Db::new().await;
+    let sink = Arc::new(db.sink());
+    // Four writers of one process, different messages, the same 10 new ips and device ids.
+    let batches: Vec<Vec<Processed>> = (0..4)
+        .map(|w| db.batch(w * 100..w * 100 + 40, |i| login(i, i % 10)))
+        .collect();
+    let mut lock = db.lock_target().await;
+    let writes = batches.iter().map(|b| {
+        let sink = sink.clone();
+        async move { sink.write(b).await }
+    });
+    let (results, ()) = tokio::join!(futures::future::join_all(writes), async {
+        // The first writer to claim the tokens holds them until its commit; the others wait.
+        db.blocked("", 2).await;
+        sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
+    });
+    let mut vault_rows = 0;
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!(r.rows, 40);
+        vault_rows += r.vault_rows;
+    }
+    assert_eq!(vault_rows, 20, "each token stored by one writer");
+    assert_eq!(db.count("SELECT count(*) FROM etl_vault").await, 20);
+    assert_eq!(db.count("SELECT count(*) FROM user_logins").await, 160);
+    assert_eq!(db.orphan_tokens().await, 0);
+    assert_eq!(
+        sink.tokens_in_flight(),
+        0,
+        "every claim ended with its write"
     );
 }

@@ -8,6 +8,7 @@
 //! the measurements need services and minutes, which unit tests must not.
 
 mod datagen;
+mod orders_gen;
 mod pg;
 mod proxy;
 mod report;
@@ -28,10 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write N deterministic login messages (about 1% invalid) as JSON Lines.
+    /// Write N deterministic messages (about 1% invalid) as JSON Lines: logins, or orders for
+    /// specs/orders.yaml (with updates, late older versions and returning customers).
     Gen {
         #[arg(long)]
         messages: usize,
+        /// `logins` or `orders`.
+        #[arg(long, default_value = "logins")]
+        kind: String,
         #[arg(long, default_value_t = 20240517)]
         seed: u64,
         #[arg(long)]
@@ -129,9 +134,13 @@ enum Cmd {
         /// Rows the target table must hold.
         #[arg(long)]
         expect_rows: i64,
-        /// Also check the engine's tables: ledger = messages, rejects = messages - rows.
+        /// Also check the engine's tables: ledger = messages, rejects = messages - rows (or
+        /// --expect-rejects, where a message may write several rows or update one).
         #[arg(long)]
         expect_messages: Option<i64>,
+        /// Rejects the run must leave (with --expect-messages; default messages - rows).
+        #[arg(long)]
+        expect_rejects: Option<i64>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -217,13 +226,19 @@ async fn run(cmd: Cmd) -> Result<u8> {
     match cmd {
         Cmd::Gen {
             messages,
+            kind,
             seed,
             out,
         } => {
             let f = std::fs::File::create(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
-            let counts = datagen::write(messages, seed, &mut std::io::BufWriter::new(f))?;
-            println!("{}", serde_json::to_string(&counts)?);
+            let mut w = std::io::BufWriter::new(f);
+            let counts = match kind.as_str() {
+                "logins" => serde_json::to_string(&datagen::write(messages, seed, &mut w)?)?,
+                "orders" => serde_json::to_string(&orders_gen::write(messages, seed, &mut w)?)?,
+                other => anyhow::bail!("--kind {other}: expected logins or orders"),
+            };
+            println!("{counts}");
         }
         Cmd::ResetDb {
             admin_url,
@@ -324,6 +339,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
             target_table,
             expect_rows,
             expect_messages,
+            expect_rejects,
             out,
         } => {
             let mut conn = sqlx::PgConnection::connect(&db).await?;
@@ -351,10 +367,10 @@ async fn run(cmd: Cmd) -> Result<u8> {
                     ledger == m,
                     "the ledger holds {ledger} messages, expected {m}"
                 );
+                let want_rejects = expect_rejects.unwrap_or(m - rows);
                 anyhow::ensure!(
-                    rejects == m - rows,
-                    "the rejects table holds {rejects}, expected {}",
-                    m - rows
+                    rejects == want_rejects,
+                    "the rejects table holds {rejects}, expected {want_rejects}"
                 );
                 res = serde_json::json!({"target_rows": rows, "ledger_rows": ledger, "reject_rows": rejects, "vault_rows": vault});
             }

@@ -1,7 +1,9 @@
-//! D, the Postgres ceiling: everything the engine writes for a set of messages — target rows,
-//! vault rows, ledger rows and rejects — transformed and encrypted up front with the engine's own
-//! code, then loaded with binary COPY (the encoder the sink itself uses), as many connections as
-//! the spec has writers.
+//! D (and DO), the Postgres ceiling: everything the engine writes for a set of messages — every
+//! output's rows, vault rows, ledger rows and rejects — transformed and encrypted up front with
+//! the engine's own code, then loaded with binary COPY (the encoder the sink itself uses), as
+//! many connections as the spec has writers. For an `upsert`/`ignore` output only the rows the
+//! table ends with are loaded (the newest version per key): COPY has no conflict rule, and the
+//! ceiling is what it costs Postgres to hold the final state.
 //!
 //! Only the COPY transactions are timed: this is what Postgres itself can take, with nothing of
 //! the engine's per-message work in the way.
@@ -11,19 +13,17 @@ use etl_engine::crypto::{Binding, Keyring, VaultCipher};
 use etl_engine::process::{Outcome, Processed, Processor};
 use etl_engine::sink::copy::CopyBuf;
 use etl_engine::source::ReceivedMessage;
-use etl_engine::spec::Spec;
+use etl_engine::spec::{Spec, Write};
 use etl_engine::transform::Tokenizer;
+use etl_engine::value::Val;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-/// The four COPY streams of one connection.
+/// The COPY streams of one connection: ledger, vault, rejects, then one per output.
 struct Part {
-    ledger: Vec<u8>,
-    vault: Vec<u8>,
-    target: Vec<u8>,
-    rejects: Vec<u8>,
+    streams: Vec<Vec<u8>>,
 }
 
 /// What D measured.
@@ -55,10 +55,6 @@ pub async fn run(
     .await?;
     let tokenizer = Tokenizer::new(ring.active_hash_key()?)?;
     let cipher = VaultCipher::new(&ring)?;
-    // The ceiling is measured for one output table (the logins spec's).
-    let [output] = spec.outputs.as_slice() else {
-        anyhow::bail!("pg-ceiling measures specs with one output table");
-    };
     let processor = Processor::new(spec, Some(tokenizer), None).map_err(anyhow::Error::msg)?;
     let now_ms = Utc::now().timestamp_millis().to_string();
     let processed: Vec<Processed> = bodies
@@ -75,19 +71,58 @@ pub async fn run(
         })
         .collect();
 
+    // Keyed outputs: the row each key ends with (later wins; with only_if_newer, the newer).
+    // Rows are named by (message index, row index).
+    let mut finals: Vec<HashMap<Vec<Option<String>>, (usize, usize)>> =
+        vec![HashMap::new(); spec.outputs.len()];
+    let row_at = |(pi, ri): (usize, usize)| -> Option<&Vec<Val>> {
+        match &processed[pi].outcome {
+            Outcome::Rows { rows, .. } => rows.get(ri).map(|r| &r.values),
+            _ => None,
+        }
+    };
+    for (pi, p) in processed.iter().enumerate() {
+        if let Outcome::Rows { rows, .. } = &p.outcome {
+            for (ri, row) in rows.iter().enumerate() {
+                let out = &spec.outputs[row.output];
+                let (key, newer) = match &out.write {
+                    Write::Insert => continue,
+                    Write::Ignore => (out.columns.iter().map(|c| c.name.clone()).collect(), None),
+                    Write::Upsert { key, only_if_newer } => (key.clone(), only_if_newer.clone()),
+                };
+                let at = |name: &str| out.columns.iter().position(|c| c.name == name);
+                let k: Vec<Option<String>> = key
+                    .iter()
+                    .map(|n| at(n).and_then(|i| row.values[i].to_text()))
+                    .collect();
+                let keep_old = matches!(out.write, Write::Ignore)
+                    || newer.as_deref().and_then(at).is_some_and(|i| {
+                        finals[row.output]
+                            .get(&k)
+                            .and_then(|at| row_at(*at))
+                            .is_some_and(|old| old[i].to_text() > row.values[i].to_text())
+                    });
+                if !(keep_old && finals[row.output].contains_key(&k)) {
+                    finals[row.output].insert(k, (pi, ri));
+                }
+            }
+        }
+    }
+    let final_rows: Vec<HashSet<(usize, usize)>> = finals
+        .iter()
+        .map(|m| m.values().copied().collect())
+        .collect();
+
     let writers = connections.max(1);
     let per = processed.len().div_ceil(writers).max(1);
     let mut seen = HashSet::new();
     let mut parts = Vec::new();
     let (mut target_rows, mut vault_rows, mut reject_rows, mut copy_bytes) = (0, 0, 0, 0u64);
-    for chunk in processed.chunks(per) {
-        let (mut ledger, mut vault, mut target, mut rejects) = (
-            CopyBuf::new(),
-            CopyBuf::new(),
-            CopyBuf::new(),
-            CopyBuf::new(),
-        );
-        for p in chunk {
+    for (ci, chunk) in processed.chunks(per).enumerate() {
+        let (mut ledger, mut vault, mut rejects) = (CopyBuf::new(), CopyBuf::new(), CopyBuf::new());
+        let mut targets: Vec<CopyBuf> = spec.outputs.iter().map(|_| CopyBuf::new()).collect();
+        for (j, p) in chunk.iter().enumerate() {
+            let pi = ci * per + j;
             ledger.row(3);
             ledger.text(&spec.name);
             ledger.text(&p.message_id);
@@ -97,9 +132,16 @@ pub async fn run(
                     vault: pending,
                 } => {
                     ledger.text("row");
-                    for row in rows {
-                        target.row(output.columns.len());
-                        for (c, v) in output.columns.iter().zip(&row.values) {
+                    for (ri, row) in rows.iter().enumerate() {
+                        let out = &spec.outputs[row.output];
+                        if !matches!(out.write, Write::Insert)
+                            && !final_rows[row.output].contains(&(pi, ri))
+                        {
+                            continue;
+                        }
+                        let target = &mut targets[row.output];
+                        target.row(out.columns.len());
+                        for (c, v) in out.columns.iter().zip(&row.values) {
                             target.val(c.out_type, v);
                         }
                     }
@@ -143,23 +185,17 @@ pub async fn run(
                 }
             }
         }
-        target_rows += target.rows;
+        target_rows += targets.iter().map(|t| t.rows).sum::<u64>();
         vault_rows += vault.rows;
         reject_rows += rejects.rows;
-        let part = Part {
-            ledger: ledger.finish(),
-            vault: vault.finish(),
-            target: target.finish(),
-            rejects: rejects.finish(),
-        };
-        copy_bytes +=
-            (part.ledger.len() + part.vault.len() + part.target.len() + part.rejects.len()) as u64;
-        parts.push(part);
+        let mut streams = vec![ledger.finish(), vault.finish(), rejects.finish()];
+        streams.extend(targets.into_iter().map(CopyBuf::finish));
+        copy_bytes += streams.iter().map(|s| s.len() as u64).sum::<u64>();
+        parts.push(Part { streams });
     }
 
     let q = |s: &str| etl_engine::db::quote_ident(s);
-    let cols: Vec<String> = output.columns.iter().map(|c| q(&c.name)).collect();
-    let stmts = [
+    let mut stmts = vec![
         format!(
             "COPY {} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)",
             q(&spec.ledger.table)
@@ -169,15 +205,18 @@ pub async fn run(
             q(&spec.vault.table)
         ),
         format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            q(&output.table),
-            cols.join(", ")
-        ),
-        format!(
             "COPY {} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) FROM STDIN (FORMAT binary)",
             q(&spec.rejects.table)
         ),
     ];
+    for o in &spec.outputs {
+        let cols: Vec<String> = o.columns.iter().map(|c| q(&c.name)).collect();
+        stmts.push(format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            q(&o.table),
+            cols.join(", ")
+        ));
+    }
     // The same tables the engine creates, with the same keys and indexes.
     let pool = sqlx::PgPool::connect(db_url).await?;
     etl_engine::sink::schema::setup(&pool, spec).await?;
@@ -195,11 +234,7 @@ pub async fn run(
             let stmts = stmts.clone();
             tokio::spawn(async move {
                 let mut tx = conn.begin().await?;
-                for (stmt, data) in
-                    stmts
-                        .iter()
-                        .zip([part.ledger, part.vault, part.target, part.rejects])
-                {
+                for (stmt, data) in stmts.iter().zip(part.streams) {
                     let mut copy = tx.copy_in_raw(stmt).await?;
                     copy.send(data).await?;
                     copy.finish().await?;

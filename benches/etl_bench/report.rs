@@ -4,6 +4,7 @@
 //! Rates: A, B, C and the RSS run are timed from process start until the queue was seen empty
 //! (so the drain mode's final empty polls do not count, for any of them); D is the COPY
 //! transactions alone; E is the engine's own pipeline time (start of reading to last commit).
+//! DO and EO are D and E for specs/orders.yaml (two upsert outputs), on order messages.
 //! BL and CL (optional) repeat B and C through a proxy that adds latency to every SQS call, and
 //! AL is A through it with 32 loops (the yardstick for BL).
 //! RL is the RSS run again on a queue of ~256 KiB bodies (the byte budget's memory check).
@@ -49,6 +50,12 @@ pub fn report(dir: &Path) -> Result<u8> {
     let cm = read(dir, "c-measure.json");
     let d = read(dir, "d.json");
     let (em, es) = (read(dir, "e-measure.json"), read(dir, "e-summary.json"));
+    let (d_o, eom, eos) = (
+        read(dir, "do.json"),
+        read(dir, "eo-measure.json"),
+        read(dir, "eo-summary.json"),
+    );
+    let o_n = meta["order_messages"].as_f64().unwrap_or(0.0);
     let rm = read(dir, "r-measure.json");
     let (blm, clm) = (read(dir, "bl-measure.json"), read(dir, "cl-measure.json"));
     let (al, alm) = (read(dir, "al.json"), read(dir, "al-measure.json"));
@@ -96,6 +103,20 @@ pub fn report(dir: &Path) -> Result<u8> {
             messages: n,
             secs: num(&es, "elapsed_secs"),
             rss_kb: num(&em, "peak_rss_kb"),
+        },
+        Line {
+            key: "DO",
+            what: "D for orders: binary COPY of the final orders, order_items, vault, ledger rows",
+            messages: num(&d_o, "messages").unwrap_or(o_n),
+            secs: num(&d_o, "secs"),
+            rss_kb: None,
+        },
+        Line {
+            key: "EO",
+            what: "E for orders: file -> orders + order_items (upsert, only_if_newer)",
+            messages: o_n,
+            secs: num(&eos, "elapsed_secs"),
+            rss_kb: num(&eom, "peak_rss_kb"),
         },
         Line {
             key: "R",
@@ -195,6 +216,13 @@ pub fn report(dir: &Path) -> Result<u8> {
             "the engine's own overhead against Postgres's own work",
         ),
         (
+            "EO/DO",
+            ratio("EO", "DO"),
+            0.7,
+            true,
+            "the same with two upsert outputs",
+        ),
+        (
             "peak RSS (MB) draining R",
             r_rss_mb,
             100.0,
@@ -256,12 +284,13 @@ pub fn report(dir: &Path) -> Result<u8> {
             "key": l.key, "what": l.what, "messages": l.messages, "secs": l.secs,
             "messages_per_sec": l.rate().map(f64::round), "peak_rss_mb": l.rss_kb.map(|k| (k / 1024.0 * 10.0).round() / 10.0),
         })).collect::<Vec<_>>(),
-        "ratios": {"B/A": ratio("B", "A"), "B/C": ratio("B", "C"), "E/D": ratio("E", "D"), "BL/CL": ratio("BL", "CL"), "BL/AL": ratio("BL", "AL")},
+        "ratios": {"B/A": ratio("B", "A"), "B/C": ratio("B", "C"), "E/D": ratio("E", "D"), "EO/DO": ratio("EO", "DO"), "BL/CL": ratio("BL", "CL"), "BL/AL": ratio("BL", "AL")},
         "e_cpu_us_per_msg": e_cpu_us,
         "targets": targets,
         "details": {"a": a, "a_measure": am, "b_measure": bm, "b_summary": read(dir, "b-summary.json"), "b_check": read(dir, "b-check.json"),
                     "c_measure": cm, "c_check": read(dir, "c-check.json"), "d": d, "e_measure": em, "e_summary": es,
-                    "e_check": read(dir, "e-check.json"), "r_measure": rm, "r_summary": read(dir, "r-summary.json"),
+                    "e_check": read(dir, "e-check.json"), "do": d_o, "eo_measure": eom, "eo_summary": eos,
+                    "eo_check": read(dir, "eo-check.json"), "r_measure": rm, "r_summary": read(dir, "r-summary.json"),
                     "r_check": read(dir, "r-check.json"), "bl_measure": blm, "bl_summary": read(dir, "bl-summary.json"),
                     "cl_measure": clm, "al": al, "al_measure": alm, "rl_measure": rlm, "rl_summary": read(dir, "rl-summary.json"),
                     "rl_check": read(dir, "rl-check.json")},

@@ -22,13 +22,15 @@
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
 //! (the SQL and one batch part's transaction), `output` (one output's writer), `copy` (binary
 //! COPY streams), `bind` (one column's values as a typed array),
-//! `known_tokens` (the vault's known-token cache), `target` (checking the target table) and
+//! `known_tokens` (the vault's known-token cache), `in_flight` (vault tokens this process's
+//! writers are writing now), `target` (checking the target table) and
 //! `key_usage` (counting encryptions against each key's nonce budget).
 
 mod batch;
 mod bind;
 pub mod copy;
 pub mod ddl;
+mod in_flight;
 mod key_usage;
 mod known_tokens;
 mod output;
@@ -132,6 +134,8 @@ pub struct Sink {
     cipher: Arc<VaultCipher>,
     /// Tokens known to be in the vault: neither encrypted nor sent again.
     known: known_tokens::KnownTokens,
+    /// Vault tokens this process's writers are writing right now.
+    in_flight: in_flight::InFlight,
     /// The statements, and when to COPY.
     sql: statements::Statements,
 }
@@ -154,6 +158,11 @@ impl Sink {
     /// Tokens this sink knows to be in the vault (and so neither encrypts nor sends again).
     pub fn known_tokens(&self) -> usize {
         self.known.len()
+    }
+
+    /// Vault tokens this sink's writers are writing right now (none once every write ended).
+    pub fn tokens_in_flight(&self) -> usize {
+        self.in_flight.claimed()
     }
 
     /// Forgets every known token, so the next batches write their vault rows again (after

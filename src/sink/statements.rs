@@ -4,11 +4,12 @@
 
 use super::bind::bind_column;
 use super::copy::{CopyBuf, CopyGate, copy_in};
+use super::in_flight::{Claim, InFlight};
 use super::known_tokens::KnownTokens;
 use super::output::OutputWriter;
 use super::target::column_types;
 use super::{Sink, SinkError, WriteReport};
-use crate::crypto::{Binding, VaultCipher};
+use crate::crypto::{Binding, Sealed, VaultCipher};
 use crate::db::quote_ident;
 use crate::process::{Outcome, Processed};
 use crate::spec::Spec;
@@ -59,6 +60,7 @@ impl Sink {
             outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             known: KnownTokens::default(),
+            in_flight: InFlight::default(),
             sql: Statements {
                 copy_ledger: format!(
                     "COPY {ledger} (pipeline, message_id, outcome) FROM STDIN (FORMAT binary)"
@@ -118,7 +120,8 @@ impl Sink {
             .filter(|p| matches!(p.outcome, Outcome::Skip { .. }))
             .count() as u64;
 
-        let stored = self.write_vault(&new, &mut tx, &mut report).await?;
+        // The claim on the vault tokens is held until the transaction has ended.
+        let (stored, _claim) = self.write_vault(&new, &mut tx, &mut report).await?;
         for (oi, out) in self.outputs.iter().enumerate() {
             let plan = plans.get(oi).and_then(Option::as_deref);
             self.write_output(oi, out, plan, &new, &mut tx, &mut report)
@@ -192,16 +195,20 @@ impl Sink {
 
     /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
     /// known to be stored already, inserted in key order so concurrent writers sharing hot
-    /// tokens wait for each other instead of deadlocking. Tries one COPY under a savepoint;
-    /// if a token is already stored (by another writer), `INSERT … ON CONFLICT DO NOTHING`
-    /// keeps the stored row. Returns the tokens sent, which are in the vault once the
-    /// transaction commits.
+    /// tokens wait for each other instead of deadlocking.
+    ///
+    /// The tokens no other writer of this process has in flight ([`InFlight`]) go in by one
+    /// COPY under a savepoint; if one is already stored (another process wrote it), the COPY
+    /// is redone as `INSERT … ON CONFLICT DO NOTHING`, which keeps the stored row. Tokens
+    /// another writer has in flight are inserted that way after the COPY. Returns the tokens
+    /// sent, which are in the vault once the transaction commits, and the claim to hold until
+    /// then.
     async fn write_vault<'p>(
         &self,
         new: &[&'p Processed],
         tx: &mut Transaction<'_, Postgres>,
         report: &mut WriteReport,
-    ) -> Result<Vec<&'p PendingVault>, SinkError> {
+    ) -> Result<(Vec<&'p PendingVault>, Option<Claim>), SinkError> {
         let mut pending: Vec<&PendingVault> = new
             .iter()
             .filter_map(|p| match &p.outcome {
@@ -214,19 +221,18 @@ impl Sink {
             (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
         });
         pending.dedup_by(|a, b| a.table == b.table && a.column == b.column && a.token == b.token);
-        let known = self.known.known(
-            pending
-                .iter()
-                .map(|pv| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
-        );
+        let key =
+            |pv: &&'p PendingVault| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str());
+        let known = self.known.known(pending.iter().map(key));
         let pending: Vec<&PendingVault> = pending
             .into_iter()
             .zip(known)
             .filter_map(|(pv, k)| (!k).then_some(pv))
             .collect();
         if pending.is_empty() {
-            return Ok(pending);
+            return Ok((pending, None));
         }
+        let (owned, claim) = self.in_flight.claim(pending.iter().map(key));
         let mut sealed = Vec::with_capacity(pending.len());
         for pv in &pending {
             let b = Binding {
@@ -238,9 +244,15 @@ impl Sink {
             *report.encryptions.entry(s.key_id.clone()).or_default() += 1;
             sealed.push(s);
         }
-        if self.sql.vault_gate.try_copy() {
+        let rows: Vec<(&PendingVault, &Sealed)> = pending.iter().copied().zip(&sealed).collect();
+        let (mine, theirs): (Vec<_>, Vec<_>) =
+            rows.into_iter().zip(owned).partition(|(_, owned)| *owned);
+        let mut insert: Vec<(&PendingVault, &Sealed)> =
+            theirs.into_iter().map(|(r, _)| r).collect();
+        let mine: Vec<(&PendingVault, &Sealed)> = mine.into_iter().map(|(r, _)| r).collect();
+        if !mine.is_empty() && self.sql.vault_gate.try_copy() {
             let mut buf = CopyBuf::new();
-            for (pv, s) in pending.iter().zip(&sealed) {
+            for (pv, s) in &mine {
                 buf.row(6);
                 buf.text(&pv.table);
                 buf.text(&pv.column);
@@ -250,41 +262,60 @@ impl Sink {
                 buf.bytes(&s.ciphertext);
             }
             if copy_or_conflict(tx, &self.sql.copy_vault, buf, &self.sql.vault_gate).await? {
-                report.vault_rows = pending.len() as u64;
-                return Ok(pending);
+                report.vault_rows += mine.len() as u64;
+            } else {
+                insert.extend(mine);
             }
+        } else {
+            insert.extend(mine);
         }
-        let r = sqlx::query(AssertSqlSafe(self.sql.vault.clone()))
-            .bind(
-                pending
-                    .iter()
-                    .map(|pv| pv.table.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pending
-                    .iter()
-                    .map(|pv| pv.column.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pending
-                    .iter()
-                    .map(|pv| pv.token.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(sealed.iter().map(|s| s.key_id.as_str()).collect::<Vec<_>>())
-            .bind(sealed.iter().map(|s| s.nonce.to_vec()).collect::<Vec<_>>())
-            .bind(
-                sealed
-                    .iter()
-                    .map(|s| s.ciphertext.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut **tx)
-            .await?;
-        report.vault_rows = r.rows_affected();
-        Ok(pending)
+        if !insert.is_empty() {
+            // One statement in key order: waits only for writers that claimed earlier.
+            insert.sort_unstable_by(|(a, _), (b, _)| {
+                (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
+            });
+            let r = sqlx::query(AssertSqlSafe(self.sql.vault.clone()))
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(pv, _)| pv.table.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(pv, _)| pv.column.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(pv, _)| pv.token.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(_, s)| s.key_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(_, s)| s.nonce.to_vec())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    insert
+                        .iter()
+                        .map(|(_, s)| s.ciphertext.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut **tx)
+                .await?;
+            report.vault_rows += r.rows_affected();
+        }
+        Ok((pending, Some(claim)))
     }
 
     /// Output number `oi`'s rows of the `new` messages: by COPY when `plan` says how, else by
