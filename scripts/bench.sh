@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh [--messages N] [--rss-messages M] [--reference-messages K] [--repeat R]
 #                    [--large-body-messages G] [--latency-ms MS [--latency-messages L]]
+#                    [--order-messages O]
 #                    [--skip-reference] [--keep-services] [--only ROWS]
 #
 #   A  SQS ceiling: receive(10) + DeleteMessageBatch, no processing, 4 loops (or the spec's
@@ -12,6 +13,9 @@
 #   C  benches/reference/reference_etl.py: boto3, hashlib, one INSERT and one delete per message
 #   D  Postgres ceiling: binary COPY of the final target, vault, ledger and reject rows
 #   E  etl-engine run with a JSON Lines file source, same transforms
+#   DO, EO  D and E for specs/orders.yaml (orders + order_items, both upsert with only_if_newer)
+#      on O generated order messages (default N; with updates, late older versions and
+#      returning customers; 0 skips them); DO loads the rows the tables end with
 #   R  B again on a queue of M messages, for the peak-RSS check
 #   RL B again on a queue of G messages (default 2,000; 0 skips it) whose bodies are padded to
 #      255 KiB (an extra JSON string field no column reads), for the peak-RSS check of the byte
@@ -23,15 +27,15 @@
 #   AL (with --latency-ms) A through the same proxy with 32 loops: what the endpoint serves at
 #      that latency to enough concurrency, the yardstick for BL
 #   --only ROWS runs and reports only the rows named, comma-separated (e.g. --only A,B,AL,BL;
-#      D and E run together; large-bodies is RL; AL, BL, CL need --latency-ms).
+#      D and E run together, as do DO and EO; large-bodies is RL; AL, BL, CL need --latency-ms).
 #
-# D and E take a second or two each, so one run is at the mercy of a checkpoint or autovacuum:
+# D, E, DO and EO take a second or two each, so one run is at the mercy of a checkpoint or autovacuum:
 # they are measured R times (default 3), alternating, and the run with the median rate counts
 # (every run is listed). Before each measurement the previous database is vacuumed and a
 # checkpoint taken, so one measurement's aftermath does not land in the next.
 #
 # N defaults to 50,000 (about 1% invalid), M to 200,000, K to N. Prints a table and the ratios
-# B/A, B/C, E/D, BL/AL, checks the targets (B >= 0.9 A, B >= 5 C, E >= 0.8 D, BL >= 0.8 AL, peak
+# B/A, B/C, E/D, EO/DO, BL/AL, checks the targets (B >= 0.9 A, B >= 5 C, E >= 0.8 D, EO >= 0.7 DO, BL >= 0.8 AL, peak
 # RSS of R <= 100 MB, peak RSS of RL <= 300 MB; E CPU us/msg informational), writes everything to $BENCH_DIR/results.json,
 # and exits 1 if a measured target is missed.
 #
@@ -54,7 +58,8 @@ LARGE_BODY_MESSAGES=2000
 # 255 KiB: just under SQS's 256 KiB (262,144 bytes) per message, with room for attributes.
 LARGE_BODY_BYTES=261120
 ONLY=""
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+ORDER_MESSAGES=""
+usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --messages) MESSAGES=${2:?}; shift 2 ;;
@@ -65,6 +70,7 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT=${2:?}; shift 2 ;;
         --large-body-messages) LARGE_BODY_MESSAGES=${2:?}; shift 2 ;;
         --only) ONLY=${2:?}; shift 2 ;;
+        --order-messages) ORDER_MESSAGES=${2:?}; shift 2 ;;
         --skip-reference) SKIP_REFERENCE=1; shift ;;
         --keep-services) KEEP_SERVICES=1; shift ;;
         -h|--help) usage ;;
@@ -72,6 +78,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 REFERENCE_MESSAGES=${REFERENCE_MESSAGES:-$MESSAGES}
+ORDER_MESSAGES=${ORDER_MESSAGES:-$MESSAGES}
+[[ $ORDER_MESSAGES =~ ^[0-9]+$ ]] || { echo "error: --order-messages must be a whole number" >&2; exit 2; }
 [[ $LATENCY_MS =~ ^[0-9]+$ ]] || { echo "error: --latency-ms must be a whole number of milliseconds" >&2; exit 2; }
 for n in "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES" "$LATENCY_MESSAGES" "$REPEAT"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: message counts must be positive integers (got $n)" >&2; exit 2; }
@@ -80,13 +88,14 @@ done
 ONLY=${ONLY//large-bodies/RL}
 for row in ${ONLY//,/ }; do
     case $row in
-        A|B|C|D|E|R|RL|AL|BL|CL) ;;
-        *) echo "error: --only takes rows among A,B,C,D,E,R,RL,AL,BL,CL or large-bodies (got $row)" >&2; exit 2 ;;
+        A|B|C|D|E|DO|EO|R|RL|AL|BL|CL) ;;
+        *) echo "error: --only takes rows among A,B,C,D,E,DO,EO,R,RL,AL,BL,CL or large-bodies (got $row)" >&2; exit 2 ;;
     esac
 done
 # want ROW: whether ROW is measured (every row without --only).
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 if want RL; then :; else LARGE_BODY_MESSAGES=0; fi
+if want DO || want EO; then :; else ORDER_MESSAGES=0; fi
 want RL && [ -n "$ONLY" ] && [ "$LARGE_BODY_MESSAGES" = 0 ] && { echo "error: --only RL needs --large-body-messages > 0" >&2; exit 2; }
 if [ -n "$ONLY" ] && ! want C && ! want CL; then SKIP_REFERENCE=1; fi
 if { want AL || want BL || want CL; } && [ -n "$ONLY" ] && [ "$LATENCY_MS" = 0 ]; then
@@ -104,6 +113,8 @@ ENDPOINT="http://127.0.0.1:$BENCH_SQS_PORT"
 ADMIN_URL="postgres://postgres:postgres@127.0.0.1:$BENCH_PGPORT/postgres"
 SPEC="$ROOT/specs/logins.yaml"
 TABLE_DDL_FILE="$ROOT/schema/user_logins.sql"
+ORDERS_SPEC="$ROOT/specs/orders.yaml"
+ORDERS_DDL_FILE="$ROOT/schema/orders.sql"
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -157,12 +168,14 @@ trap cleanup EXIT
 say "starting services (Postgres :$BENCH_PGPORT, LocalStack :$BENCH_SQS_PORT)"
 services up >"$OUT/services.log" 2>&1 || { cat "$OUT/services.log" >&2; die "services did not start"; }
 
-gen() { # count -> prints the file, writes its counts next to it
-    local f="$DATA/messages-$1.jsonl"
-    "$BENCH_BIN" gen --messages "$1" --out "$f" >"$f.counts"
+gen() { # count [kind] -> prints the file, writes its counts next to it
+    local kind=${2:-logins}
+    local f="$DATA/$kind-$1.jsonl"
+    "$BENCH_BIN" gen --kind "$kind" --messages "$1" --out "$f" >"$f.counts"
     echo "$f"
 }
-valid_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["valid"])' "$1.counts"; }
+count_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1.counts" "$2"; }
+valid_of() { count_of "$1" valid; }
 if want A || want B || want C || want D || want E; then
     say "generating $MESSAGES messages"
     MSGS=$(gen "$MESSAGES")
@@ -172,6 +185,10 @@ fi
 if want R; then
     say "generating $RSS_MESSAGES messages"
     RSS_MSGS=$(gen "$RSS_MESSAGES")
+fi
+if [ "$ORDER_MESSAGES" != 0 ]; then
+    say "generating $ORDER_MESSAGES order messages"
+    ORDER_MSGS=$(gen "$ORDER_MESSAGES" orders)
 fi
 # RL's messages are these, padded by the loader as they are sent (500 MB never touch the disk).
 [ "$LARGE_BODY_MESSAGES" = 0 ] || LARGE_MSGS=$(gen "$LARGE_BODY_MESSAGES")
@@ -184,10 +201,16 @@ awk -v path="${MSGS:-}" '
     /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
     skip && /^[^ #]/ { skip = 0 }
     !skip { print }' "$SPEC" >"$FILE_SPEC"
+ORDERS_FILE_SPEC="$BENCH_DIR/orders-file.yaml"
+awk -v path="${ORDER_MSGS:-}" '
+    /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
+    skip && /^[^ #]/ { skip = 0 }
+    !skip { print }' "$ORDERS_SPEC" >"$ORDERS_FILE_SPEC"
 
 {
     printf '{"messages": %s, "rss_messages": %s, "reference_messages": %s,\n' "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"
     printf ' "latency_ms_each_way": %s, "latency_messages": %s,\n' "$LATENCY_MS" "$LATENCY_MESSAGES"
+    printf ' "order_messages": %s,\n' "$ORDER_MESSAGES"
     printf ' "large_body_messages": %s, "large_body_bytes": %s, "only": %s,\n' "$LARGE_BODY_MESSAGES" "$LARGE_BODY_BYTES" \
         "$([ -n "$ONLY" ] && printf '"%s"' "$ONLY" || echo null)"
     printf ' "valid": %s, "started_at": "%s", "git_commit": "%s",\n' "$([ -n "${MSGS:-}" ] && valid_of "$MSGS" || echo null)" "$(date -u +%FT%TZ)" \
@@ -199,10 +222,10 @@ awk -v path="${MSGS:-}" '
 } >"$OUT/meta.json"
 
 # Per measurement: a fresh database, and a fresh queue holding exactly the input.
-fresh_db() { # name -> url of a new database with the target table and the engine's tables set up
-    local url
-    url=$("$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$TABLE_DDL_FILE")
-    ETL_SPEC_TARGET__URL="$url" "$ENGINE" setup "$SPEC" >/dev/null
+fresh_db() { # name [ddl spec] -> url of a new database with the target tables and the engine's tables set up
+    local url ddl=${2:-$TABLE_DDL_FILE} spec=${3:-$SPEC}
+    url=$("$BENCH_BIN" reset-db --admin-url "$ADMIN_URL" --name "$1" --ddl "$ddl")
+    ETL_SPEC_TARGET__URL="$url" "$ENGINE" setup "$spec" >/dev/null
     echo "$url"
 }
 fresh_queue() { # name file [load options...] -> url
@@ -225,27 +248,27 @@ settle() {
     if [ -n "${1:-}" ]; then "$PSQL" -X -q "$1" -c "VACUUM (ANALYZE)" >/dev/null; fi
     "$PSQL" -X -q "$ADMIN_URL" -c "CHECKPOINT" >/dev/null
 }
-# Copies the D and E runs with the median rate to d.json and e-*.json (what the report reads)
-# and lists every run in de-runs.json.
-pick_median() {
-    python3 - "$1" "$2" <<'PY'
+# Copies the runs of a ceiling row and its engine row with the median rate to <d>.json and
+# <e>-*.json (what the report reads) and lists every run in <d>-<e>-runs.json.
+pick_median() { # repeat out d e
+    python3 - "$1" "$2" "$3" "$4" <<'PY'
 import json, shutil, sys
-n, out = int(sys.argv[1]), sys.argv[2]
+n, out, d, e = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 def rate(path):
     return json.load(open(path))["messages_per_sec"]
-runs = {"d": [rate(f"{out}/d-{i}.json") for i in range(1, n + 1)],
-        "e": [rate(f"{out}/e-summary-{i}.json") for i in range(1, n + 1)]}
-for key, files in (("d", ["d"]), ("e", ["e-measure", "e-summary", "e-check"])):
+runs = {d: [rate(f"{out}/{d}-{i}.json") for i in range(1, n + 1)],
+        e: [rate(f"{out}/{e}-summary-{i}.json") for i in range(1, n + 1)]}
+for key, files in ((d, [d]), (e, [f"{e}-measure", f"{e}-summary", f"{e}-check"])):
     order = sorted(range(n), key=lambda i: runs[key][i])
     median = order[n // 2] + 1
     runs[f"{key}_median_run"] = median
     for f in files:
         shutil.copy(f"{out}/{f}-{median}.json", f"{out}/{f}.json")
-    if key == "e":
-        shutil.copy(f"{out}/e-{median}.log", f"{out}/e.log")
-json.dump(runs, open(f"{out}/de-runs.json", "w"), indent=1)
-print("==> D runs (msgs/s): " + ", ".join(f"{r:.0f}" for r in runs["d"]) + f"; median: run {runs['d_median_run']}")
-print("==> E runs (msgs/s): " + ", ".join(f"{r:.0f}" for r in runs["e"]) + f"; median: run {runs['e_median_run']}")
+    if key == e:
+        shutil.copy(f"{out}/{e}-{median}.log", f"{out}/{e}.log")
+json.dump(runs, open(f"{out}/{d}-{e}-runs.json", "w"), indent=1)
+for key in (d, e):
+    print(f"==> {key.upper()} runs (msgs/s): " + ", ".join(f"{r:.0f}" for r in runs[key]) + f"; median: run {runs[key + '_median_run']}")
 PY
 }
 
@@ -268,7 +291,29 @@ for i in $(seq 1 "$REPEAT"); do
         --expect-messages "$MESSAGES" --out "$OUT/e-check-$i.json"
     settle "$DB"
 done
-pick_median "$REPEAT" "$OUT"
+pick_median "$REPEAT" "$OUT" d e
+fi
+
+if [ "$ORDER_MESSAGES" != 0 ]; then
+# ------------------------------------------------------------------ DO and EO (orders, no SQS)
+for i in $(seq 1 "$REPEAT"); do
+    settle
+    say "DO: Postgres ceiling for orders (binary COPY of the final rows), run $i of $REPEAT"
+    DB=$(fresh_db bench_do "$ORDERS_DDL_FILE" "$ORDERS_SPEC")
+    "$BENCH_BIN" pg-ceiling --spec "$ORDERS_FILE_SPEC" --input "$ORDER_MSGS" --db "$DB" --out "$OUT/do-$i.json"
+    settle "$DB"
+
+    say "EO: engine, orders file -> Postgres, run $i of $REPEAT"
+    DB=$(fresh_db bench_eo "$ORDERS_DDL_FILE" "$ORDERS_SPEC")
+    ETL_SPEC_TARGET__URL="$DB" RUST_LOG=warn "$BENCH_BIN" measure --out "$OUT/eo-measure-$i.json" --log "$OUT/eo-$i.log" -- \
+        "$ENGINE" run "$ORDERS_FILE_SPEC" --summary-json "$OUT/eo-summary-$i.json"
+    "$BENCH_BIN" check-db --db "$DB" --target-table orders --expect-rows "$(count_of "$ORDER_MSGS" orders)" \
+        --expect-messages "$ORDER_MESSAGES" --expect-rejects "$(count_of "$ORDER_MSGS" invalid)" --out "$OUT/eo-check-$i.json"
+    "$BENCH_BIN" check-db --db "$DB" --target-table order_items --expect-rows "$(count_of "$ORDER_MSGS" items)" \
+        --out "$OUT/eo-items-check-$i.json"
+    settle "$DB"
+done
+pick_median "$REPEAT" "$OUT" do eo
 fi
 
 # ------------------------------------------------------------------ A, B, C (SQS)
@@ -375,12 +420,15 @@ fi
 say "load average after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 "$BENCH_BIN" report --dir "$OUT" || status=$?
-# Every D and E run, not only the median ones, go into the results too.
-[ ! -s "$OUT/de-runs.json" ] || python3 - "$OUT" <<'PY'
-import json, sys
+# Every D, E, DO and EO run, not only the median ones, go into the results too.
+python3 - "$OUT" <<'PY'
+import json, os, sys
 out = sys.argv[1]
 r = json.load(open(f"{out}/results.json"))
-r["d_e_runs_msgs_per_sec"] = json.load(open(f"{out}/de-runs.json"))
+for name in ("d-e", "do-eo"):
+    path = f"{out}/{name}-runs.json"
+    if os.path.exists(path):
+        r[name.replace("-", "_") + "_runs_msgs_per_sec"] = json.load(open(path))
 json.dump(r, open(f"{out}/results.json", "w"), indent=1)
 PY
 cp "$OUT/results.json" "$BENCH_DIR/results.json"

@@ -15,7 +15,7 @@
 //! `ON CONFLICT` path, which is always correct.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 /// The claims of one sink's writers.
@@ -44,11 +44,7 @@ impl InFlight {
         keys: impl Iterator<Item = (&'k str, &'k str, &'k str)>,
     ) -> (Vec<bool>, Claim) {
         let hashes: Vec<u64> = keys
-            .map(|k| {
-                let mut h = self.hasher.build_hasher();
-                k.hash(&mut h);
-                h.finish()
-            })
+            .map(|k| self.hasher.hash_one(k))
             .collect();
         let mut mine = Vec::with_capacity(hashes.len());
         let owned = match self.claimed.lock() {
