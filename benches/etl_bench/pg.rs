@@ -75,6 +75,18 @@ pub async fn run(
         })
         .collect();
 
+    // The same tables the engine creates, with the same keys and indexes, and the vault's
+    // column ids its rows are keyed by.
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    etl_engine::sink::schema::setup(&pool, spec).await?;
+    let column_ids: HashMap<(String, String), i16> =
+        etl_engine::db::vault_v3::registered_columns(&pool, &spec.vault.table)
+            .await?
+            .into_iter()
+            .map(|(id, table, column)| ((table, column), id))
+            .collect();
+    pool.close().await;
+
     let writers = connections.max(1);
     let per = processed.len().div_ceil(writers).max(1);
     let mut seen = HashSet::new();
@@ -105,7 +117,13 @@ pub async fn run(
                     }
                     // Distinct over the whole data set: COPY has no ON CONFLICT.
                     for pv in pending {
-                        if !seen.insert((pv.column.clone(), pv.token.clone())) {
+                        let Some(&id) = column_ids.get(&(pv.table.clone(), pv.column.clone()))
+                        else {
+                            anyhow::bail!("{}.{} is not registered", pv.table, pv.column);
+                        };
+                        let token = etl_engine::db::vault_v3::token_bytes(&pv.token)
+                            .ok_or_else(|| anyhow::anyhow!("a token is not 64 hex digits"))?;
+                        if !seen.insert((id, token)) {
                             continue;
                         }
                         let b = Binding {
@@ -114,10 +132,9 @@ pub async fn run(
                             token: &pv.token,
                         };
                         let sealed = cipher.encrypt(b, pv.plaintext.as_bytes())?;
-                        vault.row(6);
-                        vault.text(&pv.table);
-                        vault.text(&pv.column);
-                        vault.text(&pv.token);
+                        vault.row(5);
+                        vault.field(Some(&id.to_be_bytes()));
+                        vault.field(Some(&token));
                         vault.text(&sealed.key_id);
                         vault.field(Some(&sealed.nonce));
                         vault.field(Some(&sealed.ciphertext));
@@ -165,7 +182,7 @@ pub async fn run(
             q(&spec.ledger.table)
         ),
         format!(
-            "COPY {} (target_table, column_name, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
+            "COPY {} (column_id, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
             q(&spec.vault.table)
         ),
         format!(
@@ -178,10 +195,6 @@ pub async fn run(
             q(&spec.rejects.table)
         ),
     ];
-    // The same tables the engine creates, with the same keys and indexes.
-    let pool = sqlx::PgPool::connect(db_url).await?;
-    etl_engine::sink::schema::setup(&pool, spec).await?;
-    pool.close().await;
     let mut conns = Vec::new();
     for _ in 0..parts.len() {
         conns.push(PgConnection::connect(db_url).await?);

@@ -19,8 +19,9 @@
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
 //! (building the SQL), `copy` (binary COPY streams), `bind` (one column's values as a typed array),
-//! `known_tokens` (the vault's known-token cache), `target` (checking the target table) and
-//! `key_usage` (counting encryptions against each key's nonce budget).
+//! `known_tokens` (the vault's known-token cache), `vault_columns` (the vault's column ids),
+//! `target` (checking the target table) and `key_usage` (counting encryptions against each
+//! key's nonce budget).
 
 mod batch;
 mod bind;
@@ -31,6 +32,7 @@ mod known_tokens;
 pub mod schema;
 mod statements;
 mod target;
+pub mod vault_columns;
 
 pub use batch::{WriteProgress, WriteReport};
 pub use key_usage::{
@@ -53,6 +55,24 @@ pub enum SinkError {
     /// Encrypting a vault value or a reject body failed (a key problem).
     #[error(transparent)]
     Cipher(#[from] CipherError),
+    /// An encrypted column has no id in the vault's registry of columns.
+    #[error(
+        "encrypted column(s) {missing} not registered in {registry}: run `etl-engine setup SPEC` as the owner of the engine's tables"
+    )]
+    VaultColumns {
+        /// The registry table.
+        registry: String,
+        /// The (table.column) pairs missing, comma-separated.
+        missing: String,
+    },
+    /// A token to store is not 64 lowercase hex digits (a tokenizer's token always is).
+    #[error("a token of {table}.{column} is not 64 lowercase hex digits and cannot be stored")]
+    BadToken {
+        /// The output table.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// The target table is missing or does not fit the spec's columns.
     #[error("target table {table}: {problem}")]
     Target {
@@ -118,6 +138,8 @@ pub struct Sink {
     cipher: Arc<VaultCipher>,
     /// Tokens known to be in the vault: neither encrypted nor sent again.
     known: known_tokens::KnownTokens,
+    /// The vault's (table, column) → id map, read once.
+    vault_columns: vault_columns::VaultColumnIds,
     /// Inserts ledger entries and returns the ids not seen before.
     sql_ledger: String,
     /// Inserts vault rows, skipping tokens already stored.
@@ -139,6 +161,12 @@ impl Sink {
     /// The pool (for housekeeping queries).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Reads the vault's column ids now (otherwise the first batch does), failing when an
+    /// encrypted column of the spec is not registered (`etl-engine setup SPEC` registers them).
+    pub async fn load_vault_columns(&self) -> Result<(), SinkError> {
+        self.vault_columns.load(&self.pool).await.map(|_| ())
     }
 
     /// Tokens this sink knows to be in the vault (and so neither encrypts nor sends again).

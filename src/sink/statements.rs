@@ -4,6 +4,7 @@
 
 use super::bind::{bind_column, unnest_select};
 use super::known_tokens::KnownTokens;
+use super::vault_columns::VaultColumnIds;
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, VaultCipher};
 use crate::db::quote_ident;
@@ -30,14 +31,15 @@ impl Sink {
             outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             known: KnownTokens::default(),
+            vault_columns: VaultColumnIds::new(spec),
             sql_ledger: format!(
                 "INSERT INTO {ledger} (pipeline, message_id, outcome) SELECT $1, m, o FROM UNNEST($2::text[], $3::text[]) AS u(m, o) \
                  ON CONFLICT (pipeline, message_id) DO NOTHING RETURNING message_id"
             ),
             sql_vault: format!(
-                "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
-                 ON CONFLICT (target_table, column_name, token) DO NOTHING"
+                "INSERT INTO {vault} (column_id, token, key_id, nonce, ciphertext) \
+                 SELECT * FROM UNNEST($1::smallint[], $2::bytea[], $3::text[], $4::bytea[], $5::bytea[]) \
+                 ON CONFLICT (column_id, token) DO NOTHING"
             ),
             sql_rejects: format!(
                 "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
@@ -158,17 +160,18 @@ impl Sink {
         Ok(report)
     }
 
-    /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
-    /// known to be stored already, inserted in key order so concurrent writers sharing hot
-    /// tokens wait for each other instead of deadlocking. Returns the tokens sent, which are in
-    /// the vault once the transaction commits.
+    /// Vault rows: one encryption per distinct (column, token) in the batch that is not known
+    /// to be stored already, keyed by the column's registered id and the token's 32 bytes and
+    /// inserted in key order, so concurrent writers sharing hot tokens wait for each other
+    /// instead of deadlocking. Returns the tokens sent, which are in the vault once the
+    /// transaction commits.
     async fn write_vault<'p>(
         &self,
         new: &[&'p Processed],
         tx: &mut Transaction<'_, Postgres>,
         report: &mut WriteReport,
     ) -> Result<Vec<&'p PendingVault>, SinkError> {
-        let mut pending: Vec<&PendingVault> = new
+        let pending: Vec<&PendingVault> = new
             .iter()
             .filter_map(|p| match &p.outcome {
                 Outcome::Rows { vault, .. } => Some(vault.iter()),
@@ -176,26 +179,33 @@ impl Sink {
             })
             .flatten()
             .collect();
-        pending.sort_unstable_by(|a, b| {
-            (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
-        });
-        pending.dedup_by(|a, b| a.table == b.table && a.column == b.column && a.token == b.token);
-        let known = self.known.known(
-            pending
-                .iter()
-                .map(|pv| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
-        );
-        let pending: Vec<&PendingVault> = pending
-            .into_iter()
-            .zip(known)
-            .filter_map(|(pv, k)| (!k).then_some(pv))
-            .collect();
         if pending.is_empty() {
             return Ok(pending);
         }
-        let (mut v_tab, mut v_col, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for pv in &pending {
+        let ids = self.vault_columns.load(&self.pool).await?;
+        let vault = self.vault_columns.vault();
+        let mut keyed = pending
+            .into_iter()
+            .map(|pv| ids.key(vault, pv).map(|k| (k, pv)))
+            .collect::<Result<Vec<_>, _>>()?;
+        keyed.sort_unstable_by_key(|k| k.0);
+        keyed.dedup_by(|a, b| a.0 == b.0);
+        let known = self.known.known(
+            keyed
+                .iter()
+                .map(|(_, pv)| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
+        );
+        let keyed: Vec<_> = keyed
+            .into_iter()
+            .zip(known)
+            .filter_map(|(k, known)| (!known).then_some(k))
+            .collect();
+        if keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut v_id, mut v_tok, mut v_kid, mut v_nonce, mut v_ct) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((id, token), pv) in &keyed {
             let b = Binding {
                 scope: &pv.table,
                 column: &pv.column,
@@ -203,16 +213,14 @@ impl Sink {
             };
             let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
-            v_tab.push(pv.table.clone());
-            v_col.push(pv.column.clone());
-            v_tok.push(pv.token.clone());
+            v_id.push(*id);
+            v_tok.push(token.to_vec());
             v_kid.push(sealed.key_id);
             v_nonce.push(sealed.nonce.to_vec());
             v_ct.push(sealed.ciphertext);
         }
         let r = sqlx::query(AssertSqlSafe(self.sql_vault.clone()))
-            .bind(&v_tab)
-            .bind(&v_col)
+            .bind(&v_id)
             .bind(&v_tok)
             .bind(&v_kid)
             .bind(&v_nonce)
@@ -220,7 +228,7 @@ impl Sink {
             .execute(&mut **tx)
             .await?;
         report.vault_rows = r.rows_affected();
-        Ok(pending)
+        Ok(keyed.into_iter().map(|(_, pv)| pv).collect())
     }
 }
 
