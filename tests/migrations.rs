@@ -207,6 +207,15 @@ async fn a_0_1_database_is_migrated_and_still_decrypts_deduplicates_and_audits()
     let out = run_engine(&["setup", spec_s], &[], true);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("nothing to do").count(), 4, "{stdout}");
+    // Registering the spec's columns again draws no id: the smallint ids are not wasted.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT last_value::bigint FROM etl_vault_columns_id_seq"
+        )
+        .await,
+        2
+    );
 
     // The old vault still decrypts, and the recovery is audited.
     let out = run_engine(
