@@ -11,8 +11,9 @@
 --
 --   etl_writer    what `etl-engine run` needs and nothing more: INSERT into the target, vault,
 --                 ledger and rejects; SELECT only on the key columns that ON CONFLICT and
---                 RETURNING read (never nonces or ciphertexts); reading the key-usage counters
---                 and adding to them only through etl_key_usage_add (never UPDATE).
+--                 RETURNING read (never nonces or ciphertexts); SELECT on the vault's registry
+--                 of column ids (<vault>_columns); reading the key-usage counters and adding to
+--                 them only through etl_key_usage_add (never UPDATE).
 --   etl_analyst   SELECT on the target table: tokens, never originals.
 --   etl_recovery  SELECT on the target table (for `vault-decrypt --where`) and EXECUTE on the
 --                 vault's two recovery functions (<vault>_recover_grant writes and commits the
@@ -20,8 +21,8 @@
 --                 audit table themselves. For `etl-engine rejects`: SELECT on the rejects' ids,
 --                 reasons and times, and EXECUTE on the rejects table's two functions, never the
 --                 ciphertexts.
---   etl_rotator   `vault-rotate`: SELECT on the vault and the rejects' key columns and
---                 ciphertexts, UPDATE of key_id/nonce/ciphertext/rotated_at only, counting its
+--   etl_rotator   `vault-rotate`: SELECT on the vault, its registry of column ids and the
+--                 rejects' key columns and ciphertexts, UPDATE of key_id/nonce/ciphertext/rotated_at only, counting its
 --                 encryptions through etl_key_usage_add. Not an owner; no audit privilege.
 --   etl_auditor   SELECT on the audit table, for `etl-engine audit verify`.
 -- The audit and the recovery grants belong to etl_audit_owner (created by setup, NOLOGIN).
@@ -49,6 +50,7 @@
   \set rejects etl_rejects
 \endif
 \set recover_fn :vault '_recover'
+\set vault_columns :vault '_columns'
 \set grant_fn :vault '_recover_grant'
 \set rejects_fn :rejects '_recover'
 \set rejects_grant_fn :rejects '_recover_grant'
@@ -78,7 +80,7 @@ SET LOCAL search_path = :"schema";
 GRANT USAGE ON SCHEMA :"schema" TO etl_writer, etl_analyst, etl_recovery, etl_rotator, etl_auditor;
 
 -- Start from nothing, so re-running after a change of this file takes privileges away too.
-REVOKE ALL ON :"target", :"vault", :"ledger", :"rejects", etl_key_usage, etl_vault_audit, etl_schema_version,
+REVOKE ALL ON :"target", :"vault", :"vault_columns", :"ledger", :"rejects", etl_key_usage, etl_vault_audit, etl_schema_version,
   etl_recovery_grant, etl_recovery_columns
   FROM etl_writer, etl_analyst, etl_recovery, etl_rotator, etl_auditor;
 
@@ -93,7 +95,9 @@ REVOKE ALL ON FUNCTION etl_key_usage_add(text, bigint) FROM PUBLIC, etl_analyst,
 -- Writer.
 GRANT INSERT ON :"target" TO etl_writer;
 GRANT INSERT, SELECT (pipeline, message_id) ON :"ledger" TO etl_writer;
-GRANT INSERT, SELECT (target_table, column_name, token) ON :"vault" TO etl_writer;
+GRANT INSERT, SELECT (column_id, token) ON :"vault" TO etl_writer;
+-- The vault's column ids (read once at start; the writer never registers a column).
+GRANT SELECT ON :"vault_columns" TO etl_writer, etl_rotator;
 GRANT INSERT, SELECT (pipeline, message_id) ON :"rejects" TO etl_writer;
 GRANT SELECT (key_id, encryptions) ON etl_key_usage TO etl_writer, etl_rotator;
 GRANT EXECUTE ON FUNCTION etl_key_usage_add(text, bigint) TO etl_writer, etl_rotator;

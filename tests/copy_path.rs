@@ -54,6 +54,8 @@ impl Db {
         .unwrap();
         let spec = etl_engine::spec::load_spec(&spec_path).unwrap();
         let pool = PgPool::connect(&url).await.unwrap();
+        // Registers the spec's encrypted columns: the sink keys vault rows by their ids.
+        etl_engine::sink::schema::setup(&pool, &spec).await.unwrap();
         Db {
             _dir: dir,
             url,
@@ -136,7 +138,8 @@ impl Db {
     async fn orphan_tokens(&self) -> i64 {
         self.count(
             "SELECT count(*) FROM user_logins l WHERE NOT EXISTS (SELECT 1 FROM etl_vault v \
-             WHERE v.target_table = 'user_logins' AND v.column_name = 'masked_ip' AND v.token = l.masked_ip)",
+             JOIN etl_vault_columns c ON c.id = v.column_id \
+             WHERE c.target_table = 'user_logins' AND c.column_name = 'masked_ip' AND encode(v.token, 'hex') = l.masked_ip)",
         )
         .await
     }
@@ -219,7 +222,8 @@ async fn two_writers_racing_on_the_same_tokens_both_commit_with_one_vault_row_ea
     // Every stored row decrypts to its value: no half of a row from each writer.
     let cipher = db.cipher();
     let rows: Vec<VaultRow> = sqlx::query_as(
-        "SELECT column_name, token, key_id, nonce, ciphertext FROM etl_vault WHERE column_name = 'masked_device_id'",
+        "SELECT c.column_name, encode(v.token, 'hex'), v.key_id, v.nonce, v.ciphertext FROM etl_vault v \
+         JOIN etl_vault_columns c ON c.id = v.column_id WHERE c.column_name = 'masked_device_id'",
     )
     .fetch_all(&db.pool)
     .await
@@ -362,7 +366,7 @@ async fn stored_ledger_keys_and_vault_tokens_turn_the_copy_into_insert_on_confli
         .write(&db.batch(0..20, |i| login(i, i % 5)))
         .await
         .unwrap();
-    let before: Vec<(String, Vec<u8>)> =
+    let before: Vec<(Vec<u8>, Vec<u8>)> =
         sqlx::query_as("SELECT token, ciphertext FROM etl_vault ORDER BY token")
             .fetch_all(&db.pool)
             .await
@@ -380,7 +384,7 @@ async fn stored_ledger_keys_and_vault_tokens_turn_the_copy_into_insert_on_confli
     assert_eq!(db.count("SELECT count(*) FROM user_logins").await, 30);
     assert_eq!(db.count("SELECT count(*) FROM etl_ledger").await, 30);
     assert_eq!(db.count("SELECT count(*) FROM etl_vault").await, 20);
-    let after: Vec<(String, Vec<u8>)> = sqlx::query_as(
+    let after: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT token, ciphertext FROM etl_vault WHERE token = ANY($1) ORDER BY token",
     )
     .bind(before.iter().map(|b| b.0.clone()).collect::<Vec<_>>())

@@ -240,6 +240,7 @@ async fn an_engine_killed_between_commit_and_delete_leaves_no_duplicate_events()
     let spec = example_spec("events", "event-queue", dir.path(), &endpoint, &queue, &db);
     let spec_s = spec.to_str().unwrap();
     create_tables_from_ddl(spec_s, &db).await;
+    run_engine(&["setup", spec_s], &[], true);
     let examples = root().join("examples/events.jsonl");
     run_engine(&["send", spec_s, examples.to_str().unwrap()], &[], true);
     let messages = std::fs::read_to_string(&examples).unwrap().lines().count() as i64;

@@ -344,6 +344,7 @@ async fn an_engine_killed_between_commit_and_delete_leaves_no_duplicate_orders()
     let spec = example_spec("orders", "order-queue", dir.path(), &endpoint, &queue, &db);
     let spec_s = spec.to_str().unwrap();
     create_tables_from_ddl(spec_s, &db).await;
+    run_engine(&["setup", spec_s], &[], true);
     run_engine(
         &[
             "send",

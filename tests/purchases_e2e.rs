@@ -141,6 +141,8 @@ async fn purchases_end_to_end() {
     let kr = keyring.to_str().unwrap();
     let spec = purchases_spec(dir.path(), &endpoint, &queue, &db);
     let spec_s = spec.to_str().unwrap();
+    // The spec's setup registers its encrypted columns (vault keys, recovery).
+    run_engine(&["setup", spec_s], &[], true);
 
     run_engine(
         &[
@@ -278,7 +280,7 @@ async fn purchases_end_to_end() {
 
     // Hash-only email: nothing in the vault. Street and card: in the vault, recoverable.
     let vaulted: Vec<(String, i64)> =
-        sqlx::query_as("SELECT column_name, count(*) FROM etl_vault GROUP BY 1 ORDER BY 1")
+        sqlx::query_as("SELECT c.column_name, count(*) FROM etl_vault v JOIN etl_vault_columns c ON c.id = v.column_id GROUP BY 1 ORDER BY 1")
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -295,8 +297,6 @@ async fn purchases_end_to_end() {
         "{vaulted:?}"
     );
     let (token, street) = street_token.unwrap();
-    // The spec's setup registers its encrypted columns for recovery.
-    run_engine(&["setup", spec_s], &[], true);
     let out = run_engine(
         &[
             "vault-decrypt",

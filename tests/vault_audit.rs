@@ -379,8 +379,11 @@ async fn the_rotator_rotates_and_a_key_at_its_limit_stops_the_pipeline() {
     let pool = sqlx::PgPool::connect(&rotator).await.unwrap();
     for sql in [
         "SELECT * FROM etl_vault_audit",
-        "UPDATE etl_vault SET target_table = 'x'",
+        "UPDATE etl_vault SET column_id = column_id",
+        "UPDATE etl_vault SET token = token",
         "DELETE FROM etl_vault",
+        "INSERT INTO etl_vault_columns (target_table, column_name) VALUES ('x', 'y')",
+        "UPDATE etl_vault_columns SET column_name = 'x'",
         "UPDATE etl_key_usage SET encryptions = 0",
     ] {
         let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

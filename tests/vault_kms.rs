@@ -320,7 +320,7 @@ async fn keyring_wrap_converts_a_plain_keyring_and_add_key_extends_it() {
     f.send(&[late[0].body()]).await;
     f.run_drain(&f.keyring, &[]);
     let (key_id,): (String,) = sqlx::query_as(
-        "SELECT v.key_id FROM etl_vault v JOIN user_logins u ON u.masked_ip = v.token WHERE u.user_id = $1",
+        "SELECT v.key_id FROM etl_vault v JOIN user_logins u ON u.masked_ip = encode(v.token, 'hex') WHERE u.user_id = $1",
     )
     .bind(&late[0].user_id)
     .fetch_one(&pool)

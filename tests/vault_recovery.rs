@@ -266,7 +266,8 @@ async fn tampered_values_wrong_keyrings_and_removed_keys_fail_cleanly() {
         &f.db,
         &format!(
             "UPDATE etl_vault v SET key_id = s.key_id, nonce = s.nonce, ciphertext = s.ciphertext \
-             FROM etl_vault s WHERE s.token = '{}' AND s.column_name = 'masked_ip' AND v.token = '{}' AND v.column_name = 'masked_ip'",
+             FROM etl_vault s WHERE s.token = decode('{}', 'hex') AND s.column_id = v.column_id AND v.token = decode('{}', 'hex') \
+             AND v.column_id = (SELECT id FROM etl_vault_columns WHERE column_name = 'masked_ip')",
             t[0], t[1]
         ),
     )
@@ -287,7 +288,8 @@ async fn tampered_values_wrong_keyrings_and_removed_keys_fail_cleanly() {
     exec(
         &f.db,
         &format!(
-            "UPDATE etl_vault SET ciphertext = set_byte(ciphertext, 3, get_byte(ciphertext, 3) # 1) WHERE token = '{}' AND column_name = 'masked_ip'",
+            "UPDATE etl_vault SET ciphertext = set_byte(ciphertext, 3, get_byte(ciphertext, 3) # 1) WHERE token = decode('{}', 'hex') \
+             AND column_id = (SELECT id FROM etl_vault_columns WHERE column_name = 'masked_ip')",
             t[2]
         ),
     )

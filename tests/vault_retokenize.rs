@@ -139,14 +139,15 @@ async fn retokenize_after_a_new_hash_key_restores_equality() {
         .values()
         .flat_map(|(a, b)| [a.clone(), b.clone()])
         .collect();
-    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM etl_vault WHERE token = ANY($1)")
-        .bind(&olds)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (left,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM etl_vault WHERE encode(token, 'hex') = ANY($1)")
+            .bind(&olds)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(left, 0);
     let per_column: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT column_name, count(*) FROM etl_vault GROUP BY 1",
+        "SELECT c.column_name, count(*) FROM etl_vault v JOIN etl_vault_columns c ON c.id = v.column_id GROUP BY 1",
     )
     .fetch_all(&pool)
     .await

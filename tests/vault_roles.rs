@@ -82,9 +82,22 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
 
     // Writer: only the key columns ON CONFLICT needs; no ciphertexts, no target rows, no recovery.
     assert!(
-        allowed(&writer, "SELECT token FROM etl_vault LIMIT 1")
-            .await
-            .is_some()
+        allowed(
+            &writer,
+            "SELECT encode(token, 'hex') FROM etl_vault LIMIT 1"
+        )
+        .await
+        .is_some()
+    );
+    // ... and the vault's column ids, which it reads once at start but never writes.
+    assert_eq!(
+        allowed(
+            &writer,
+            "SELECT string_agg(target_table || '.' || column_name, ',' ORDER BY column_name) FROM etl_vault_columns"
+        )
+        .await
+        .as_deref(),
+        Some("user_logins.masked_device_id,user_logins.masked_ip")
     );
     for sql in [
         "SELECT ciphertext FROM etl_vault",
@@ -96,6 +109,8 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
         "SELECT * FROM etl_vault_audit",
         "UPDATE etl_vault SET key_id = 'x'",
         "DELETE FROM etl_vault",
+        "INSERT INTO etl_vault_columns (target_table, column_name) VALUES ('x', 'y')",
+        "DELETE FROM etl_vault_columns",
         "DELETE FROM user_logins",
         "INSERT INTO etl_vault_audit (actor, spec, target_table, column_name, value_count, reason) VALUES ('w', 's', 't', 'c', 0, 'r')",
         "SELECT etl_vault_recover_grant('s', 'user_logins', 'masked_ip', ARRAY['x'], 'w', 'curious')",
@@ -144,6 +159,7 @@ async fn each_role_can_do_what_it_must_and_nothing_more() {
     for sql in [
         "SELECT * FROM etl_vault",
         "SELECT token FROM etl_vault",
+        "SELECT * FROM etl_vault_columns",
         "SELECT * FROM etl_rejects",
         "SELECT * FROM etl_ledger",
         "SELECT * FROM etl_vault_audit",

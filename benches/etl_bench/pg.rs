@@ -26,6 +26,9 @@ struct Part {
     streams: Vec<Vec<u8>>,
 }
 
+/// A keyed output's final rows: key values → (message index, row index).
+type Finals = HashMap<Vec<Option<String>>, (usize, usize)>;
+
 /// What D measured.
 #[derive(Debug, serde::Serialize)]
 pub struct PgCeiling {
@@ -73,8 +76,7 @@ pub async fn run(
 
     // Keyed outputs: the row each key ends with (later wins; with only_if_newer, the newer).
     // Rows are named by (message index, row index).
-    let mut finals: Vec<HashMap<Vec<Option<String>>, (usize, usize)>> =
-        vec![HashMap::new(); spec.outputs.len()];
+    let mut finals: Vec<Finals> = vec![HashMap::new(); spec.outputs.len()];
     let row_at = |(pi, ri): (usize, usize)| -> Option<&Vec<Val>> {
         match &processed[pi].outcome {
             Outcome::Rows { rows, .. } => rows.get(ri).map(|r| &r.values),
@@ -113,6 +115,18 @@ pub async fn run(
         .map(|m| m.values().copied().collect())
         .collect();
 
+    // The same tables the engine creates, with the same keys and indexes, and the vault's
+    // column ids its rows are keyed by.
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    etl_engine::sink::schema::setup(&pool, spec).await?;
+    let column_ids: HashMap<(String, String), i16> =
+        etl_engine::db::vault_v3::registered_columns(&pool, &spec.vault.table)
+            .await?
+            .into_iter()
+            .map(|(id, table, column)| ((table, column), id))
+            .collect();
+    pool.close().await;
+
     let writers = connections.max(1);
     let per = processed.len().div_ceil(writers).max(1);
     let mut seen = HashSet::new();
@@ -147,7 +161,13 @@ pub async fn run(
                     }
                     // Distinct over the whole data set: COPY has no ON CONFLICT.
                     for pv in pending {
-                        if !seen.insert((pv.column.clone(), pv.token.clone())) {
+                        let Some(&id) = column_ids.get(&(pv.table.clone(), pv.column.clone()))
+                        else {
+                            anyhow::bail!("{}.{} is not registered", pv.table, pv.column);
+                        };
+                        let token = etl_engine::db::vault_v3::token_bytes(&pv.token)
+                            .ok_or_else(|| anyhow::anyhow!("a token is not 64 hex digits"))?;
+                        if !seen.insert((id, token)) {
                             continue;
                         }
                         let b = Binding {
@@ -156,10 +176,9 @@ pub async fn run(
                             token: &pv.token,
                         };
                         let sealed = cipher.encrypt(b, pv.plaintext.as_bytes())?;
-                        vault.row(6);
-                        vault.text(&pv.table);
-                        vault.text(&pv.column);
-                        vault.text(&pv.token);
+                        vault.row(5);
+                        vault.field(Some(&id.to_be_bytes()));
+                        vault.field(Some(&token));
                         vault.text(&sealed.key_id);
                         vault.field(Some(&sealed.nonce));
                         vault.field(Some(&sealed.ciphertext));
@@ -201,7 +220,7 @@ pub async fn run(
             q(&spec.ledger.table)
         ),
         format!(
-            "COPY {} (target_table, column_name, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
+            "COPY {} (column_id, token, key_id, nonce, ciphertext) FROM STDIN (FORMAT binary)",
             q(&spec.vault.table)
         ),
         format!(
@@ -217,10 +236,6 @@ pub async fn run(
             cols.join(", ")
         ));
     }
-    // The same tables the engine creates, with the same keys and indexes.
-    let pool = sqlx::PgPool::connect(db_url).await?;
-    etl_engine::sink::schema::setup(&pool, spec).await?;
-    pool.close().await;
     let mut conns = Vec::new();
     for _ in 0..parts.len() {
         conns.push(PgConnection::connect(db_url).await?);

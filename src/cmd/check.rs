@@ -57,8 +57,12 @@ pub async fn cmd_check(spec_path: &Path) -> Result<u8> {
         );
     }
     super::require_schema(&pool, &spec).await?;
+    sink::vault_columns::VaultColumnIds::new(&spec)
+        .load(&pool)
+        .await
+        .map_err(usage)?;
     println!(
-        "ok   postgres: engine tables {}, {}, {} set up at the current schema version",
+        "ok   postgres: engine tables {}, {}, {} set up at the current schema version, encrypted columns registered",
         spec.ledger.table, spec.vault.table, spec.rejects.table
     );
     pool.close().await;

@@ -171,6 +171,8 @@ pub async fn cmd_run(
     };
     let processor = Processor::new(&spec, tokenizer, max_receive).map_err(anyhow::Error::msg)?;
     let sink = Arc::new(Sink::new(pool.clone(), &spec, cipher));
+    // The vault's column ids, once: a column `setup` has not registered stops here.
+    sink.load_vault_columns().await.map_err(usage)?;
     tracing::info!(pipeline = %spec.name, tables = %spec.table_names().join(","), drain, "Pipeline started.");
     let progress = Progress::start(ProgressConfig {
         pipeline: spec.name.clone(),

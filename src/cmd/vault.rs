@@ -254,6 +254,8 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                 let spec = load(&spec_path)?;
                 let cancel = CancellationToken::new();
                 let pool = connect_db(&spec.target.url, 1, &cancel).await?;
+                // The counts below read the vault's current layout.
+                super::require_schema(&pool, &spec).await?;
                 let count = |sql: String, scope: String| {
                     let pool = pool.clone();
                     let key_id = key_id.clone();
@@ -267,12 +269,16 @@ pub async fn cmd_keyring(action: KeyringAction) -> Result<u8> {
                     }
                 };
                 let vault = etl_engine::db::quote_ident(&spec.vault.table);
+                let columns = etl_engine::db::quote_ident(
+                    &etl_engine::db::vault_v3::columns_table(&spec.vault.table),
+                );
                 let rejects = etl_engine::db::quote_ident(&spec.rejects.table);
                 let mut in_vault = 0;
                 for table in spec.table_names() {
                     in_vault += count(
                         format!(
-                            "SELECT count(*) FROM {vault} WHERE target_table = $1 AND key_id = $2"
+                            "SELECT count(*) FROM {vault} AS v JOIN {columns} AS c ON c.id = v.column_id \
+                             WHERE c.target_table = $1 AND v.key_id = $2"
                         ),
                         table.to_string(),
                     )

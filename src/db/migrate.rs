@@ -16,6 +16,7 @@ use super::owners::{self, OwnerError};
 use super::policy;
 use super::quote_ident;
 use super::schema::{self, EngineTables};
+use super::vault_v3;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 /// The table recording each engine object's schema version.
@@ -100,6 +101,11 @@ pub fn steps(kind: Kind) -> &'static [Step] {
                 version: 2,
                 summary: "two-step recovery: a committed audit grant, then the read",
                 statements: policy::vault_v2_ddl,
+            },
+            Step {
+                version: 3,
+                summary: "leaner key: a registry of encrypted columns, rows keyed by (column id, 32-byte token)",
+                statements: vault_v3::vault_v3_ddl,
             },
         ],
         Kind::Rejects => &[

@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod owners;
 pub mod policy;
 pub mod schema;
+pub mod vault_v3;
 
 /// Quotes a validated `name` or `schema.name` as a Postgres identifier.
 pub fn quote_ident(name: &str) -> String {

@@ -11,7 +11,7 @@
 //! this transaction commits. A writer claims all its tokens under one lock, so a token's
 //! claimant always claimed before anyone who waits for it: waits among writers form no cycle.
 //!
-//! Claims are 64-bit hashes of (table, column, token): a collision only sends a token down the
+//! Claims are 64-bit hashes of the vault key (column id, token): a collision only sends a token down the
 //! `ON CONFLICT` path, which is always correct.
 
 use std::collections::HashSet;
@@ -39,13 +39,8 @@ pub struct Claim {
 impl InFlight {
     /// Claims every key not claimed yet; returns, per key in order, whether it is this
     /// writer's to COPY (`true`) or another writer's in flight (`false`), and the claim.
-    pub fn claim<'k>(
-        &self,
-        keys: impl Iterator<Item = (&'k str, &'k str, &'k str)>,
-    ) -> (Vec<bool>, Claim) {
-        let hashes: Vec<u64> = keys
-            .map(|k| self.hasher.hash_one(k))
-            .collect();
+    pub fn claim<K: std::hash::Hash>(&self, keys: impl Iterator<Item = K>) -> (Vec<bool>, Claim) {
+        let hashes: Vec<u64> = keys.map(|k| self.hasher.hash_one(k)).collect();
         let mut mine = Vec::with_capacity(hashes.len());
         let owned = match self.claimed.lock() {
             Ok(mut set) => hashes

@@ -21,9 +21,9 @@
 //! This file holds the [`Sink`] itself and how its errors are classified; the rest is split by
 //! concept: `batch` (progress of a batch and splitting it around a refused row), `statements`
 //! (the SQL and one batch part's transaction), `output` (one output's writer), `copy` (binary
-//! COPY streams), `bind` (one column's values as a typed array),
-//! `known_tokens` (the vault's known-token cache), `in_flight` (vault tokens this process's
-//! writers are writing now), `target` (checking the target table) and
+//! COPY streams), `bind` (one column's values as a typed array), `known_tokens` (the vault's
+//! known-token cache), `in_flight` (vault tokens this process's writers are writing now),
+//! `vault_columns` (the vault's column ids), `target` (checking the target table) and
 //! `key_usage` (counting encryptions against each key's nonce budget).
 
 mod batch;
@@ -37,6 +37,7 @@ mod output;
 pub mod schema;
 mod statements;
 mod target;
+pub mod vault_columns;
 
 pub use batch::{WriteProgress, WriteReport};
 pub use key_usage::{
@@ -67,6 +68,24 @@ pub enum SinkError {
     StalePlan {
         /// The table as the spec names it.
         table: String,
+    },
+    /// An encrypted column has no id in the vault's registry of columns.
+    #[error(
+        "encrypted column(s) {missing} not registered in {registry}: run `etl-engine setup SPEC` as the owner of the engine's tables"
+    )]
+    VaultColumns {
+        /// The registry table.
+        registry: String,
+        /// The (table.column) pairs missing, comma-separated.
+        missing: String,
+    },
+    /// A token to store is not 64 lowercase hex digits (a tokenizer's token always is).
+    #[error("a token of {table}.{column} is not 64 lowercase hex digits and cannot be stored")]
+    BadToken {
+        /// The output table.
+        table: String,
+        /// The column.
+        column: String,
     },
     /// The target table is missing or does not fit the spec's columns.
     #[error("target table {table}: {problem}")]
@@ -134,6 +153,8 @@ pub struct Sink {
     cipher: Arc<VaultCipher>,
     /// Tokens known to be in the vault: neither encrypted nor sent again.
     known: known_tokens::KnownTokens,
+    /// The vault's (table, column) → id map, read once.
+    vault_columns: vault_columns::VaultColumnIds,
     /// Vault tokens this process's writers are writing right now.
     in_flight: in_flight::InFlight,
     /// The statements, and when to COPY.
@@ -153,6 +174,12 @@ impl Sink {
     /// The pool (for housekeeping queries).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Reads the vault's column ids now (otherwise the first batch does), failing when an
+    /// encrypted column of the spec is not registered (`etl-engine setup SPEC` registers them).
+    pub async fn load_vault_columns(&self) -> Result<(), SinkError> {
+        self.vault_columns.load(&self.pool).await.map(|_| ())
     }
 
     /// Tokens this sink knows to be in the vault (and so neither encrypts nor sends again).

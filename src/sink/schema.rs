@@ -1,8 +1,10 @@
 //! The engine tables a spec writes to: set up (migrated) by `etl-engine setup`, and checked by
 //! every other command (the DDL and the migration steps live in [`crate::db`]).
 
+use super::vault_columns::encrypted_columns;
 use crate::db::migrate::{self, Applied, MigrateError};
 use crate::db::schema::EngineTables;
+use crate::db::vault_v3;
 use crate::spec::Spec;
 use sqlx::PgPool;
 
@@ -17,9 +19,12 @@ pub fn tables(spec: &Spec) -> EngineTables {
     }
 }
 
-/// Creates or migrates `spec`'s engine tables and functions (what `etl-engine setup` does).
+/// Creates or migrates `spec`'s engine tables and functions, and registers the spec's
+/// encrypted columns in its vault's registry of column ids (what `etl-engine setup` does).
 pub async fn setup(pool: &PgPool, spec: &Spec) -> Result<Vec<Applied>, MigrateError> {
-    migrate::setup(pool, &tables(spec)).await
+    let applied = migrate::setup(pool, &tables(spec)).await?;
+    vault_v3::register_columns(pool, &spec.vault.table, &encrypted_columns(spec)).await?;
+    Ok(applied)
 }
 
 /// Checks that `spec`'s engine tables are set up at the version this engine needs; runs no DDL.

@@ -8,9 +8,11 @@ use super::in_flight::{Claim, InFlight};
 use super::known_tokens::KnownTokens;
 use super::output::OutputWriter;
 use super::target::column_types;
+use super::vault_columns::VaultColumnIds;
 use super::{Sink, SinkError, WriteReport};
 use crate::crypto::{Binding, Sealed, VaultCipher};
 use crate::db::quote_ident;
+use crate::db::vault_v3::TOKEN_BYTES;
 use crate::process::{Outcome, Processed};
 use crate::spec::Spec;
 use crate::transform::PendingVault;
@@ -53,13 +55,14 @@ impl Sink {
         let ledger = quote_ident(&spec.ledger.table);
         let vault = quote_ident(&spec.vault.table);
         let rejects = quote_ident(&spec.rejects.table);
-        let vault_cols = "target_table, column_name, token, key_id, nonce, ciphertext";
+        let vault_cols = "column_id, token, key_id, nonce, ciphertext";
         Sink {
             pool,
             pipeline: spec.name.clone(),
             outputs: spec.outputs.iter().map(OutputWriter::new).collect(),
             cipher,
             known: KnownTokens::default(),
+            vault_columns: VaultColumnIds::new(spec),
             in_flight: InFlight::default(),
             sql: Statements {
                 copy_ledger: format!(
@@ -72,8 +75,8 @@ impl Sink {
                 copy_vault: format!("COPY {vault} ({vault_cols}) FROM STDIN (FORMAT binary)"),
                 vault: format!(
                     "INSERT INTO {vault} ({vault_cols}) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[]) \
-                     ON CONFLICT (target_table, column_name, token) DO NOTHING"
+                     SELECT * FROM UNNEST($1::smallint[], $2::bytea[], $3::text[], $4::bytea[], $5::bytea[]) \
+                     ON CONFLICT (column_id, token) DO NOTHING"
                 ),
                 rejects: format!(
                     "INSERT INTO {rejects} (pipeline, message_id, reason, key_id, nonce, body_ciphertext) \
@@ -193,9 +196,10 @@ impl Sink {
         Ok(ids.into_iter().filter(|id| fresh.contains(*id)).collect())
     }
 
-    /// Vault rows: one encryption per distinct (table, column, token) in the batch that is not
-    /// known to be stored already, inserted in key order so concurrent writers sharing hot
-    /// tokens wait for each other instead of deadlocking.
+    /// Vault rows: one encryption per distinct (column, token) in the batch that is not known
+    /// to be stored already, keyed by the column's registered id and the token's 32 bytes and
+    /// written in key order, so concurrent writers sharing hot tokens wait for each other
+    /// instead of deadlocking.
     ///
     /// The tokens no other writer of this process has in flight ([`InFlight`]) go in by one
     /// COPY under a savepoint; if one is already stored (another process wrote it), the COPY
@@ -209,7 +213,7 @@ impl Sink {
         tx: &mut Transaction<'_, Postgres>,
         report: &mut WriteReport,
     ) -> Result<(Vec<&'p PendingVault>, Option<Claim>), SinkError> {
-        let mut pending: Vec<&PendingVault> = new
+        let pending: Vec<&PendingVault> = new
             .iter()
             .filter_map(|p| match &p.outcome {
                 Outcome::Rows { vault, .. } => Some(vault.iter()),
@@ -217,46 +221,52 @@ impl Sink {
             })
             .flatten()
             .collect();
-        pending.sort_unstable_by(|a, b| {
-            (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
-        });
-        pending.dedup_by(|a, b| a.table == b.table && a.column == b.column && a.token == b.token);
-        let key =
-            |pv: &&'p PendingVault| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str());
-        let known = self.known.known(pending.iter().map(key));
-        let pending: Vec<&PendingVault> = pending
-            .into_iter()
-            .zip(known)
-            .filter_map(|(pv, k)| (!k).then_some(pv))
-            .collect();
         if pending.is_empty() {
             return Ok((pending, None));
         }
-        let (owned, claim) = self.in_flight.claim(pending.iter().map(key));
-        let mut sealed = Vec::with_capacity(pending.len());
-        for pv in &pending {
+        let ids = self.vault_columns.load(&self.pool).await?;
+        let vault = self.vault_columns.vault();
+        let mut keyed = pending
+            .into_iter()
+            .map(|pv| ids.key(vault, pv).map(|k| (k, pv)))
+            .collect::<Result<Vec<_>, _>>()?;
+        keyed.sort_unstable_by_key(|k| k.0);
+        keyed.dedup_by(|a, b| a.0 == b.0);
+        let known = self.known.known(
+            keyed
+                .iter()
+                .map(|(_, pv)| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
+        );
+        let keyed: Vec<_> = keyed
+            .into_iter()
+            .zip(known)
+            .filter_map(|(k, known)| (!known).then_some(k))
+            .collect();
+        if keyed.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let (owned, claim) = self.in_flight.claim(keyed.iter().map(|(k, _)| k));
+        let mut rows: Vec<VaultRow<'_>> = Vec::with_capacity(keyed.len());
+        for ((id, token), pv) in &keyed {
             let b = Binding {
                 scope: &pv.table,
                 column: &pv.column,
                 token: &pv.token,
             };
-            let s = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
-            *report.encryptions.entry(s.key_id.clone()).or_default() += 1;
-            sealed.push(s);
+            let sealed = self.cipher.encrypt(b, pv.plaintext.as_bytes())?;
+            *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
+            rows.push((*id, token, sealed));
         }
-        let rows: Vec<(&PendingVault, &Sealed)> = pending.iter().copied().zip(&sealed).collect();
         let (mine, theirs): (Vec<_>, Vec<_>) =
             rows.into_iter().zip(owned).partition(|(_, owned)| *owned);
-        let mut insert: Vec<(&PendingVault, &Sealed)> =
-            theirs.into_iter().map(|(r, _)| r).collect();
-        let mine: Vec<(&PendingVault, &Sealed)> = mine.into_iter().map(|(r, _)| r).collect();
+        let mut insert: Vec<VaultRow<'_>> = theirs.into_iter().map(|(r, _)| r).collect();
+        let mine: Vec<VaultRow<'_>> = mine.into_iter().map(|(r, _)| r).collect();
         if !mine.is_empty() && self.sql.vault_gate.try_copy() {
             let mut buf = CopyBuf::new();
-            for (pv, s) in &mine {
-                buf.row(6);
-                buf.text(&pv.table);
-                buf.text(&pv.column);
-                buf.text(&pv.token);
+            for (id, token, s) in &mine {
+                buf.row(5);
+                buf.field(Some(&id.to_be_bytes()));
+                buf.bytes(&token[..]);
                 buf.text(&s.key_id);
                 buf.bytes(&s.nonce);
                 buf.bytes(&s.ciphertext);
@@ -271,51 +281,33 @@ impl Sink {
         }
         if !insert.is_empty() {
             // One statement in key order: waits only for writers that claimed earlier.
-            insert.sort_unstable_by(|(a, _), (b, _)| {
-                (&a.table, &a.column, &a.token).cmp(&(&b.table, &b.column, &b.token))
-            });
+            insert.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
             let r = sqlx::query(AssertSqlSafe(self.sql.vault.clone()))
+                .bind(insert.iter().map(|r| r.0).collect::<Vec<i16>>())
+                .bind(insert.iter().map(|r| &r.1[..]).collect::<Vec<&[u8]>>())
                 .bind(
                     insert
                         .iter()
-                        .map(|(pv, _)| pv.table.as_str())
+                        .map(|r| r.2.key_id.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     insert
                         .iter()
-                        .map(|(pv, _)| pv.column.as_str())
+                        .map(|r| r.2.nonce.to_vec())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     insert
                         .iter()
-                        .map(|(pv, _)| pv.token.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    insert
-                        .iter()
-                        .map(|(_, s)| s.key_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    insert
-                        .iter()
-                        .map(|(_, s)| s.nonce.to_vec())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    insert
-                        .iter()
-                        .map(|(_, s)| s.ciphertext.as_slice())
+                        .map(|r| r.2.ciphertext.as_slice())
                         .collect::<Vec<_>>(),
                 )
                 .execute(&mut **tx)
                 .await?;
             report.vault_rows += r.rows_affected();
         }
-        Ok((pending, Some(claim)))
+        Ok((keyed.into_iter().map(|(_, pv)| pv).collect(), Some(claim)))
     }
 
     /// Output number `oi`'s rows of the `new` messages: by COPY when `plan` says how, else by
@@ -434,6 +426,9 @@ impl Sink {
         Ok(())
     }
 }
+
+/// A vault row on its way: column id, token bytes, and the sealed value.
+type VaultRow<'k> = (i16, &'k [u8; TOKEN_BYTES], Sealed);
 
 /// Whether `e` is a database error with SQLSTATE `code`.
 fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {

@@ -13,6 +13,7 @@ use super::rotate::REJECTS_BINDING_COLUMN;
 use crate::crypto::cipher::{Binding, VaultCipher};
 use crate::db::policy::AUDIT_APPEND_FUNCTION;
 use crate::db::quote_ident;
+use crate::db::vault_v3;
 use crate::spec::Spec;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
@@ -204,16 +205,22 @@ async fn delete_unreferenced(
     if tokens.is_empty() {
         return Ok(0);
     }
+    // A column never registered has no vault rows (the vault's key refers to the registry).
+    let Some(id) = vault_v3::column_id(&mut **tx, &spec.vault.table, table, column).await? else {
+        return Ok(0);
+    };
+    // The vault keeps the token's bytes; the target table its hex text. Anything in the
+    // target column that is not a token matches no vault row.
     let sql = format!(
-        "DELETE FROM {vault} AS v WHERE v.target_table = $1 AND v.column_name = $2 AND v.token = ANY($3) \
-         AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{c}::text = v.token)",
+        "DELETE FROM {vault} AS v WHERE v.column_id = $1 \
+         AND v.token = ANY(ARRAY(SELECT decode(x, 'hex') FROM unnest($2::text[]) AS u(x) WHERE x ~ '^[0-9a-f]{{64}}$')) \
+         AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{c}::text = encode(v.token, 'hex'))",
         vault = quote_ident(&spec.vault.table),
         t = quote_ident(table),
         c = quote_ident(column)
     );
     Ok(sqlx::query(AssertSqlSafe(sql))
-        .bind(table)
-        .bind(column)
+        .bind(id)
         .bind(tokens)
         .execute(&mut **tx)
         .await?

@@ -20,6 +20,7 @@
 use crate::crypto::Tokenizer;
 use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
+use crate::db::vault_v3;
 use crate::spec::Spec;
 use crate::spec::TransformConfig;
 use serde::Serialize;
@@ -172,21 +173,33 @@ pub async fn retokenize(
             spec: spec.file.display().to_string(),
             problem: "no such column".into(),
         })?;
+    let id = vault_v3::column_id(pool, &spec.vault.table, table, column)
+        .await?
+        .ok_or_else(|| RetokenizeError::Column {
+            column: column.to_string(),
+            spec: spec.file.display().to_string(),
+            problem: format!(
+                "{table}.{column} is not registered in {}: run `etl-engine setup SPEC` first",
+                vault_v3::columns_table(&spec.vault.table)
+            ),
+        })?;
+    // Tokens travel as hex text, as the binding and the target table have them; the vault
+    // keeps their bytes (whose order is the hex text's order).
     let select_first = format!(
-        "SELECT token, key_id, nonce, ciphertext FROM {vault} WHERE target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
+        "SELECT encode(token, 'hex'), key_id, nonce, ciphertext FROM {vault} WHERE column_id = $1 ORDER BY token LIMIT $2"
     );
     let select_after = format!(
-        "SELECT token, key_id, nonce, ciphertext FROM {vault} \
-         WHERE (target_table, column_name, token) > ($1, $2, $4) AND target_table = $1 AND column_name = $2 ORDER BY token LIMIT $3"
+        "SELECT encode(token, 'hex'), key_id, nonce, ciphertext FROM {vault} \
+         WHERE column_id = $1 AND token > decode($3, 'hex') ORDER BY token LIMIT $2"
     );
     let claim = format!(
-        "DELETE FROM {vault} AS v USING UNNEST($3::text[], $4::bytea[]) AS u(tok, n) \
-         WHERE v.target_table = $1 AND v.column_name = $2 AND v.token = u.tok AND v.nonce = u.n RETURNING v.token"
+        "DELETE FROM {vault} AS v USING UNNEST($2::text[], $3::bytea[]) AS u(tok, n) \
+         WHERE v.column_id = $1 AND v.token = decode(u.tok, 'hex') AND v.nonce = u.n RETURNING encode(v.token, 'hex')"
     );
     let insert = format!(
-        "INSERT INTO {vault} (target_table, column_name, token, key_id, nonce, ciphertext, rotated_at) \
-         SELECT $1, $2, t, k, n, c, now() FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[]) AS u(t, k, n, c) \
-         ORDER BY t ON CONFLICT (target_table, column_name, token) DO NOTHING RETURNING token"
+        "INSERT INTO {vault} (column_id, token, key_id, nonce, ciphertext, rotated_at) \
+         SELECT $1, decode(t, 'hex'), k, n, c, now() FROM UNNEST($2::text[], $3::text[], $4::bytea[], $5::bytea[]) AS u(t, k, n, c) \
+         ORDER BY t ON CONFLICT (column_id, token) DO NOTHING RETURNING encode(token, 'hex')"
     );
     let update = format!(
         "UPDATE {target} AS t SET {col} = m.new FROM UNNEST($1::text[], $2::text[]) AS m(old, new) WHERE t.{col} = m.old"
@@ -206,16 +219,14 @@ pub async fn retokenize(
         let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = match &cursor {
             None => {
                 sqlx::query_as(AssertSqlSafe(select_first.clone()))
-                    .bind(table)
-                    .bind(column)
+                    .bind(id)
                     .bind(i64::from(batch_size))
                     .fetch_all(pool)
                     .await?
             }
             Some(after) => {
                 sqlx::query_as(AssertSqlSafe(select_after.clone()))
-                    .bind(table)
-                    .bind(column)
+                    .bind(id)
                     .bind(i64::from(batch_size))
                     .bind(after)
                     .fetch_all(pool)
@@ -288,8 +299,7 @@ pub async fn retokenize(
             let old: Vec<&str> = changes.iter().map(|c| c.old.as_str()).collect();
             let old_nonces: Vec<&[u8]> = changes.iter().map(|c| c.old_nonce.as_slice()).collect();
             let claimed: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(claim.clone()))
-                .bind(table)
-                .bind(column)
+                .bind(id)
                 .bind(&old)
                 .bind(&old_nonces)
                 .fetch_all(&mut *tx)
@@ -307,8 +317,7 @@ pub async fn retokenize(
                 let nonces: Vec<&[u8]> = mine.iter().map(|c| c.nonce.as_slice()).collect();
                 let cts: Vec<&[u8]> = mine.iter().map(|c| c.ciphertext.as_slice()).collect();
                 let inserted: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(insert.clone()))
-                    .bind(table)
-                    .bind(column)
+                    .bind(id)
                     .bind(&new)
                     .bind(&kids)
                     .bind(&nonces)

@@ -15,6 +15,7 @@
 
 use crate::crypto::cipher::{Binding, CipherError, VaultCipher};
 use crate::db::quote_ident;
+use crate::db::vault_v3;
 use crate::spec::Spec;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -117,12 +118,15 @@ impl Report {
 /// The two tables that hold ciphertexts, and how their rows are bound.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    /// Key (target_table, column_name, token); bound to (target_table, column_name, token).
+    /// Key (column_id, token bytes); bound to (target_table, column_name, hex token).
     Vault,
     /// Key (pipeline, message_id); bound to (pipeline, "rejects", message_id).
     Rejects,
 }
 
+/// The statements of one table. Each takes the scope's key as `$1` (a vault column id or a
+/// pipeline name) and the active key id as `$2`; rows come back as (token or message id,
+/// key id, nonce, ciphertext), vault tokens as hex text.
 struct Statements {
     first: String,
     after: String,
@@ -135,32 +139,31 @@ fn statements(kind: Kind, table: &str) -> Statements {
     match kind {
         Kind::Vault => Statements {
             first: format!(
-                "SELECT column_name, token, key_id, nonce, ciphertext FROM {t} \
-                 WHERE target_table = $1 AND key_id <> $2 ORDER BY column_name, token LIMIT $3"
+                "SELECT encode(token, 'hex'), key_id, nonce, ciphertext FROM {t} \
+                 WHERE column_id = $1 AND key_id <> $2 ORDER BY token LIMIT $3"
             ),
             after: format!(
-                "SELECT column_name, token, key_id, nonce, ciphertext FROM {t} \
-                 WHERE (target_table, column_name, token) > ($1, $4, $5) AND target_table = $1 AND key_id <> $2 \
-                 ORDER BY column_name, token LIMIT $3"
+                "SELECT encode(token, 'hex'), key_id, nonce, ciphertext FROM {t} \
+                 WHERE column_id = $1 AND token > decode($4, 'hex') AND key_id <> $2 ORDER BY token LIMIT $3"
             ),
             update: format!(
                 "UPDATE {t} AS v SET key_id = $2, nonce = u.new_nonce, ciphertext = u.new_ct, rotated_at = now() \
-                 FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bytea[]) \
-                   AS u(col, tok, old_kid, old_nonce, new_nonce, new_ct) \
-                 WHERE v.target_table = $1 AND v.column_name = u.col AND v.token = u.tok \
+                 FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[], $7::bytea[]) \
+                   AS u(tok, old_kid, old_nonce, new_nonce, new_ct) \
+                 WHERE v.column_id = $1 AND v.token = decode(u.tok, 'hex') \
                    AND v.key_id = u.old_kid AND v.nonce = u.old_nonce"
             ),
             remaining: format!(
-                "SELECT key_id, count(*) FROM {t} WHERE target_table = $1 AND key_id <> $2 GROUP BY key_id ORDER BY key_id"
+                "SELECT key_id, count(*) FROM {t} WHERE column_id = $1 AND key_id <> $2 GROUP BY key_id ORDER BY key_id"
             ),
         },
         Kind::Rejects => Statements {
             first: format!(
-                "SELECT '{REJECTS_BINDING_COLUMN}'::text, message_id, key_id, nonce, body_ciphertext FROM {t} \
+                "SELECT message_id, key_id, nonce, body_ciphertext FROM {t} \
                  WHERE pipeline = $1 AND key_id <> $2 ORDER BY message_id LIMIT $3"
             ),
             after: format!(
-                "SELECT '{REJECTS_BINDING_COLUMN}'::text, message_id, key_id, nonce, body_ciphertext FROM {t} \
+                "SELECT message_id, key_id, nonce, body_ciphertext FROM {t} \
                  WHERE (pipeline, message_id) > ($1, $4) AND pipeline = $1 AND key_id <> $2 ORDER BY message_id LIMIT $3"
             ),
             update: format!(
@@ -176,7 +179,7 @@ fn statements(kind: Kind, table: &str) -> Statements {
     }
 }
 
-type Row = (String, String, String, Option<Vec<u8>>, Option<Vec<u8>>);
+type Row = (String, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Re-encrypts every vault value of `spec`'s target table and every encrypted reject body of
 /// its pipeline that is not under the active key. Rows of other specs sharing the tables are
@@ -206,24 +209,37 @@ pub async fn rotate(
         batch_size: opts.batch_size,
     };
     report.vault.table = spec.vault.table.clone();
-    // Vault rows are bound to the output table they were written for: one pass per output.
+    // Vault rows are bound to the output table and column they were written for: one pass per
+    // registered column of each output that encrypts (columns it no longer encrypts included).
+    let registered = vault_v3::registered_columns(pool, &spec.vault.table)
+        .await
+        .map_err(|source| RotateError::Db {
+            table: vault_v3::columns_table(&spec.vault.table),
+            source,
+        })?;
     for output in spec
         .outputs
         .iter()
         .filter(|o| o.columns.iter().any(|c| c.encrypts()))
     {
-        let vault = TableScope {
-            kind: Kind::Vault,
-            table: &spec.vault.table,
-            scope: &output.table,
-        };
-        let part = rotate_table(&run, vault, &mut budget, &mut report.encryptions).await?;
-        report.vault.absorb(part);
+        for (id, _, column) in registered.iter().filter(|r| r.1 == output.table) {
+            let vault = TableScope {
+                kind: Kind::Vault,
+                table: &spec.vault.table,
+                key: ScopeKey::Column(*id),
+                scope: &output.table,
+                column,
+            };
+            let part = rotate_table(&run, vault, &mut budget, &mut report.encryptions).await?;
+            report.vault.absorb(part);
+        }
     }
     let rejects = TableScope {
         kind: Kind::Rejects,
         table: &spec.rejects.table,
+        key: ScopeKey::Pipeline(&spec.name),
         scope: &spec.name,
+        column: REJECTS_BINDING_COLUMN,
     };
     report.rejects = rotate_table(&run, rejects, &mut budget, &mut report.encryptions).await?;
     Ok(report)
@@ -243,13 +259,36 @@ struct Rotation<'a> {
 
 /// One table to rotate, and which of its rows belong to the spec being rotated.
 struct TableScope<'a> {
-    /// Which of the two ciphertext tables this is, which decides its statements and binding.
+    /// Which of the two ciphertext tables this is, which decides its statements.
     kind: Kind,
     /// The table's name as the spec gives it.
     table: &'a str,
-    /// The target table (vault) or pipeline name (rejects) whose rows are rotated; other specs'
-    /// rows sharing the table are left alone.
+    /// Which of its rows are rotated: one vault column's, or one pipeline's rejects; other
+    /// specs' rows sharing the table are left alone.
+    key: ScopeKey<'a>,
+    /// The binding's scope: the target table (vault) or pipeline name (rejects).
     scope: &'a str,
+    /// The binding's column: the encrypted column (vault) or `rejects`.
+    column: &'a str,
+}
+
+/// The key selecting a scope's rows, bound as `$1` of its statements.
+#[derive(Clone, Copy)]
+enum ScopeKey<'a> {
+    /// A vault column's registered id.
+    Column(i16),
+    /// A pipeline's name.
+    Pipeline(&'a str),
+}
+
+/// Binds a scope's key as the next parameter of a query (`$1` of every statement).
+macro_rules! bind_key {
+    ($q:expr, $key:expr) => {
+        match $key {
+            ScopeKey::Column(id) => $q.bind(id),
+            ScopeKey::Pipeline(p) => $q.bind(p),
+        }
+    };
 }
 
 /// Re-encrypts the rows of one table in `target` that are not under the active key, in batches,
@@ -267,7 +306,13 @@ async fn rotate_table(
         active,
         batch_size,
     } = *run;
-    let TableScope { kind, table, scope } = target;
+    let TableScope {
+        kind,
+        table,
+        key,
+        scope,
+        column,
+    } = target;
     let db = |source: sqlx::Error| RotateError::Db {
         table: table.to_string(),
         source,
@@ -277,7 +322,7 @@ async fn rotate_table(
         table: table.to_string(),
         ..Default::default()
     };
-    let mut cursor: Option<(String, String)> = None;
+    let mut cursor: Option<String> = None;
     loop {
         let limit = match budget {
             Some(0) => break,
@@ -287,41 +332,38 @@ async fn rotate_table(
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<Row> = match &cursor {
             None => {
-                sqlx::query_as(AssertSqlSafe(sql.first.clone()))
-                    .bind(scope)
+                let q = sqlx::query_as(AssertSqlSafe(sql.first.clone()));
+                bind_key!(q, key)
                     .bind(active)
                     .bind(limit_i64)
                     .fetch_all(pool)
                     .await
             }
-            Some((col, tok)) => {
-                let q = sqlx::query_as(AssertSqlSafe(sql.after.clone()))
-                    .bind(scope)
+            Some(tok) => {
+                let q = sqlx::query_as(AssertSqlSafe(sql.after.clone()));
+                bind_key!(q, key)
                     .bind(active)
-                    .bind(limit_i64);
-                match kind {
-                    Kind::Vault => q.bind(col).bind(tok),
-                    Kind::Rejects => q.bind(tok),
-                }
-                .fetch_all(pool)
-                .await
+                    .bind(limit_i64)
+                    .bind(tok)
+                    .fetch_all(pool)
+                    .await
             }
         }
         .map_err(db)?;
         let Some(last) = rows.last() else { break };
-        cursor = Some((last.0.clone(), last.1.clone()));
+        cursor = Some(last.0.clone());
         let fetched = rows.len() as u64;
         rep.examined += fetched;
         if let Some(b) = budget.as_mut() {
             *b -= fetched.min(*b);
         }
 
-        let (mut cols, mut toks, mut old_kids, mut old_nonces, mut new_nonces, mut new_cts) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (col, tok, key_id, nonce, ct) in rows {
+        let (mut toks, mut old_kids, mut old_nonces, mut new_nonces, mut new_cts) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (tok, key_id, nonce, ct) in rows {
             let binding = Binding {
                 scope,
-                column: &col,
+                column,
                 token: &tok,
             };
             let result = match (&nonce, &ct) {
@@ -335,7 +377,6 @@ async fn rotate_table(
                     new_cts.push(sealed.ciphertext);
                     old_kids.push(key_id);
                     old_nonces.push(nonce.unwrap_or_default());
-                    cols.push(col);
                     toks.push(tok);
                 }
                 // Already under the active key (cannot happen with the query's filter).
@@ -345,7 +386,7 @@ async fn rotate_table(
                     rep.failed_examples
                         .entry(msg.clone())
                         .or_insert_with(|| match kind {
-                            Kind::Vault => format!("{col}/{tok}"),
+                            Kind::Vault => format!("{column}/{tok}"),
                             Kind::Rejects => format!("message {tok}"),
                         });
                     *rep.failed.entry(msg).or_default() += 1;
@@ -354,14 +395,10 @@ async fn rotate_table(
         }
         if !toks.is_empty() {
             let attempted = toks.len() as u64;
-            let q = sqlx::query(AssertSqlSafe(sql.update.clone()))
-                .bind(scope)
-                .bind(active);
-            let q = match kind {
-                Kind::Vault => q.bind(&cols).bind(&toks),
-                Kind::Rejects => q.bind(&toks),
-            };
-            let done = q
+            let q = sqlx::query(AssertSqlSafe(sql.update.clone()));
+            let done = bind_key!(q, key)
+                .bind(active)
+                .bind(&toks)
                 .bind(&old_kids)
                 .bind(&old_nonces)
                 .bind(&new_nonces)
@@ -383,8 +420,8 @@ async fn rotate_table(
             break;
         }
     }
-    let remaining: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.remaining.clone()))
-        .bind(scope)
+    let q = sqlx::query_as(AssertSqlSafe(sql.remaining.clone()));
+    let remaining: Vec<(String, i64)> = bind_key!(q, key)
         .bind(active)
         .fetch_all(pool)
         .await

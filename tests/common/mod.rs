@@ -78,13 +78,17 @@ pub async fn fresh_db_bare() -> String {
     format!("{}/{name}", &base[..cut])
 }
 
-/// Runs `etl-engine setup` for the default engine table names on `url`.
+/// Runs `etl-engine setup` for the default engine table names on `url`, with the encrypted
+/// columns of the logins spec most tests use (`user_logins.masked_ip`, `masked_device_id`), so
+/// they are registered in the vault as that spec's own setup would register them.
 pub fn setup_default_tables(url: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = dir.path().join("setup.yaml");
     std::fs::write(
         &spec,
-        "name: setup\nsource: {type: file, path: none.jsonl}\ntarget: {url: 'URL', table: t}\ncolumns: {c: {path: $.c}}\n"
+        "name: setup\nsource: {type: file, path: none.jsonl}\ntarget: {url: 'URL', table: user_logins}\n\
+         columns: {masked_ip: {path: $.ip, transforms: [{type: encrypt}]}, \
+         masked_device_id: {path: $.device_id, transforms: [{type: encrypt}]}}\n"
             .replace("URL", url),
     )
     .expect("write setup spec");
