@@ -225,18 +225,31 @@ pub async fn copy_in(
     copy.finish().await
 }
 
-/// Writes that skip trying a plain COPY after a conflict with a stored row.
-const SKIP_AFTER_CONFLICT: u32 = 16;
+/// The most writes a table skips COPY for after conflicts in a row.
+const MAX_SKIP: u32 = 64;
 
 /// Whether to try a plain COPY into a table whose unique key may already hold some of the rows
-/// (the ledger: redelivered messages; the vault: tokens stored by another writer). A COPY that
-/// hits a stored key fails as a whole and is redone as `INSERT … ON CONFLICT`; after such a
-/// conflict the next [`SKIP_AFTER_CONFLICT`] writes go straight to the `INSERT`, so a stretch
-/// of redeliveries or a vault filled before a restart costs one wasted COPY, not one per batch.
-#[derive(Debug, Default)]
+/// (the ledger: redelivered messages; the vault: tokens stored by another process; keyed
+/// outputs: existing rows). A COPY that hits a stored key fails as a whole and is redone as
+/// `INSERT … ON CONFLICT`, so a conflict costs one wasted COPY. After a conflict the next
+/// writes go straight to the `INSERT`: 1 after a first conflict, doubling with every conflict
+/// in a row up to [`MAX_SKIP`], back to 1 after a COPY that went through. A stretch of
+/// redeliveries, or a vault filled before a restart, then wastes a few COPYs, not one a batch.
+#[derive(Debug)]
 pub struct CopyGate {
     /// Writes left before trying COPY again.
     skip: AtomicU32,
+    /// Writes to skip after the next conflict.
+    backoff: AtomicU32,
+}
+
+impl Default for CopyGate {
+    fn default() -> Self {
+        Self {
+            skip: AtomicU32::new(0),
+            backoff: AtomicU32::new(1),
+        }
+    }
 }
 
 impl CopyGate {
@@ -249,7 +262,18 @@ impl CopyGate {
 
     /// A COPY hit a stored key.
     pub fn conflicted(&self) {
-        self.skip.store(SKIP_AFTER_CONFLICT, Ordering::Relaxed);
+        let n = self
+            .backoff
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n * 2).min(MAX_SKIP))
+            })
+            .unwrap_or(MAX_SKIP);
+        self.skip.store(n, Ordering::Relaxed);
+    }
+
+    /// A COPY went through.
+    pub fn succeeded(&self) {
+        self.backoff.store(1, Ordering::Relaxed);
     }
 }
 
@@ -288,13 +312,22 @@ mod tests {
     }
 
     #[test]
-    fn a_gate_skips_copy_for_a_while_after_a_conflict() {
+    fn a_gate_skips_copy_longer_after_each_conflict_in_a_row() {
         let g = CopyGate::default();
+        // Writes skipped before the next try, after each of several conflicts in a row.
+        let skipped_after_conflict = |g: &CopyGate| {
+            g.conflicted();
+            (0..).take_while(|_| !g.try_copy()).count()
+        };
         assert!(g.try_copy());
-        g.conflicted();
-        let tries: Vec<bool> = (0..=SKIP_AFTER_CONFLICT).map(|_| g.try_copy()).collect();
-        assert!(tries[..SKIP_AFTER_CONFLICT as usize].iter().all(|t| !t));
-        assert!(tries[SKIP_AFTER_CONFLICT as usize]);
+        let skips: Vec<usize> = (0..8).map(|_| skipped_after_conflict(&g)).collect();
+        assert_eq!(skips, vec![1, 2, 4, 8, 16, 32, 64, 64]);
+        g.succeeded();
+        assert_eq!(
+            skipped_after_conflict(&g),
+            1,
+            "a COPY that went through resets it"
+        );
     }
 
     #[test]

@@ -232,20 +232,23 @@ impl Sink {
             .collect::<Result<Vec<_>, _>>()?;
         keyed.sort_unstable_by_key(|k| k.0);
         keyed.dedup_by(|a, b| a.0 == b.0);
+        // Claim first, then ask the cache: a writer remembers its tokens before it releases
+        // their claims, so a token claimed here after another writer committed it is known.
+        let (owned, claim) = self.in_flight.claim(keyed.iter().map(|(k, _)| k));
         let known = self.known.known(
             keyed
                 .iter()
                 .map(|(_, pv)| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
         );
-        let keyed: Vec<_> = keyed
+        let (keyed, owned): (Vec<_>, Vec<bool>) = keyed
             .into_iter()
+            .zip(owned)
             .zip(known)
             .filter_map(|(k, known)| (!known).then_some(k))
-            .collect();
+            .unzip();
         if keyed.is_empty() {
             return Ok((Vec::new(), None));
         }
-        let (owned, claim) = self.in_flight.claim(keyed.iter().map(|(k, _)| k));
         let mut rows: Vec<VaultRow<'_>> = Vec::with_capacity(keyed.len());
         for ((id, token), pv) in &keyed {
             let b = Binding {
@@ -448,6 +451,7 @@ async fn copy_or_conflict(
     match copy_in(&mut sp, statement, buf).await {
         Ok(_) => {
             sp.commit().await?;
+            gate.succeeded();
             Ok(true)
         }
         Err(e) if has_sqlstate(&e, "23505") => {
