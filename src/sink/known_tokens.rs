@@ -5,16 +5,16 @@
 //! not be stored). Bounded: two generations of at most [`GENERATION_CAP`] entries each; when
 //! the current one is full, or older than [`GENERATION_AGE`], it becomes the previous one and
 //! the oldest is dropped, so recently used tokens stay (a lookup in the previous generation
-//! moves the token forward). An entry is a small column id and the token's 32 bytes (36 bytes;
-//! with the hash table's control bytes and load factor about 37 bytes a slot at 131,072 slots
-//! per generation): at most about 10 MB for both. A token that is not 64 hex digits is never
-//! cached (it is then simply written again, as before).
+//! moves the token forward). An entry is the vault's key: the column's registered id and the
+//! token's 32 bytes (34 bytes; with the hash table's control bytes and load factor about 37
+//! bytes a slot at 131,072 slots per generation): at most about 10 MB for both.
 //!
 //! The age bound matters for erasure: a vault row deleted by another process is rewritten from
 //! new data at most two generation ages later (it is written again as soon as it leaves the
 //! cache); [`KnownTokens::clear`] forgets everything at once.
 
-use std::collections::{HashMap, HashSet};
+use crate::db::vault_v3::TOKEN_BYTES;
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,14 +25,12 @@ pub const GENERATION_CAP: usize = 114_688;
 /// A generation is retired after this long even when not full.
 pub const GENERATION_AGE: Duration = Duration::from_secs(300);
 
-/// One cached token: the (table, column) id and the token's bytes.
-type Key = (u32, [u8; 32]);
+/// One cached token: the vault's key (the column's registered id and the token's bytes).
+pub type Key = (i16, [u8; TOKEN_BYTES]);
 
 /// The cache's state behind its lock.
 #[derive(Debug)]
 struct Inner {
-    /// (table, column) → small id; as many entries as the spec has encrypted columns.
-    columns: HashMap<(String, String), u32>,
     /// The generation tokens are added to.
     current: HashSet<Key>,
     /// The generation before; looked up, never added to.
@@ -52,7 +50,6 @@ impl Default for KnownTokens {
     fn default() -> Self {
         Self {
             inner: Mutex::new(Inner {
-                columns: HashMap::new(),
                 current: HashSet::new(),
                 previous: HashSet::new(),
                 started: Instant::now(),
@@ -61,38 +58,7 @@ impl Default for KnownTokens {
     }
 }
 
-/// A 64-hex-digit token as its 32 bytes.
-fn token_bytes(token: &str) -> Option<[u8; 32]> {
-    let t = token.as_bytes();
-    if t.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in t.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi << 4 | lo).ok()?;
-    }
-    Some(out)
-}
-
 impl Inner {
-    /// The cache key of a token, assigning the column an id on first sight when `assign`.
-    fn key(&mut self, table: &str, column: &str, token: &str, assign: bool) -> Option<Key> {
-        let bytes = token_bytes(token)?;
-        let id = match self.columns.get(&(table.to_string(), column.to_string())) {
-            Some(id) => *id,
-            None if assign => {
-                let id = u32::try_from(self.columns.len()).ok()?;
-                self.columns
-                    .insert((table.to_string(), column.to_string()), id);
-                id
-            }
-            None => return None,
-        };
-        Some((id, bytes))
-    }
-
     /// Retires the current generation when full or old.
     fn roll(&mut self) {
         if self.current.len() >= GENERATION_CAP || self.started.elapsed() >= GENERATION_AGE {
@@ -111,31 +77,30 @@ impl KnownTokens {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// For each (table, column, token), whether it is known to be in the vault.
-    pub fn known<'a>(&self, items: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<bool> {
+    /// For each vault key, whether it is known to be in the vault.
+    pub fn known<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Vec<bool> {
         let mut g = self.lock();
         g.roll();
-        items
-            .map(|(t, c, tok)| match g.key(t, c, tok, false) {
-                Some(k) if g.current.contains(&k) => true,
-                Some(k) if g.previous.contains(&k) => {
-                    // Still in use: keep it past the next roll.
-                    g.current.insert(k);
-                    true
-                }
-                _ => false,
-            })
-            .collect()
+        keys.map(|k| {
+            if g.current.contains(k) {
+                true
+            } else if g.previous.contains(k) {
+                // Still in use: keep it past the next roll.
+                g.current.insert(*k);
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
     }
 
     /// Records tokens a committed transaction stored (or found stored).
-    pub fn remember<'a>(&self, items: impl Iterator<Item = (&'a str, &'a str, &'a str)>) {
+    pub fn remember<'a>(&self, keys: impl Iterator<Item = &'a Key>) {
         let mut g = self.lock();
-        for (t, c, tok) in items {
+        for k in keys {
             g.roll();
-            if let Some(k) = g.key(t, c, tok, true) {
-                g.current.insert(k);
-            }
+            g.current.insert(*k);
         }
     }
 
@@ -163,61 +128,39 @@ impl KnownTokens {
 mod tests {
     use super::*;
 
-    fn tok(i: usize) -> String {
-        format!("{i:064x}")
+    fn key(column: i16, i: usize) -> Key {
+        let mut t = [0u8; TOKEN_BYTES];
+        t[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        (column, t)
     }
 
     #[test]
     fn only_remembered_tokens_are_known_per_column() {
         let k = KnownTokens::default();
-        let (a, b) = (tok(1), tok(2));
-        assert_eq!(k.known([("t", "c", a.as_str())].into_iter()), vec![false]);
-        k.remember([("t", "c", a.as_str())].into_iter());
-        let got = k.known(
-            [
-                ("t", "c", a.as_str()),
-                ("t", "d", a.as_str()),
-                ("t", "c", b.as_str()),
-            ]
-            .into_iter(),
+        assert_eq!(k.known([key(1, 1)].iter()), vec![false]);
+        k.remember([key(1, 1)].iter());
+        assert_eq!(
+            k.known([key(1, 1), key(2, 1), key(1, 2)].iter()),
+            vec![true, false, false]
         );
-        assert_eq!(got, vec![true, false, false]);
-    }
-
-    #[test]
-    fn tokens_that_are_not_64_hex_digits_are_never_cached() {
-        let k = KnownTokens::default();
-        let odd = format!("{}zz", &tok(3)[..62]);
-        k.remember([("t", "c", "short"), ("t", "c", odd.as_str())].into_iter());
-        assert!(k.is_empty());
-        assert_eq!(k.known([("t", "c", "short")].into_iter()), vec![false]);
     }
 
     #[test]
     fn the_cache_is_bounded_and_keeps_recently_used_tokens() {
         let k = KnownTokens::default();
-        let first = tok(0);
-        let many: Vec<String> = (0..3 * GENERATION_CAP).map(tok).collect();
-        k.remember(
-            many.iter()
-                .take(GENERATION_CAP)
-                .map(|t| ("t", "c", t.as_str())),
-        );
+        let first = key(1, usize::MAX);
+        let many: Vec<Key> = (0..3 * GENERATION_CAP).map(|i| key(1, i)).collect();
+        k.remember(many.iter().take(GENERATION_CAP));
+        k.remember([first].iter());
         for chunk in many[GENERATION_CAP..].chunks(1000) {
             // The first token keeps being used, so it survives every roll.
-            assert_eq!(
-                k.known([("t", "c", first.as_str())].into_iter()),
-                vec![true]
-            );
-            k.remember(chunk.iter().map(|t| ("t", "c", t.as_str())));
+            assert_eq!(k.known([first].iter()), vec![true]);
+            k.remember(chunk.iter());
         }
         assert!(k.len() <= 2 * GENERATION_CAP, "{}", k.len());
+        assert_eq!(k.known([first].iter()), vec![true]);
         assert_eq!(
-            k.known([("t", "c", first.as_str())].into_iter()),
-            vec![true]
-        );
-        assert_eq!(
-            k.known([("t", "c", many[GENERATION_CAP + 5].as_str())].into_iter()),
+            k.known([many[GENERATION_CAP + 5]].iter()),
             vec![false],
             "an old, unused token left the cache"
         );

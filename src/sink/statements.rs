@@ -5,7 +5,7 @@
 use super::bind::bind_column;
 use super::copy::{CopyBuf, CopyGate, copy_in};
 use super::in_flight::{Claim, InFlight};
-use super::known_tokens::KnownTokens;
+use super::known_tokens::{Key, KnownTokens};
 use super::output::OutputWriter;
 use super::target::column_types;
 use super::vault_columns::VaultColumnIds;
@@ -134,11 +134,7 @@ impl Sink {
         tx.commit().await?;
         // Only now are these tokens certainly in the vault (written here or by a concurrent
         // writer whose row won).
-        self.known.remember(
-            stored
-                .iter()
-                .map(|pv| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
-        );
+        self.known.remember(stored.iter());
         Ok(report)
     }
 
@@ -204,15 +200,15 @@ impl Sink {
     /// The tokens no other writer of this process has in flight ([`InFlight`]) go in by one
     /// COPY under a savepoint; if one is already stored (another process wrote it), the COPY
     /// is redone as `INSERT … ON CONFLICT DO NOTHING`, which keeps the stored row. Tokens
-    /// another writer has in flight are inserted that way after the COPY. Returns the tokens
-    /// sent, which are in the vault once the transaction commits, and the claim to hold until
-    /// then.
-    async fn write_vault<'p>(
+    /// another writer has in flight are inserted that way after the COPY. Returns the keys of
+    /// the tokens sent, which are in the vault once the transaction commits, and the claim to
+    /// hold until then.
+    async fn write_vault(
         &self,
-        new: &[&'p Processed],
+        new: &[&Processed],
         tx: &mut Transaction<'_, Postgres>,
         report: &mut WriteReport,
-    ) -> Result<(Vec<&'p PendingVault>, Option<Claim>), SinkError> {
+    ) -> Result<(Vec<Key>, Option<Claim>), SinkError> {
         let pending: Vec<&PendingVault> = new
             .iter()
             .filter_map(|p| match &p.outcome {
@@ -222,7 +218,7 @@ impl Sink {
             .flatten()
             .collect();
         if pending.is_empty() {
-            return Ok((pending, None));
+            return Ok((Vec::new(), None));
         }
         let ids = self.vault_columns.load(&self.pool).await?;
         let vault = self.vault_columns.vault();
@@ -235,11 +231,7 @@ impl Sink {
         // Claim first, then ask the cache: a writer remembers its tokens before it releases
         // their claims, so a token claimed here after another writer committed it is known.
         let (owned, claim) = self.in_flight.claim(keyed.iter().map(|(k, _)| k));
-        let known = self.known.known(
-            keyed
-                .iter()
-                .map(|(_, pv)| (pv.table.as_str(), pv.column.as_str(), pv.token.as_str())),
-        );
+        let known = self.known.known(keyed.iter().map(|(k, _)| k));
         let (keyed, owned): (Vec<_>, Vec<bool>) = keyed
             .into_iter()
             .zip(owned)
@@ -310,7 +302,7 @@ impl Sink {
                 .await?;
             report.vault_rows += r.rows_affected();
         }
-        Ok((keyed.into_iter().map(|(_, pv)| pv).collect(), Some(claim)))
+        Ok((keyed.into_iter().map(|(k, _)| k).collect(), Some(claim)))
     }
 
     /// Output number `oi`'s rows of the `new` messages: by COPY when `plan` says how, else by
