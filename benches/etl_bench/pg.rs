@@ -165,8 +165,7 @@ pub async fn run(
                         else {
                             anyhow::bail!("{}.{} is not registered", pv.table, pv.column);
                         };
-                        let token = etl_engine::db::vault_v3::token_bytes(&pv.token)
-                            .ok_or_else(|| anyhow::anyhow!("a token is not 64 hex digits"))?;
+                        let token = pv.token_bytes;
                         if !seen.insert((id, token)) {
                             continue;
                         }

@@ -117,17 +117,32 @@ impl DomainTokenizer {
         &self.domain
     }
 
+    /// The domain's name, shared (no copy).
+    pub fn domain_arc(&self) -> Arc<str> {
+        self.domain.clone()
+    }
+
     /// The token of `value`: 64 lowercase hex characters.
     pub fn token(&self, value: &[u8]) -> String {
+        token_hex(&self.token_bytes(value))
+    }
+
+    /// The token of `value` as its 32 bytes (how the vault stores it).
+    pub fn token_bytes(&self, value: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(value);
-        // Into a stack buffer: `hex::encode` builds the string one char at a time, which showed
-        // in profiles (two tokens per login message).
-        let mut buf = [0u8; 64];
-        match hex::encode_to_slice(mac.finalize().into_bytes(), &mut buf) {
-            Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
-            Err(_) => unreachable!("a SHA-256 MAC is 32 bytes, 64 hex digits"),
-        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// A token's 32 bytes as the 64 lowercase hex characters users see.
+pub fn token_hex(bytes: &[u8; 32]) -> String {
+    // Into a stack buffer: `hex::encode` builds the string one char at a time, which showed
+    // in profiles (two tokens per login message).
+    let mut buf = [0u8; 64];
+    match hex::encode_to_slice(bytes, &mut buf) {
+        Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+        Err(_) => unreachable!("32 bytes are 64 hex digits"),
     }
 }
 

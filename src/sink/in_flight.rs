@@ -14,6 +14,7 @@
 //! Claims are 64-bit hashes of the vault key (column id, token): a collision only sends a token down the
 //! `ON CONFLICT` path, which is always correct.
 
+use super::known_tokens::TokenHash;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
@@ -22,16 +23,17 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Hashes of the claimed tokens.
-    claimed: Arc<Mutex<HashSet<u64>>>,
-    /// Hashes with a per-process random key, so nobody outside can choose colliding tokens.
-    hasher: std::collections::hash_map::RandomState,
+    claimed: Arc<Mutex<HashSet<u64, TokenHash>>>,
+    /// Tokens are keyed HMACs nobody outside can choose, so a cheap hash serves (see
+    /// [`TokenHash`]).
+    hasher: TokenHash,
 }
 
 /// A writer's claims, released when dropped (commit, rollback, error or cancellation alike).
 #[derive(Debug)]
 pub struct Claim {
     /// The set the hashes were added to.
-    claimed: Arc<Mutex<HashSet<u64>>>,
+    claimed: Arc<Mutex<HashSet<u64, TokenHash>>>,
     /// The hashes this claim added.
     mine: Vec<u64>,
 }

@@ -79,14 +79,6 @@ pub enum SinkError {
         /// The (table.column) pairs missing, comma-separated.
         missing: String,
     },
-    /// A token to store is not 64 lowercase hex digits (a tokenizer's token always is).
-    #[error("a token of {table}.{column} is not 64 lowercase hex digits and cannot be stored")]
-    BadToken {
-        /// The output table.
-        table: String,
-        /// The column.
-        column: String,
-    },
     /// The target table is missing or does not fit the spec's columns.
     #[error("target table {table}: {problem}")]
     Target {

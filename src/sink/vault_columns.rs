@@ -36,11 +36,7 @@ impl VaultColumns {
         let id = self
             .id(&pv.table, &pv.column)
             .ok_or_else(|| unregistered(vault, format!("{}.{}", pv.table, pv.column)))?;
-        let token = vault_v3::token_bytes(&pv.token).ok_or_else(|| SinkError::BadToken {
-            table: pv.table.clone(),
-            column: pv.column.clone(),
-        })?;
-        Ok((id, token))
+        Ok((id, pv.token_bytes))
     }
 }
 

@@ -53,6 +53,8 @@ pub struct PendingVault {
     /// The token domain the token was made in (vault rows are keyed by domain and token).
     pub domain: Arc<str>,
     pub token: String,
+    /// The token's 32 bytes (what the vault's key holds; `token` is their hex).
+    pub token_bytes: [u8; 32],
     pub plaintext: Zeroizing<String>,
 }
 
@@ -157,13 +159,15 @@ impl Transform {
             Transform::Hash | Transform::Encrypt => {
                 let tok = ctx.tokenizer.ok_or("no hash key loaded")?;
                 let text = Zeroizing::new(v.to_text().unwrap_or_default());
-                let token = tok.token(text.as_bytes());
+                let token_bytes = tok.token_bytes(text.as_bytes());
+                let token = crate::crypto::tokenizer::token_hex(&token_bytes);
                 if *self == Transform::Encrypt {
                     ctx.vault.push(PendingVault {
                         table: ctx.table.to_string(),
                         column: ctx.column.to_string(),
-                        domain: Arc::from(tok.domain()),
+                        domain: tok.domain_arc(),
                         token: token.clone(),
+                        token_bytes,
                         plaintext: text,
                     });
                 }
