@@ -256,8 +256,12 @@ import json, shutil, sys
 n, out, d, e = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 def rate(path):
     return json.load(open(path))["messages_per_sec"]
+def engine_rate(path):
+    # Messages (not rows: an orders message writes several) per second of the engine's run.
+    s = json.load(open(path))
+    return s["received"] / s["elapsed_secs"]
 runs = {d: [rate(f"{out}/{d}-{i}.json") for i in range(1, n + 1)],
-        e: [rate(f"{out}/{e}-summary-{i}.json") for i in range(1, n + 1)]}
+        e: [engine_rate(f"{out}/{e}-summary-{i}.json") for i in range(1, n + 1)]}
 for key, files in ((d, [d]), (e, [f"{e}-measure", f"{e}-summary", f"{e}-check"])):
     order = sorted(range(n), key=lambda i: runs[key][i])
     median = order[n // 2] + 1
