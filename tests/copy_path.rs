@@ -5,7 +5,8 @@
 //! leaves nothing half-written and a retry writes once. Also: known tokens are neither
 //! encrypted nor sent again, and only tokens of committed batches become known.
 //!
-//! The fast path is a plain COPY into ledger, vault and `insert` outputs; the tests also show
+//! The fast path is a plain COPY into ledger, vault and outputs (numeric values in Postgres's
+//! binary form, checked on generated decimals); the tests also show
 //! its fallbacks: a stored ledger key or vault token turns the COPY into `INSERT … ON CONFLICT`
 //! under a savepoint, and a column whose type changed under a running sink is planned again.
 //!
@@ -456,4 +457,68 @@ async fn writers_of_one_process_sharing_new_tokens_copy_each_once_and_wait_for_e
         0,
         "every claim ended with its write"
     );
+}
+
+#[tokio::test]
+async fn generated_decimals_copied_in_binary_read_back_exactly() {
+    use etl_engine::sink::copy::{CopyBuf, copy_in};
+    use etl_engine::value::{Val, ValType};
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use rust_decimal::Decimal;
+
+    let url = fresh_db().await;
+    exec(&url, "CREATE TABLE nums (ord integer, n numeric)").await;
+    // Every mantissa a Decimal holds (|m| < 2^96) at every scale it allows, small values
+    // weighted up; plus the edges. The count follows PROPTEST_CASES (at least 2,000 here).
+    let max = (1i128 << 96) - 1;
+    let mantissa = prop_oneof![-10_000i128..10_000, -max..=max];
+    let strategy = (mantissa, 0u32..=28)
+        .prop_map(|(m, s)| Decimal::try_from_i128_with_scale(m, s).unwrap_or_default());
+    let cases: usize = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(2_000)
+        .max(2_000);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut values: Vec<Decimal> = [
+        "0",
+        "-0.00",
+        "0.0000000000000000000000000001",
+        "-1",
+        "9999.9999",
+        "10000.0001",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .chain([Decimal::MAX, Decimal::MIN])
+    .collect();
+    while values.len() < cases {
+        values.push(strategy.new_tree(&mut runner).unwrap().current());
+    }
+    let mut buf = CopyBuf::new();
+    for (i, d) in values.iter().enumerate() {
+        buf.row(2);
+        buf.val(ValType::Integer, &Val::Int(i as i32));
+        buf.val(ValType::Numeric, &Val::Numeric(*d));
+    }
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let n = copy_in(
+        &mut conn,
+        "COPY nums (ord, n) FROM STDIN (FORMAT binary)",
+        buf,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n as usize, values.len());
+    let back: Vec<(String,)> = sqlx::query_as("SELECT n::text FROM nums ORDER BY ord")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    for (d, (text,)) in values.iter().zip(back) {
+        let got: Decimal = text.parse().unwrap();
+        assert_eq!(got, *d, "{d} came back as {text}");
+        let digits = text.split_once('.').map_or(0, |(_, f)| f.len());
+        assert_eq!(digits, d.scale() as usize, "{d}: display scale of {text}");
+    }
 }
