@@ -8,8 +8,9 @@
 //! already claimed by another writer are not COPY'd but inserted with `ON CONFLICT DO NOTHING`
 //! after the COPY: that waits for the other writer's transaction and then either finds the row
 //! (it committed) or writes it (it rolled back), so every row still has its vault row when
-//! this transaction commits. A writer claims all its tokens under one lock, so a token's
-//! claimant always claimed before anyone who waits for it: waits among writers form no cycle.
+//! this transaction commits. No cycle of waits can form, because every writer writes its
+//! tokens in ascending key order across both statements: only the claimed tokens that sort
+//! before the first one another writer holds are COPY'd, the rest go into the sorted `INSERT`.
 //!
 //! Claims are 64-bit hashes of the vault key (column id, token): a collision only sends a token down the
 //! `ON CONFLICT` path, which is always correct.

@@ -8,7 +8,8 @@ use crate::db::quote_ident;
 use crate::spec::{Output, Write};
 use crate::value::{Val, ValType};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 /// One output's statement, built once: how its rows are written.
 #[derive(Debug)]
@@ -100,35 +101,34 @@ impl OutputWriter {
 
     /// For upsert: one row per key, so the statement never touches a row twice (Postgres
     /// refuses that). The later row wins; with `only_if_newer`, the newer one (ties: later).
-    /// Other modes keep every row.
+    /// The rows come out in key order, so two writers upserting the same keys lock them in the
+    /// same order and cannot deadlock. Other modes keep every row, in batch order.
     pub(super) fn dedup<'r>(&self, rows: Vec<&'r Vec<Val>>) -> Vec<&'r Vec<Val>> {
         if self.key.is_empty() {
             return rows;
         }
-        let mut at: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-        let mut kept: Vec<&'r Vec<Val>> = Vec::with_capacity(rows.len());
+        let mut kept: BTreeMap<Vec<Option<String>>, &'r Vec<Val>> = BTreeMap::new();
         for row in rows {
             let key: Vec<Option<String>> = self
                 .key
                 .iter()
                 .map(|&i| row.get(i).and_then(Val::to_text))
                 .collect();
-            match at.get(&key) {
-                Some(&i) => {
+            match kept.entry(key) {
+                Entry::Occupied(mut e) => {
                     let older = self.newer.is_some_and(|n| {
-                        newer_order(row.get(n), kept[i].get(n)) == Some(Ordering::Less)
+                        newer_order(row.get(n), e.get().get(n)) == Some(Ordering::Less)
                     });
                     if !older {
-                        kept[i] = row;
+                        e.insert(row);
                     }
                 }
-                None => {
-                    at.insert(key, kept.len());
-                    kept.push(row);
+                Entry::Vacant(e) => {
+                    e.insert(row);
                 }
             }
         }
-        kept
+        kept.into_values().collect()
     }
 }
 

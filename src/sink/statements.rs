@@ -197,10 +197,12 @@ impl Sink {
     /// written in key order, so concurrent writers sharing hot tokens wait for each other
     /// instead of deadlocking.
     ///
-    /// The tokens no other writer of this process has in flight ([`InFlight`]) go in by one
-    /// COPY under a savepoint; if one is already stored (another process wrote it), the COPY
-    /// is redone as `INSERT … ON CONFLICT DO NOTHING`, which keeps the stored row. Tokens
-    /// another writer has in flight are inserted that way after the COPY. Returns the keys of
+    /// The tokens no other writer of this process has in flight ([`InFlight`]) and that sort
+    /// before the first one that another writer has go in by one COPY under a savepoint; if one
+    /// is already stored (another process wrote it), the COPY is redone as
+    /// `INSERT … ON CONFLICT DO NOTHING`, which keeps the stored row. The rest, from the first
+    /// token another writer has in flight on, are inserted that way after the COPY, in key
+    /// order. Returns the keys of
     /// the tokens sent, which are in the vault once the transaction commits, and the claim to
     /// hold until then.
     async fn write_vault(
@@ -252,10 +254,13 @@ impl Sink {
             *report.encryptions.entry(sealed.key_id.clone()).or_default() += 1;
             rows.push((*id, token, sealed));
         }
-        let (mine, theirs): (Vec<_>, Vec<_>) =
-            rows.into_iter().zip(owned).partition(|(_, owned)| *owned);
-        let mut insert: Vec<VaultRow<'_>> = theirs.into_iter().map(|(r, _)| r).collect();
-        let mine: Vec<VaultRow<'_>> = mine.into_iter().map(|(r, _)| r).collect();
+        // Every key goes in ascending order across both statements, so no two writers (of this
+        // process or another) can wait for each other in a cycle: the COPY takes this writer's
+        // own tokens that sort before the first one another writer of this process has in
+        // flight, and everything from there on goes into one sorted INSERT.
+        let copyable = owned.iter().take_while(|o| **o).count();
+        let mut insert: Vec<VaultRow<'_>> = rows.split_off(copyable);
+        let mine = rows;
         if !mine.is_empty() && self.sql.vault_gate.try_copy() {
             let mut buf = CopyBuf::new();
             for (id, token, s) in &mine {
@@ -275,7 +280,7 @@ impl Sink {
             insert.extend(mine);
         }
         if !insert.is_empty() {
-            // One statement in key order: waits only for writers that claimed earlier.
+            // One statement in key order (after a failed COPY the copied part joins it).
             insert.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
             let r = sqlx::query(AssertSqlSafe(self.sql.vault.clone()))
                 .bind(insert.iter().map(|r| r.0).collect::<Vec<i16>>())
@@ -431,7 +436,8 @@ fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
 }
 
 /// COPYs `buf` with `statement` under a savepoint. `Ok(true)`: every row went in. `Ok(false)`:
-/// a row's key was already stored (unique violation, 23505); the savepoint is rolled back, so
+/// a row's key was already stored (unique violation, 23505, or another integrity error); the
+/// savepoint is rolled back, so
 /// the transaction goes on as if the COPY had not been tried, and `gate` skips COPY for a while.
 async fn copy_or_conflict(
     tx: &mut Transaction<'_, Postgres>,
@@ -446,7 +452,10 @@ async fn copy_or_conflict(
             gate.succeeded();
             Ok(true)
         }
-        Err(e) if has_sqlstate(&e, "23505") => {
+        // A unique violation (23505) is the conflict this is for; any other integrity error
+        // (an exclusion constraint an `ignore` output skips, a NOT NULL) is also redone by the
+        // statement, which skips what its conflict rule skips and reports a real row error.
+        Err(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("23")) => {
             sp.rollback().await?;
             gate.conflicted();
             Ok(false)
