@@ -99,12 +99,13 @@ impl Sink {
         // entries go in id order, so two writers holding the same redelivered messages wait
         // for each other instead of deadlocking.
         let mut seen = HashSet::new();
-        let mut firsts: Vec<&Processed> = batch
+        let firsts: Vec<&Processed> = batch
             .iter()
             .filter(|p| seen.insert(p.message_id.as_str()))
             .collect();
-        firsts.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
-        let fresh = self.write_ledger(&firsts, &mut tx).await?;
+        let mut by_id = firsts.clone();
+        by_id.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
+        let fresh = self.write_ledger(&by_id, &mut tx).await?;
         let mut report = WriteReport {
             acked: batch
                 .iter()
@@ -112,10 +113,10 @@ impl Sink {
                 .collect(),
             ..Default::default()
         };
-        let mut seen = HashSet::new();
-        let new: Vec<&Processed> = batch
-            .iter()
-            .filter(|p| fresh.contains(p.message_id.as_str()) && seen.insert(p.message_id.as_str()))
+        // In batch order: for upsert, the later message of a key wins.
+        let new: Vec<&Processed> = firsts
+            .into_iter()
+            .filter(|p| fresh.contains(p.message_id.as_str()))
             .collect();
         report.duplicates = (batch.len() - new.len()) as u64;
         report.skipped = new
