@@ -118,6 +118,8 @@ ORDERS_DDL_FILE="$ROOT/schema/orders.sql"
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 
 services() {
     ETL_LOCAL_DIR="$BENCH_DIR/services" PGPORT=$BENCH_PGPORT SQS_PORT=$BENCH_SQS_PORT QUEUES=bench-ready \
@@ -137,16 +139,7 @@ if [ ! -x /usr/bin/time ]; then
 fi
 
 say "building (release)"
-cargo build --release --quiet --bin etl-engine
-ENGINE="${CARGO_TARGET_DIR:-$ROOT/target}/release/etl-engine"
-# The helper is a bench target; ask cargo where its executable is.
-BENCH_BIN=$(cargo build --release --quiet --bench etl_bench --message-format=json |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "etl_bench" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$BENCH_BIN" ] || die "could not build the etl_bench helper"
+build_release_binaries
 
 if [ "$SKIP_REFERENCE" = 0 ]; then
     want=$(cksum <"$ROOT/benches/reference/requirements.txt" | cut -d' ' -f1)
@@ -195,17 +188,11 @@ fi
 
 export ETL_KEYRING="$BENCH_DIR/keyring.json"
 "$ENGINE" keygen --force "$ETL_KEYRING" >/dev/null
-# The file-source spec: specs/logins.yaml with its source block replaced, everything else as is.
+# The file-source specs: the shipped specs with their source block replaced, everything else as is.
 FILE_SPEC="$BENCH_DIR/logins-file.yaml"
-awk -v path="${MSGS:-}" '
-    /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
-    skip && /^[^ #]/ { skip = 0 }
-    !skip { print }' "$SPEC" >"$FILE_SPEC"
+file_spec "$SPEC" "${MSGS:-}" "$FILE_SPEC"
 ORDERS_FILE_SPEC="$BENCH_DIR/orders-file.yaml"
-awk -v path="${ORDER_MSGS:-}" '
-    /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
-    skip && /^[^ #]/ { skip = 0 }
-    !skip { print }' "$ORDERS_SPEC" >"$ORDERS_FILE_SPEC"
+file_spec "$ORDERS_SPEC" "${ORDER_MSGS:-}" "$ORDERS_FILE_SPEC"
 
 {
     printf '{"messages": %s, "rss_messages": %s, "reference_messages": %s,\n' "$MESSAGES" "$RSS_MESSAGES" "$REFERENCE_MESSAGES"

@@ -31,18 +31,14 @@ SQS_PORT=${PROFILE_SQS_PORT:-58567}
 DIR="$ROOT/.local/profile"
 export ETL_VENV_DIR=${ETL_VENV_DIR:-"$ROOT/.local"}
 say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 services() { ETL_LOCAL_DIR="$DIR/services" PGPORT=$PGPORT SQS_PORT=$SQS_PORT QUEUES=profile-ready bash "$ROOT/scripts/services.sh" "$@"; }
 trap 'services down >/dev/null 2>&1 || true' EXIT
 
 say "building (release)"
-cargo build --release --quiet --bin etl-engine
-ENGINE="${CARGO_TARGET_DIR:-$ROOT/target}/release/etl-engine"
-BENCH_BIN=$(cargo build --release --quiet --bench etl_bench --message-format=json |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "etl_bench" and m.get("executable"):
-        print(m["executable"])')
+build_release_binaries
 mkdir -p "$DIR"
 say "starting services (Postgres :$PGPORT)"
 services up >"$DIR/services.log" 2>&1 || { cat "$DIR/services.log" >&2; exit 1; }
@@ -51,10 +47,7 @@ if [ "$KIND" = orders ]; then SPEC=specs/orders.yaml; DDL=schema/orders.sql; els
 MSGS="$DIR/$KIND-$MESSAGES.jsonl"
 "$BENCH_BIN" gen --kind "$KIND" --messages "$MESSAGES" --out "$MSGS" >/dev/null
 FILE_SPEC="$DIR/$KIND-file.yaml"
-awk -v path="$MSGS" '
-    /^source:/ { print "source:\n  type: file\n  path: " path; skip = 1; next }
-    skip && /^[^ #]/ { skip = 0 }
-    !skip { print }' "$SPEC" >"$FILE_SPEC"
+file_spec "$SPEC" "$MSGS" "$FILE_SPEC"
 export ETL_KEYRING="$DIR/keyring.json"
 "$ENGINE" keygen --force "$ETL_KEYRING" >/dev/null
 ADMIN="postgres://postgres:postgres@127.0.0.1:$PGPORT/postgres"
